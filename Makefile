@@ -1,0 +1,78 @@
+# finserve build. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+# Go from PATH, /usr/local/go, or the copy scripts/prereqs.sh installs.
+export PATH := $(CURDIR)/.tools/go/bin:/usr/local/go/bin:$(PATH)
+GO ?= go
+
+# CPU level for the bundled llama.cpp: native for this machine, or a
+# portable level such as x86-64-v3 for images that run elsewhere.
+CPU_LEVEL ?= native
+ARCH := $(shell uname -m)
+LLAMA_FLAGS := -O3 -march=$(CPU_LEVEL)
+ifeq ($(ARCH),x86_64)
+# This ggml has AMX removed; -march=native on an AMX CPU would fail to link.
+LLAMA_FLAGS += -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+# ggml's kernels are C and C++: both need the flags.
+export CGO_ENABLED := 1
+export CGO_CFLAGS := $(LLAMA_FLAGS)
+export CGO_CXXFLAGS := $(LLAMA_FLAGS)
+export CGO_CPPFLAGS := -DGGML_USE_CPU_REPACK
+
+TEST_FLAGS ?= -race -timeout 20m
+MODELS := testdata/models
+
+.PHONY: help prereqs headers build test test-system build-system smoke fuzz bench peer-bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+prereqs: ## install the compiler and Go if missing
+	@scripts/prereqs.sh
+
+third_party/include/llama.h: go.mod go.sum
+	@third_party/stage-headers.sh
+
+headers: prereqs third_party/include/llama.h ## stage llama.cpp headers from the module cache
+
+build: headers ## build bin/finserve (bundled llama.cpp)
+	$(GO) build -o bin/finserve ./cmd/finserve
+
+test: headers ## vet and run every test (race detector on)
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+# The system provider: an installed llama.cpp found by pkg-config. Run it
+# where libllama-dev is installed, e.g. ../shared/peers/sid-root.sh run make test-system
+build-system: ## build bin/finserve-system against pkg-config llama
+	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
+	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
+		$(GO) build -tags llama_system -o bin/finserve-system ./cmd/finserve
+
+test-system: ## run the engine and model tests against pkg-config llama
+	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
+	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
+		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/...
+
+smoke: build ## generate a tiny model and generate text on it with the CLI
+	@mkdir -p $(MODELS)
+	@test -f $(MODELS)/tiny-q8_0.gguf || bin/finserve model gen --preset tiny --type q8_0 --out $(MODELS)/tiny-q8_0.gguf
+	bin/finserve model inspect $(MODELS)/tiny-q8_0.gguf --ctx 2048 --parallel 4
+	bin/finserve generate --model $(MODELS)/tiny-q8_0.gguf --chat --prompt "请问我的账户余额是多少? What is my balance?" --max-tokens 32
+
+FUZZTIME ?= 30s
+fuzz: headers ## run each fuzz target for FUZZTIME
+	$(GO) test ./models -run '^$$' -fuzz FuzzRead -fuzztime $(FUZZTIME)
+	$(GO) test ./engine -run '^$$' -fuzz FuzzTokenize -fuzztime $(FUZZTIME)
+
+bench: headers ## engine micro-benchmarks (go test -bench)
+	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x
+
+peer-bench: build ## finserve vs llama-bench / llama-batched-bench on the bench model (needs the sid root)
+	scripts/peer-bench.sh
+
+clean: ## remove build outputs, staged headers and generated models
+	rm -rf bin third_party/include $(MODELS)

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/engine/enginebench"
+	"github.com/finserve/finserve/models"
+)
+
+func newModelCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "model",
+		Short: "Generate, inspect and benchmark GGUF models",
+	}
+	cmd.AddCommand(newModelGenCmd(), newModelInspectCmd(), newModelBenchCmd())
+	return cmd
+}
+
+func newModelGenCmd() *cobra.Command {
+	var (
+		preset, typ, out string
+		seed             uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "gen",
+		Short: "Write a synthetic llama-architecture model with seeded random weights",
+		Long: `Write a llama-architecture GGUF model with seeded random weights, a
+byte-fallback SentencePiece vocabulary (any UTF-8 text tokenizes, Chinese
+included) and a ChatML chat template. Presets:
+  tiny   128 x 2 layers, 2k vocabulary (unit tests, a few MB)
+  bench  768 x 12 layers, 32k vocabulary (about 134M parameters)
+  13b    5120 x 40 layers, 13824 feed-forward, 32k vocabulary (13B shape)
+Random weights write gibberish: use these models to test and measure, not to chat.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, ok := models.Presets[preset]
+			if !ok {
+				return fmt.Errorf("--preset %q: want one of %s", preset, strings.Join(models.PresetNames(), ", "))
+			}
+			t, err := models.ParseTensorType(typ)
+			if err != nil || (t != models.TypeF32 && t != models.TypeF16 && t != models.TypeQ8_0) {
+				return fmt.Errorf("--type %q: want f32, f16 or q8_0", typ)
+			}
+			if out == "" {
+				return fmt.Errorf("--out is required")
+			}
+			w := cmd.ErrOrStderr()
+			start := time.Now()
+			last := time.Time{}
+			err = models.Generate(cmd.Context(), out, models.GenOptions{
+				Preset: p, Type: t, Seed: seed,
+				Progress: func(done, total int64) {
+					if time.Since(last) > 500*time.Millisecond || done == total {
+						last = time.Now()
+						fmt.Fprintf(w, "\rwriting %s: %5.1f%% of %d MiB", out, 100*float64(done)/float64(total), total>>20)
+					}
+				},
+			})
+			fmt.Fprintln(w)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%s, %s, %d parameters) in %s\n", out, p.Name, t, p.Params(), time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&preset, "preset", "tiny", "model shape: "+strings.Join(models.PresetNames(), ", "))
+	cmd.Flags().StringVar(&typ, "type", "f32", "weight type: f32, f16 or q8_0 (norms stay f32)")
+	cmd.Flags().StringVar(&out, "out", "", "output path (written atomically)")
+	cmd.Flags().Uint64Var(&seed, "seed", 1, "random seed; the same seed gives the same weights in every type")
+	return cmd
+}
+
+func newModelInspectCmd() *cobra.Command {
+	var (
+		ctx, parallel, ubatch int64
+		asJSON                bool
+	)
+	cmd := &cobra.Command{
+		Use:   "inspect PATH",
+		Short: "Validate a GGUF model and describe it, with the memory it needs to serve",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ctx <= 0 || parallel <= 0 || ubatch <= 0 {
+				return fmt.Errorf("--ctx, --parallel and --ubatch must be positive")
+			}
+			f, err := models.Check(args[0])
+			if err != nil {
+				return err
+			}
+			s := models.Summarize(args[0], f)
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), struct {
+					models.Summary
+					Memory models.Memory
+				}{s, s.MemoryFor(ctx, parallel, ubatch)})
+			}
+			return s.Print(cmd.OutOrStdout(), ctx, parallel, ubatch)
+		},
+	}
+	cmd.Flags().Int64Var(&ctx, "ctx", 4096, "tokens per sequence for the memory estimate")
+	cmd.Flags().Int64Var(&parallel, "parallel", 1, "concurrent sequences for the memory estimate")
+	cmd.Flags().Int64Var(&ubatch, "ubatch", 512, "micro-batch size for the memory estimate")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newModelBenchCmd() *cobra.Command {
+	var (
+		threads, pp, tg, npp, ntg, reps, batch, ubatch int
+		npl                                            string
+		unifiedKV                                      bool
+		fa                                             string
+		asJSON                                         bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bench PATH",
+		Short: "Measure the engine as llama-bench (pp, tg) and llama-batched-bench (aggregate decode) do",
+		Long: `Measure the engine on a model the way llama.cpp's tools measure llama.cpp:
+prompt processing (--pp) and single-stream decode (--tg) as llama-bench does,
+then aggregate decode throughput at each --npl concurrency level as
+llama-batched-bench does. Run the peers on the same file and threads to
+compare; scripts/peer-bench.sh does both.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			levels, err := parseInts(npl)
+			if err != nil {
+				return fmt.Errorf("--npl: %w", err)
+			}
+			maxNPL := 1
+			for _, n := range levels {
+				maxNPL = max(maxNPL, n)
+			}
+			fam, err := parseFlashAttention(fa)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			m, err := engine.LoadModel(ctx, args[0], engine.ModelOptions{})
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			seqCtx := max(pp+1, tg+2, npp+ntg+1)
+			e, err := engine.New(m, engine.Options{
+				Parallel: maxNPL, Context: seqCtx, Batch: max(batch, maxNPL), UBatch: ubatch,
+				Threads: threads, UnifiedKV: unifiedKV, FlashAttention: fam,
+			})
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+
+			var results []enginebench.Result
+			report := func(r enginebench.Result, err error) error {
+				if err != nil {
+					return err
+				}
+				results = append(results, r)
+				if !asJSON {
+					fmt.Fprintln(cmd.OutOrStdout(), r)
+				}
+				return nil
+			}
+			if !asJSON {
+				fmt.Fprintf(cmd.OutOrStdout(), "model %s, provider %s, threads %d, batch %d/%d, flash-attn %s\n",
+					args[0], engine.Provider, e.Options().Threads, e.Options().Batch, e.Options().UBatch, fa)
+			}
+			if pp > 0 {
+				if err := report(enginebench.Prefill(ctx, e, pp, reps)); err != nil {
+					return err
+				}
+			}
+			if tg > 0 {
+				if err := report(enginebench.Decode(ctx, e, tg, reps)); err != nil {
+					return err
+				}
+			}
+			for _, n := range levels {
+				if err := report(enginebench.Batched(ctx, e, n, npp, ntg, reps)); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				type row struct {
+					Test   string
+					Mean   float64
+					StdDev float64
+					Rates  []float64
+				}
+				var rows []row
+				for _, r := range results {
+					rows = append(rows, row{r.Test, r.Mean(), r.StdDev(), r.Rates})
+				}
+				return writeJSON(cmd.OutOrStdout(), rows)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&threads, "threads", 0, "CPU threads (default: all)")
+	f.IntVar(&pp, "pp", 512, "prompt tokens for the prefill test (0 skips it)")
+	f.IntVar(&tg, "tg", 128, "tokens for the single-stream decode test (0 skips it)")
+	f.StringVar(&npl, "npl", "1,4,8,16", "concurrency levels for the aggregate decode test")
+	f.IntVar(&npp, "npp", 128, "prompt tokens per sequence in the aggregate test")
+	f.IntVar(&ntg, "ntg", 128, "generated tokens per sequence in the aggregate test")
+	f.IntVar(&reps, "reps", 5, "timed repetitions of each test (after one warm-up)")
+	f.IntVar(&batch, "batch", 2048, "token budget per step (llama.cpp's n_batch)")
+	f.IntVar(&ubatch, "ubatch", 512, "micro-batch (llama.cpp's n_ubatch)")
+	f.BoolVar(&unifiedKV, "unified-kv", false, "one KV cache shared by all sequences instead of a stream each")
+	f.StringVar(&fa, "flash-attn", "auto", "flash attention: auto, on or off")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func parseFlashAttention(s string) (engine.FlashAttention, error) {
+	switch s {
+	case "auto":
+		return engine.FlashAttentionAuto, nil
+	case "on", "1", "true":
+		return engine.FlashAttentionOn, nil
+	case "off", "0", "false":
+		return engine.FlashAttentionOff, nil
+	}
+	return 0, fmt.Errorf("--flash-attn %q: want auto, on or off", s)
+}

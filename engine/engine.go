@@ -1,0 +1,528 @@
+// Package engine runs llama.cpp in-process and serves many concurrent
+// sequences from one loaded model with continuous batching.
+//
+// One goroutine, locked to its OS thread, owns the llama context and makes
+// every call on it. Requests reach it through a channel; each step it
+// builds one batch that mixes one decode token for every generating
+// sequence with prompt chunks of the others, under a token budget, runs one
+// llama_decode, samples, and sends events to per-request streams. Requests
+// join at any step, and a cancelled request leaves at the next one, freeing
+// its KV cells.
+//
+// Everything that reaches llama.cpp is validated first: token ids, lengths
+// against the context, sampling parameters. Nothing a caller passes can trip
+// a llama.cpp assertion.
+//
+// This is the only package with cgo. It builds against the bundled
+// llama.cpp (the default) or an installed one (build tag llama_system).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Tier is a request's latency class; lower values are served first.
+type Tier int
+
+// Tiers, highest priority first.
+const (
+	TierRealtime Tier = iota // interactive chat
+	TierStandard             // scoring
+	TierBatch                // analysis; first to wait
+)
+
+func (t Tier) String() string {
+	switch t {
+	case TierRealtime:
+		return "realtime"
+	case TierStandard:
+		return "standard"
+	case TierBatch:
+		return "batch"
+	}
+	return fmt.Sprintf("tier(%d)", int(t))
+}
+
+// Errors returned by the engine.
+var (
+	ErrStopped     = errors.New("engine stopped")
+	ErrQueueFull   = errors.New("engine queue is full")
+	ErrKVExhausted = errors.New("KV cache exhausted")
+)
+
+// PromptTooLongError says a prompt cannot fit the context.
+type PromptTooLongError struct {
+	Tokens int // prompt tokens
+	Limit  int // most prompt tokens a sequence can hold
+}
+
+func (e *PromptTooLongError) Error() string {
+	return fmt.Sprintf("prompt of %d tokens is too long: a sequence holds at most %d prompt tokens", e.Tokens, e.Limit)
+}
+
+// InvalidRequestError says a request is malformed; Field names what.
+type InvalidRequestError struct {
+	Field  string
+	Reason string
+}
+
+func (e *InvalidRequestError) Error() string { return e.Field + ": " + e.Reason }
+
+func invalid(field, format string, args ...any) error {
+	return &InvalidRequestError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// FlashAttention selects llama.cpp's flash-attention mode.
+type FlashAttention int
+
+// Flash-attention modes.
+const (
+	FlashAttentionAuto FlashAttention = iota
+	FlashAttentionOn
+	FlashAttentionOff
+)
+
+// Options configure an Engine. Zero values get the defaults noted.
+type Options struct {
+	// Parallel is the number of sequences decoded together (default 4,
+	// at most 256). Scoring requests use sequences from the same pool.
+	Parallel int
+	// Context is the most tokens (prompt plus output) one sequence may
+	// hold (default: the model's training context, at most 4096).
+	Context int
+	// KVCells is the size of a unified KV cache in tokens (default
+	// Context*Parallel, so that every sequence can reach Context at once).
+	// Smaller values oversubscribe: requests then wait for room. Without
+	// UnifiedKV every sequence has Context cells of its own.
+	KVCells int
+	// Batch is the token budget of one step (default 512): decode tokens
+	// of running sequences first, prompt chunks with the rest.
+	Batch int
+	// UBatch is llama.cpp's physical micro-batch (default Batch).
+	UBatch int
+	// Threads for decoding and ThreadsBatch for prompt processing (default:
+	// the number of CPUs).
+	Threads, ThreadsBatch int
+	// UnifiedKV puts every sequence in one shared KV cache of KVCells
+	// cells instead of giving each its own stream of Context cells (the
+	// default). A unified cache shares prefix cells without copying them
+	// and can be oversubscribed, but it is not batch-invariant: cells freed
+	// by a finished sequence are reused by the others out of position
+	// order, flash attention then sums in another order, and a running
+	// sequence's logits change in their last bits, enough to flip a
+	// near-tie in greedy decoding. With a stream per sequence a request
+	// gives the same tokens and scores alone or in any batch (for weights
+	// that are not repacked; see ModelOptions.DisableRepack), and decoding
+	// many sequences is faster because attention reads only their own cells.
+	UnifiedKV bool
+	// FlashAttention mode (default auto).
+	FlashAttention FlashAttention
+	// MaxQueue bounds the requests waiting for a sequence (default 1024).
+	MaxQueue int
+	// Logger for the engine's own messages (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (o *Options) fill(m *Model) error {
+	if o.Parallel == 0 {
+		o.Parallel = 4
+	}
+	if o.Parallel < 1 || o.Parallel > 256 {
+		return fmt.Errorf("engine options: parallel %d is outside 1..256", o.Parallel)
+	}
+	if o.Context == 0 {
+		o.Context = min(m.info.TrainContext, 4096)
+	}
+	if o.Context < 16 {
+		return fmt.Errorf("engine options: context %d is below 16 tokens", o.Context)
+	}
+	if o.KVCells == 0 {
+		o.KVCells = o.Context * o.Parallel
+	}
+	if !o.UnifiedKV {
+		o.KVCells = o.Context * o.Parallel
+	}
+	if o.KVCells < o.Context {
+		return fmt.Errorf("engine options: %d KV cells cannot hold one sequence of %d tokens", o.KVCells, o.Context)
+	}
+	if o.KVCells > 1<<24 {
+		return fmt.Errorf("engine options: %d KV cells is too many", o.KVCells)
+	}
+	if o.Batch == 0 {
+		o.Batch = 512
+	}
+	if o.Batch < o.Parallel || o.Batch > 1<<16 {
+		return fmt.Errorf("engine options: batch %d must be between parallel (%d) and 65536", o.Batch, o.Parallel)
+	}
+	if o.UBatch == 0 || o.UBatch > o.Batch {
+		o.UBatch = o.Batch
+	}
+	if o.Threads <= 0 {
+		o.Threads = runtime.NumCPU()
+	}
+	if o.ThreadsBatch <= 0 {
+		o.ThreadsBatch = o.Threads
+	}
+	if o.MaxQueue <= 0 {
+		o.MaxQueue = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Sampling configures how the next token is chosen.
+type Sampling struct {
+	// Temperature 0 is greedy decoding (the default).
+	Temperature float32
+	TopK        int     // 0: off
+	TopP        float32 // 0 or 1: off
+	MinP        float32 // 0: off
+	// Penalties over the last PenaltyLastN generated tokens (default 64).
+	RepeatPenalty    float32 // 0 or 1: off
+	FrequencyPenalty float32 // -2..2, 0: off
+	PresencePenalty  float32 // -2..2, 0: off
+	PenaltyLastN     int
+	// Seed of the random sampler; nil picks one at random.
+	Seed *uint32
+}
+
+func (s *Sampling) validate() error {
+	finite := func(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }
+	switch {
+	case !finite(s.Temperature) || s.Temperature < 0 || s.Temperature > 100:
+		return invalid("temperature", "must be between 0 and 100")
+	case s.TopK < 0:
+		return invalid("top_k", "must not be negative")
+	case !finite(s.TopP) || s.TopP < 0 || s.TopP > 1:
+		return invalid("top_p", "must be between 0 and 1")
+	case !finite(s.MinP) || s.MinP < 0 || s.MinP > 1:
+		return invalid("min_p", "must be between 0 and 1")
+	case !finite(s.RepeatPenalty) || s.RepeatPenalty < 0 || s.RepeatPenalty > 10:
+		return invalid("repeat_penalty", "must be between 0 and 10")
+	case !finite(s.FrequencyPenalty) || s.FrequencyPenalty < -2 || s.FrequencyPenalty > 2:
+		return invalid("frequency_penalty", "must be between -2 and 2")
+	case !finite(s.PresencePenalty) || s.PresencePenalty < -2 || s.PresencePenalty > 2:
+		return invalid("presence_penalty", "must be between -2 and 2")
+	case s.PenaltyLastN < 0 || s.PenaltyLastN > 1<<20:
+		return invalid("penalty_last_n", "must be between 0 and 1048576")
+	}
+	return nil
+}
+
+func (s *Sampling) greedy() bool {
+	return s.Temperature == 0 && !s.penalized()
+}
+
+func (s *Sampling) penalized() bool {
+	return (s.RepeatPenalty != 0 && s.RepeatPenalty != 1) || s.FrequencyPenalty != 0 || s.PresencePenalty != 0
+}
+
+// Request is one generation.
+type Request struct {
+	Prompt    []Token // tokens to continue; build them with Model.Tokenize
+	MaxTokens int     // 0: until the context is full
+	Sampling  Sampling
+	// Stop strings end the output before their first occurrence.
+	Stop []string
+	// IgnoreEOS keeps generating past end-of-generation tokens (benchmarks).
+	IgnoreEOS bool
+	// TopLogprobs > 0 reports that many alternatives per token (at most 20);
+	// Logprobs reports the chosen token's log-probability.
+	Logprobs    bool
+	TopLogprobs int
+	Tier        Tier
+	Tenant      string
+}
+
+// MaxTopLogprobs is the most alternatives a request may ask for per token.
+const MaxTopLogprobs = 20
+
+// ScoreRequest asks for log-probabilities without sampling.
+type ScoreRequest struct {
+	// Variants are whole token sequences, typically one prompt with
+	// variations near its end; their common prefix is computed once.
+	Variants [][]Token
+	// Targets are tokens whose log-probabilities as the next token after
+	// each variant are reported.
+	Targets []Token
+	// TopK also reports the k most likely next tokens (at most 100).
+	TopK int
+	// Positions reports, for each variant, the log-probability of every
+	// token given those before it.
+	Positions bool
+	Tier      Tier
+	Tenant    string
+}
+
+// VariantScore is the scoring result of one variant.
+type VariantScore struct {
+	Targets []float32      // log p(target | variant), in the order of Targets
+	Top     []TokenLogprob // the TopK most likely next tokens
+	// Positions[i] is log p(variant[i+1] | variant[:i+1]); len(variant)-1 values.
+	Positions []float32
+}
+
+// ScoreResult holds the scores of every variant, in request order.
+type ScoreResult struct {
+	Variants     []VariantScore
+	SharedPrefix int // tokens evaluated once for all variants
+	Timings      Timings
+}
+
+// Stats is a snapshot of the engine's state, taken by its loop.
+type Stats struct {
+	Waiting         int // requests not yet admitted
+	Running         int // requests with at least one sequence
+	Sequences       int // sequence slots in use
+	Slots           int // sequence slots in all
+	KVCellsReserved int
+	KVCells         int
+	// SlotsWithMemory counts slots whose llama.cpp memory is not empty; it
+	// equals Sequences unless cells leaked.
+	SlotsWithMemory int
+	Steps           uint64 // llama_decode calls so far
+}
+
+// Engine serves generation and scoring requests on one model.
+type Engine struct {
+	model *Model
+	opts  Options
+	log   *slog.Logger
+
+	// Requests reach the loop through an intake list and a coalescing
+	// wake-up signal, so that submitting never blocks and nothing can be
+	// submitted after the loop's final drain.
+	mu       sync.Mutex
+	incoming []any // *genTask, *scoreTask, chan Stats
+	closed   bool
+	wake     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	waiting  atomic.Int64
+
+	closeOnce sync.Once
+}
+
+// New creates a llama context on m and starts the engine's loop. The
+// model must stay open until the engine is closed.
+func New(m *Model, opts Options) (*Engine, error) {
+	if err := opts.fill(m); err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		model: m,
+		opts:  opts,
+		log:   opts.Logger,
+		wake:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	ready := make(chan error, 1)
+	go e.run(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Model returns the engine's model.
+func (e *Engine) Model() *Model { return e.model }
+
+// Options returns the engine's options with defaults filled in.
+func (e *Engine) Options() Options { return e.opts }
+
+// Close stops the loop, ends every request with ErrStopped and frees the
+// context. It is safe to call more than once.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() { close(e.stop) })
+	<-e.done
+	return nil
+}
+
+// PromptLimit is the longest prompt a generation request may have (one
+// token of the context is left for the output).
+func (e *Engine) PromptLimit() int { return e.opts.Context - 1 }
+
+// Generate starts a generation and returns its stream. Invalid requests,
+// prompts that cannot fit and a full queue are reported at once;
+// everything later arrives as stream events. Cancelling ctx (or closing the
+// stream) ends the generation at the next step.
+func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
+	if err := e.validateGenerate(&req); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	t := &genTask{
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, submitted: time.Now()},
+		req:      req,
+		stream:   newStream(cancel),
+		asm:      textAssembler{stops: req.Stop},
+	}
+	if err := e.enqueue(ctx, t); err != nil {
+		cancel()
+		return nil, err
+	}
+	return t.stream, nil
+}
+
+func (e *Engine) validateGenerate(req *Request) error {
+	if len(req.Prompt) == 0 {
+		return invalid("prompt", "must not be empty")
+	}
+	for i, t := range req.Prompt {
+		if !e.model.ValidToken(t) {
+			return invalid("prompt", "token %d at position %d is not in the vocabulary of %d", t, i, e.model.info.VocabSize)
+		}
+	}
+	if len(req.Prompt) > e.PromptLimit() {
+		return &PromptTooLongError{Tokens: len(req.Prompt), Limit: e.PromptLimit()}
+	}
+	room := e.opts.Context - len(req.Prompt)
+	switch {
+	case req.MaxTokens < 0:
+		return invalid("max_tokens", "must not be negative")
+	case req.MaxTokens == 0 || req.MaxTokens > room:
+		req.MaxTokens = room
+	}
+	if err := req.Sampling.validate(); err != nil {
+		return err
+	}
+	if req.Sampling.PenaltyLastN == 0 {
+		req.Sampling.PenaltyLastN = 64
+	}
+	if req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs {
+		return invalid("top_logprobs", "must be between 0 and %d", MaxTopLogprobs)
+	}
+	if len(req.Stop) > 16 {
+		return invalid("stop", "at most 16 stop strings")
+	}
+	for _, s := range req.Stop {
+		if s == "" || len(s) > 1024 {
+			return invalid("stop", "stop strings must have 1 to 1024 bytes")
+		}
+	}
+	return validTier(req.Tier)
+}
+
+func validTier(t Tier) error {
+	if t < TierRealtime || t > TierBatch {
+		return invalid("tier", "unknown tier %d", int(t))
+	}
+	return nil
+}
+
+// Score computes log-probabilities for the variants of req, sharing their
+// common prefix, and waits for the result.
+func (e *Engine) Score(ctx context.Context, req ScoreRequest) (*ScoreResult, error) {
+	if err := e.validateScore(&req); err != nil {
+		return nil, err
+	}
+	t := newScoreTask(ctx, req, e.opts.Parallel)
+	if err := e.enqueue(ctx, t); err != nil {
+		return nil, err
+	}
+	// The loop finalises every task it accepted, even when it stops.
+	<-t.done
+	return t.result, t.err
+}
+
+func (e *Engine) validateScore(req *ScoreRequest) error {
+	if len(req.Variants) == 0 {
+		return invalid("variants", "at least one variant is needed")
+	}
+	if len(req.Variants) > 1<<16 {
+		return invalid("variants", "at most 65536 variants")
+	}
+	for i, v := range req.Variants {
+		if len(v) == 0 {
+			return invalid("variants", "variant %d is empty", i)
+		}
+		if len(v) > e.opts.Context {
+			return &PromptTooLongError{Tokens: len(v), Limit: e.opts.Context}
+		}
+		for j, t := range v {
+			if !e.model.ValidToken(t) {
+				return invalid("variants", "token %d at position %d of variant %d is not in the vocabulary", t, j, i)
+			}
+		}
+	}
+	for _, t := range req.Targets {
+		if !e.model.ValidToken(t) {
+			return invalid("targets", "token %d is not in the vocabulary", t)
+		}
+	}
+	if req.TopK < 0 || req.TopK > 100 {
+		return invalid("top_k", "must be between 0 and 100")
+	}
+	return validTier(req.Tier)
+}
+
+func (e *Engine) enqueue(ctx context.Context, t any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if e.waiting.Add(1) > int64(e.opts.MaxQueue) {
+		e.waiting.Add(-1)
+		return ErrQueueFull
+	}
+	if !e.post(t) {
+		e.waiting.Add(-1)
+		return ErrStopped
+	}
+	return nil
+}
+
+// post hands v to the loop; false if the engine is closed.
+func (e *Engine) post(v any) bool {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return false
+	}
+	e.incoming = append(e.incoming, v)
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns what was posted since the last call; with final set, it
+// also closes the intake.
+func (e *Engine) take(final bool) []any {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	in := e.incoming
+	e.incoming = nil
+	if final {
+		e.closed = true
+	}
+	return in
+}
+
+// Stats returns a snapshot of the engine's state.
+func (e *Engine) Stats(ctx context.Context) (Stats, error) {
+	reply := make(chan Stats, 1)
+	if !e.post(reply) {
+		return Stats{}, ErrStopped
+	}
+	select {
+	case s := <-reply:
+		return s, nil
+	case <-ctx.Done():
+		return Stats{}, ctx.Err()
+	case <-e.done:
+		return Stats{}, ErrStopped
+	}
+}

@@ -1,0 +1,116 @@
+#include "helpers.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <ggml-backend.h>
+#include <ggml-cpu.h>
+
+// Defined in Go (//export).
+extern void goLog(int level, char * text, uintptr_t handle);
+extern bool goProgress(float progress, uintptr_t handle);
+
+static int32_t argmax(const float * x, int32_t n) {
+    int32_t best = 0;
+    float v = x[0];
+    for (int32_t i = 1; i < n; i++) {
+        if (x[i] > v) {
+            v = x[i];
+            best = i;
+        }
+    }
+    return best;
+}
+
+void fs_sample_batch(struct llama_context * ctx, int32_t n_vocab, int32_t n,
+                     struct llama_sampler ** samplers, const int32_t * idxs, int32_t * out) {
+    for (int32_t i = 0; i < n; i++) {
+        if (samplers[i] == NULL) {
+            const float * logits = llama_get_logits_ith(ctx, idxs[i]);
+            out[i] = logits ? argmax(logits, n_vocab) : -1;
+        } else {
+            out[i] = llama_sampler_sample(samplers[i], ctx, idxs[i]);
+        }
+    }
+}
+
+void fs_logprobs(const float * logits, int32_t n_vocab,
+                 const int32_t * targets, int32_t n_targets, float * target_lp,
+                 int32_t k, int32_t * top_ids, float * top_lp) {
+    float mx = logits[0];
+    for (int32_t i = 1; i < n_vocab; i++) {
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        sum += exp((double) (logits[i] - mx));
+    }
+    const float lse = mx + (float) log(sum);
+    for (int32_t t = 0; t < n_targets; t++) {
+        const int32_t id = targets[t];
+        target_lp[t] = (id >= 0 && id < n_vocab) ? logits[id] - lse : -INFINITY;
+    }
+    if (k <= 0) {
+        return;
+    }
+    // Insertion into a sorted list of k: n_vocab * small k.
+    int32_t have = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        const float v = logits[i];
+        if (have == k && v <= top_lp[k - 1]) {
+            continue;
+        }
+        int32_t j = have < k ? have++ : k - 1;
+        while (j > 0 && top_lp[j - 1] < v) {
+            top_lp[j] = top_lp[j - 1];
+            top_ids[j] = top_ids[j - 1];
+            j--;
+        }
+        top_lp[j] = v;
+        top_ids[j] = i;
+    }
+    for (int32_t j = 0; j < have; j++) {
+        top_lp[j] -= lse;
+    }
+}
+
+struct ggml_threadpool * fs_threadpool_attach(struct llama_context * ctx, int32_t n_threads) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (dev == NULL) {
+        return NULL;
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    typedef struct ggml_threadpool * (*new_fn_t)(struct ggml_threadpool_params *);
+    new_fn_t new_fn = (new_fn_t) ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
+    if (new_fn == NULL) {
+        return NULL;
+    }
+    struct ggml_threadpool_params params = ggml_threadpool_params_default(n_threads);
+    struct ggml_threadpool * tp = new_fn(&params);
+    if (tp != NULL) {
+        llama_attach_threadpool(ctx, tp, NULL);
+    }
+    return tp;
+}
+
+void fs_threadpool_free(struct ggml_threadpool * tp) {
+    if (tp == NULL) {
+        return;
+    }
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (dev == NULL) {
+        return;
+    }
+    typedef void (*free_fn_t)(struct ggml_threadpool *);
+    free_fn_t free_fn = (free_fn_t) ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_threadpool_free");
+    if (free_fn != NULL) {
+        free_fn(tp);
+    }
+}
+
+void fs_log_trampoline(enum ggml_log_level level, const char * text, void * user_data) {
+    goLog((int) level, (char *) text, (uintptr_t) user_data);
+}
+
+bool fs_progress_trampoline(float progress, void * user_data) {
+    return goProgress(progress, *(const uintptr_t *) user_data);
+}

@@ -1,0 +1,923 @@
+package engine
+
+// #include <stdlib.h>
+// #include "helpers.h"
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"time"
+	"unsafe"
+)
+
+// taskBase is what generation and scoring tasks share.
+type taskBase struct {
+	ctx       context.Context
+	tier      Tier
+	submitted time.Time
+	admitted  time.Time
+	order     uint64 // arrival order, for FIFO within a tier
+}
+
+func (t *taskBase) base() *taskBase { return t }
+
+// task is a *genTask or a *scoreTask.
+type task interface{ base() *taskBase }
+
+type genTask struct {
+	taskBase
+	req       Request
+	stream    *Stream
+	asm       textAssembler
+	seq       *sequence
+	sampler   *C.struct_llama_sampler // nil: greedy fast path
+	generated int
+	firstTok  time.Time
+}
+
+type scoreTask struct {
+	taskBase
+	req        ScoreRequest
+	prefixLen  int       // tokens shared by every variant, prefilled once
+	prefix     *sequence // nil when there is no shared prefix or it is released
+	prefixDone bool
+	next       int // next variant to start
+	active     int // variant sequences running
+	finished   int
+	result     *ScoreResult
+	err        error
+	done       chan struct{}
+}
+
+func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTask {
+	t := &scoreTask{
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, submitted: time.Now()},
+		req:      req,
+		result:   &ScoreResult{Variants: make([]VariantScore, len(req.Variants))},
+		done:     make(chan struct{}),
+	}
+	// Share the common prefix when there is more than one variant and a
+	// spare slot to hold it; keep at least one token per variant to
+	// evaluate, so that each variant's last logits come from its own cells.
+	if len(req.Variants) > 1 && parallel >= 2 {
+		lcp := len(req.Variants[0])
+		for _, v := range req.Variants[1:] {
+			lcp = min(lcp, len(v))
+			for i := 0; i < lcp; i++ {
+				if v[i] != req.Variants[0][i] {
+					lcp = i
+					break
+				}
+			}
+		}
+		minLen := len(req.Variants[0])
+		for _, v := range req.Variants {
+			minLen = min(minLen, len(v))
+		}
+		t.prefixLen = min(lcp, minLen-1)
+	}
+	for i, v := range req.Variants {
+		if req.Positions {
+			t.result.Variants[i].Positions = make([]float32, len(v)-1)
+		}
+	}
+	t.result.SharedPrefix = t.prefixLen
+	return t
+}
+
+// sequence is one llama.cpp sequence: a slot in the KV cache and the
+// tokens it feeds, in order, at positions 0, 1, ...
+type sequence struct {
+	slot    int32
+	tokens  []Token
+	fed     int // tokens decoded so far
+	reserve int // KV cells reserved for it
+	tier    Tier
+	order   uint64
+	gen     *genTask
+	score   *scoreTask
+	variant int // index of the variant, or -1 for a shared prefix
+
+	// set while building a step
+	inBatch int // tokens of this sequence in the current batch
+}
+
+func (s *sequence) remaining() int { return len(s.tokens) - s.fed }
+
+// wantsLogits says whether the token at index i needs its logits.
+func (s *sequence) wantsLogits(i int) bool {
+	last := i == len(s.tokens)-1
+	switch {
+	case s.gen != nil:
+		return last
+	case s.variant >= 0:
+		return last || s.score.req.Positions
+	default: // shared prefix: only position scores need its logits
+		return s.score.req.Positions
+	}
+}
+
+// output records where a sequence's logits sit in the step's outputs.
+type output struct {
+	seq   *sequence
+	index int   // index of the token in seq.tokens
+	batch int32 // index of the token in the batch
+}
+
+// loop is the state owned by the engine's goroutine.
+type loop struct {
+	e       *Engine
+	m       *Model
+	ctx     *C.struct_llama_context
+	mem     C.llama_memory_t
+	pool    *C.struct_ggml_threadpool
+	batch   C.struct_llama_batch
+	nBatch  int
+	nVocab  int
+	kvTotal int
+	kvUsed  int
+	split   bool // one KV stream per sequence (not UnifiedKV)
+
+	freeSlots []int32     // free slots, highest first: the lowest is taken next
+	bySlot    []*sequence // slot -> its sequence, nil if free
+	running   []*sequence
+	waiting   []task
+	scoring   []*scoreTask // admitted score tasks with variants left to start
+	nextNo    uint64
+	steps     uint64
+
+	// batch views and per-step scratch
+	bTok    []C.llama_token
+	bPos    []C.llama_pos
+	bNSeq   []C.int32_t
+	bSeq    []*C.llama_seq_id
+	bLogits []C.int8_t
+	outs    []output
+
+	// C scratch for fs_sample_batch
+	cSamplers []*C.struct_llama_sampler
+	cIdx      []C.int32_t
+	cOut      []C.int32_t
+	cScratch  unsafe.Pointer
+
+	prefillCap int // shrinks after a KV-full decode, recovers after success
+
+}
+
+func (e *Engine) run(ready chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(e.done)
+
+	l, err := e.newLoop()
+	if err != nil {
+		e.take(true)
+		ready <- err
+		return
+	}
+	ready <- nil
+	defer l.free()
+	l.serve()
+}
+
+func (e *Engine) newLoop() (*loop, error) {
+	o := e.opts
+	e.model.mu.RLock()
+	defer e.model.mu.RUnlock()
+	if e.model.closed {
+		return nil, ErrModelClosed
+	}
+	p := C.llama_context_default_params()
+	p.n_seq_max = C.uint32_t(o.Parallel)
+	p.n_batch = C.uint32_t(o.Batch)
+	p.n_ubatch = C.uint32_t(o.UBatch)
+	p.n_threads = C.int32_t(o.Threads)
+	p.n_threads_batch = C.int32_t(o.ThreadsBatch)
+	p.kv_unified = C.bool(o.UnifiedKV)
+	p.no_perf = true
+	p.n_ctx = C.uint32_t(o.KVCells)
+	if !o.UnifiedKV {
+		// llama.cpp divides the cells evenly between the streams, rounding
+		// each down to its padding of 256: ask for whole multiples.
+		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * o.Parallel)
+	}
+	switch o.FlashAttention {
+	case FlashAttentionOn:
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+	case FlashAttentionOff:
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+	default:
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+	}
+	ctx := C.llama_init_from_model(e.model.c, p)
+	if ctx == nil {
+		return nil, fmt.Errorf("creating llama context (%d KV cells, %d sequences): llama.cpp refused, see its log", o.KVCells, o.Parallel)
+	}
+	l := &loop{
+		e:          e,
+		m:          e.model,
+		ctx:        ctx,
+		mem:        C.llama_get_memory(ctx),
+		nBatch:     o.Batch,
+		nVocab:     e.model.info.VocabSize,
+		kvTotal:    int(C.llama_n_ctx(ctx)),
+		split:      !o.UnifiedKV,
+		prefillCap: o.Batch,
+	}
+	if perSeq := int(C.llama_n_ctx_seq(ctx)); perSeq < o.Context {
+		l.free()
+		return nil, fmt.Errorf("creating llama context: a sequence holds %d cells, fewer than the context %d", perSeq, o.Context)
+	}
+	// A persistent thread pool: without one ggml starts and joins its
+	// worker threads on every graph computation.
+	l.pool = C.fs_threadpool_attach(ctx, C.int32_t(max(o.Threads, o.ThreadsBatch)))
+	if l.pool == nil {
+		e.log.Warn("ggml CPU thread pool unavailable; decoding creates threads per step")
+	}
+	l.batch = C.llama_batch_init(C.int32_t(o.Batch), 0, 1)
+	n := o.Batch
+	l.bTok = unsafe.Slice(l.batch.token, n)
+	l.bPos = unsafe.Slice(l.batch.pos, n)
+	l.bNSeq = unsafe.Slice(l.batch.n_seq_id, n)
+	l.bSeq = unsafe.Slice(l.batch.seq_id, n)
+	l.bLogits = unsafe.Slice(l.batch.logits, n)
+	for i := range l.bNSeq {
+		l.bNSeq[i] = 1
+	}
+	// One allocation for the sampling scratch: pointers, then two int32 arrays.
+	ptr := C.size_t(unsafe.Sizeof(uintptr(0)))
+	l.cScratch = C.malloc(C.size_t(n)*ptr + 2*C.size_t(n)*4)
+	l.cSamplers = unsafe.Slice((**C.struct_llama_sampler)(l.cScratch), n)
+	l.cIdx = unsafe.Slice((*C.int32_t)(unsafe.Add(l.cScratch, n*int(ptr))), n)
+	l.cOut = unsafe.Slice((*C.int32_t)(unsafe.Add(l.cScratch, n*int(ptr)+4*n)), n)
+	for i := o.Parallel - 1; i >= 0; i-- {
+		l.freeSlots = append(l.freeSlots, int32(i))
+	}
+	l.bySlot = make([]*sequence, o.Parallel)
+	e.log.Info("engine ready", "provider", Provider, "parallel", o.Parallel, "context", o.Context,
+		"kv_cells", l.kvTotal, "batch", o.Batch, "threads", o.Threads, "unified_kv", o.UnifiedKV)
+	return l, nil
+}
+
+// free releases the C resources of the loop.
+func (l *loop) free() {
+	if l.cScratch != nil {
+		C.free(l.cScratch)
+		l.cScratch = nil
+	}
+	if l.batch.token != nil {
+		C.llama_batch_free(l.batch)
+		l.batch = C.struct_llama_batch{}
+	}
+	if l.ctx != nil {
+		C.llama_free(l.ctx)
+		l.ctx = nil
+	}
+	if l.pool != nil {
+		C.fs_threadpool_free(l.pool)
+		l.pool = nil
+	}
+}
+
+func (l *loop) serve() {
+	e := l.e
+	for {
+		idle := len(l.running) == 0 && len(l.waiting) == 0 && len(l.scoring) == 0
+		if idle {
+			select {
+			case <-e.wake:
+			case <-e.stop:
+				l.shutdown()
+				return
+			}
+		} else {
+			select {
+			case <-e.stop:
+				l.shutdown()
+				return
+			default:
+			}
+		}
+		l.intake(e.take(false))
+		l.dropCancelled()
+		l.admit()
+		l.step()
+	}
+}
+
+func (l *loop) intake(items []any) {
+	for _, it := range items {
+		switch v := it.(type) {
+		case chan Stats:
+			v <- l.stats()
+		case task:
+			b := v.base()
+			b.order = l.nextNo
+			l.nextNo++
+			l.waiting = append(l.waiting, v)
+		}
+	}
+	// Highest tier first, then arrival order.
+	slices.SortStableFunc(l.waiting, func(a, b task) int {
+		if d := int(a.base().tier) - int(b.base().tier); d != 0 {
+			return d
+		}
+		return int(a.base().order) - int(b.base().order)
+	})
+}
+
+func (l *loop) stats() Stats {
+	s := Stats{
+		Waiting:         len(l.waiting),
+		Sequences:       len(l.running),
+		Slots:           l.e.opts.Parallel,
+		KVCellsReserved: l.kvUsed,
+		KVCells:         l.kvTotal,
+		Steps:           l.steps,
+	}
+	tasks := map[task]bool{}
+	for _, sq := range l.running {
+		if sq.gen != nil {
+			tasks[sq.gen] = true
+		} else {
+			tasks[sq.score] = true
+		}
+	}
+	s.Running = len(tasks)
+	for slot := 0; slot < l.e.opts.Parallel; slot++ {
+		if C.llama_memory_seq_pos_max(l.mem, C.llama_seq_id(slot)) >= 0 {
+			s.SlotsWithMemory++
+		}
+	}
+	return s
+}
+
+// shutdown ends every task with ErrStopped.
+func (l *loop) shutdown() {
+	for len(l.running) > 0 {
+		sq := l.running[0]
+		if sq.gen != nil {
+			l.finishGen(sq.gen, "", ErrStopped)
+		} else {
+			l.finishScore(sq.score, ErrStopped)
+		}
+	}
+	for _, t := range slices.Clone(l.scoring) {
+		l.finishScore(t, ErrStopped)
+	}
+	for _, it := range l.e.take(true) {
+		if t, ok := it.(task); ok {
+			l.waiting = append(l.waiting, t)
+		}
+	}
+	for _, t := range l.waiting {
+		l.e.waiting.Add(-1)
+		switch t := t.(type) {
+		case *genTask:
+			l.finishGen(t, "", ErrStopped)
+		case *scoreTask:
+			l.finishScore(t, ErrStopped)
+		}
+	}
+	l.waiting = nil
+}
+
+// dropCancelled ends tasks whose context is done, freeing their sequences.
+func (l *loop) dropCancelled() {
+	for i := 0; i < len(l.running); {
+		sq := l.running[i]
+		var err error
+		if sq.gen != nil {
+			err = sq.gen.ctx.Err()
+		} else {
+			err = sq.score.ctx.Err()
+		}
+		if err == nil {
+			i++
+			continue
+		}
+		// Finishing removes the task's sequences; rescan from the start.
+		if sq.gen != nil {
+			l.finishGen(sq.gen, "", err)
+		} else {
+			l.finishScore(sq.score, err)
+		}
+		i = 0
+	}
+	for _, t := range slices.Clone(l.scoring) {
+		if err := t.ctx.Err(); err != nil {
+			l.finishScore(t, err)
+		}
+	}
+	l.waiting = slices.DeleteFunc(l.waiting, func(t task) bool {
+		err := t.base().ctx.Err()
+		if err == nil {
+			return false
+		}
+		l.e.waiting.Add(-1)
+		switch t := t.(type) {
+		case *genTask:
+			l.finishGen(t, "", err)
+		case *scoreTask:
+			l.finishScore(t, err)
+		}
+		return true
+	})
+}
+
+// fits says whether cells more KV cells can be reserved now. With one
+// stream per sequence every slot has its own Context cells.
+func (l *loop) fits(cells int) bool {
+	return l.split || l.kvUsed+cells <= l.kvTotal
+}
+
+// admit starts variants of admitted score tasks, then waiting tasks in
+// priority order, while slots and KV cells last. Admission is strict FIFO
+// within the order: a task that does not fit stops it, so big requests
+// are not starved by small ones.
+func (l *loop) admit() {
+	for _, t := range l.scoring {
+		l.startVariants(t)
+	}
+	l.scoring = slices.DeleteFunc(l.scoring, func(t *scoreTask) bool { return t.next >= len(t.req.Variants) })
+
+	n := 0
+	for _, t := range l.waiting {
+		if len(l.freeSlots) == 0 {
+			break
+		}
+		ok := false
+		switch t := t.(type) {
+		case *genTask:
+			ok = l.admitGen(t)
+		case *scoreTask:
+			ok = l.admitScore(t)
+		}
+		if !ok {
+			break
+		}
+		n++
+	}
+	if n > 0 {
+		l.e.waiting.Add(int64(-n))
+		l.waiting = slices.Delete(l.waiting, 0, n)
+	}
+}
+
+// takeSlot takes the lowest free slot. Keeping the used slots dense and
+// low matters with split KV streams: llama.cpp views the streams of a
+// micro-batch as one range.
+func (l *loop) takeSlot() int32 {
+	s := l.freeSlots[len(l.freeSlots)-1]
+	l.freeSlots = l.freeSlots[:len(l.freeSlots)-1]
+	return s
+}
+
+func (l *loop) releaseSlot(s int32) {
+	i, _ := slices.BinarySearchFunc(l.freeSlots, s, func(a, b int32) int { return int(b) - int(a) })
+	l.freeSlots = slices.Insert(l.freeSlots, i, s)
+}
+
+// addSeq registers a sequence, keeping running sorted by tier then order.
+func (l *loop) addSeq(sq *sequence) {
+	l.kvUsed += sq.reserve
+	l.bySlot[sq.slot] = sq
+	i, _ := slices.BinarySearchFunc(l.running, sq, func(a, b *sequence) int {
+		if d := int(a.tier) - int(b.tier); d != 0 {
+			return d
+		}
+		if a.order < b.order {
+			return -1
+		}
+		if a.order > b.order {
+			return 1
+		}
+		return 0
+	})
+	l.running = slices.Insert(l.running, i, sq)
+}
+
+// removeSeq frees a sequence's cells, slot and reservation.
+func (l *loop) removeSeq(sq *sequence) {
+	i := slices.Index(l.running, sq)
+	if i < 0 {
+		return
+	}
+	l.running = slices.Delete(l.running, i, i+1)
+	C.llama_memory_seq_rm(l.mem, C.llama_seq_id(sq.slot), -1, -1)
+	l.bySlot[sq.slot] = nil
+	l.releaseSlot(sq.slot)
+	l.kvUsed -= sq.reserve
+}
+
+func (l *loop) admitGen(t *genTask) bool {
+	need := len(t.req.Prompt) + t.req.MaxTokens
+	if !l.fits(need) {
+		return false
+	}
+	t.admitted = time.Now()
+	t.sampler = l.newSampler(&t.req.Sampling)
+	tokens := make([]Token, len(t.req.Prompt), len(t.req.Prompt)+t.req.MaxTokens)
+	copy(tokens, t.req.Prompt)
+	t.seq = &sequence{slot: l.takeSlot(), tokens: tokens, reserve: need, tier: t.tier, order: t.order, gen: t, variant: -1}
+	l.addSeq(t.seq)
+	return true
+}
+
+func (l *loop) admitScore(t *scoreTask) bool {
+	if t.prefixLen > 0 {
+		// A shared prefix holds a slot until every variant is done: admit
+		// it only with room for a variant beside it, so that prefixes can
+		// never hold every slot (or every cell) while their variants wait.
+		maxSuffix := 0
+		for _, v := range t.req.Variants {
+			maxSuffix = max(maxSuffix, len(v)-t.prefixLen)
+		}
+		if len(l.freeSlots) < 2 || !l.fits(t.prefixLen+maxSuffix) {
+			return false
+		}
+		t.admitted = time.Now()
+		t.prefix = &sequence{slot: l.takeSlot(), tokens: t.req.Variants[0][:t.prefixLen], reserve: t.prefixLen,
+			tier: t.tier, order: t.order, score: t, variant: -1}
+		l.addSeq(t.prefix)
+	} else {
+		if !l.fits(len(t.req.Variants[0])) {
+			return false
+		}
+		t.admitted = time.Now()
+		t.prefixDone = true
+		l.startVariants(t)
+	}
+	l.scoring = append(l.scoring, t)
+	return true
+}
+
+// startVariants starts as many variants of t as slots and cells allow,
+// once its shared prefix is in the cache.
+func (l *loop) startVariants(t *scoreTask) {
+	if !t.prefixDone {
+		return
+	}
+	for t.next < len(t.req.Variants) && len(l.freeSlots) > 0 {
+		v := t.req.Variants[t.next]
+		need := len(v) - t.prefixLen
+		if !l.fits(need) {
+			return
+		}
+		sq := &sequence{slot: l.takeSlot(), tokens: v, fed: t.prefixLen, reserve: need,
+			tier: t.tier, order: t.order, score: t, variant: t.next}
+		if t.prefixLen > 0 {
+			// Share (unified cache) or copy (split streams) the prefix cells.
+			C.llama_memory_seq_cp(l.mem, C.llama_seq_id(t.prefix.slot), C.llama_seq_id(sq.slot), -1, -1)
+		}
+		l.addSeq(sq)
+		t.next++
+		t.active++
+	}
+}
+
+func (l *loop) newSampler(s *Sampling) *C.struct_llama_sampler {
+	if s.greedy() {
+		return nil
+	}
+	chain := C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+	if s.penalized() {
+		rep := s.RepeatPenalty
+		if rep == 0 {
+			rep = 1
+		}
+		C.llama_sampler_chain_add(chain, initPenalties(l.m.vocab, C.int32_t(s.PenaltyLastN),
+			C.float(rep), C.float(s.FrequencyPenalty), C.float(s.PresencePenalty)))
+	}
+	if s.Temperature == 0 {
+		C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+		return chain
+	}
+	if s.TopK > 0 {
+		C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(C.int32_t(s.TopK)))
+	}
+	if s.TopP > 0 && s.TopP < 1 {
+		C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(C.float(s.TopP), 1))
+	}
+	if s.MinP > 0 {
+		C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(C.float(s.MinP), 1))
+	}
+	C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(C.float(s.Temperature)))
+	seed := rand.Uint32()
+	if s.Seed != nil {
+		seed = *s.Seed
+	}
+	C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(C.uint32_t(seed)))
+	return chain
+}
+
+// step builds one batch, decodes it and handles its outputs.
+func (l *loop) step() {
+	if len(l.running) == 0 {
+		return
+	}
+	n := 0
+	l.outs = l.outs[:0]
+	add := func(sq *sequence, k int) {
+		for j := 0; j < k; j++ {
+			i := sq.fed + j
+			l.bTok[n] = C.llama_token(sq.tokens[i])
+			l.bPos[n] = C.llama_pos(i)
+			*l.bSeq[n] = C.llama_seq_id(sq.slot)
+			l.bLogits[n] = 0
+			if sq.wantsLogits(i) {
+				l.bLogits[n] = 1
+				l.outs = append(l.outs, output{seq: sq, index: i, batch: int32(n)})
+			}
+			n++
+		}
+		sq.inBatch = k
+	}
+	// Decode tokens first, one per generating sequence in slot order (all
+	// of them go in, so priority does not matter here, and split KV streams
+	// are viewed fastest in order), then prompt chunks in priority order
+	// with the rest of the budget.
+	for _, sq := range l.running {
+		sq.inBatch = 0
+	}
+	for _, sq := range l.bySlot {
+		if sq != nil && sq.remaining() == 1 {
+			add(sq, 1)
+		}
+	}
+	budget := l.nBatch
+	prefill := 0
+	for _, sq := range l.running {
+		if sq.inBatch > 0 || sq.remaining() == 0 {
+			continue
+		}
+		k := min(sq.remaining(), budget-n, l.prefillCap-prefill)
+		if k <= 0 {
+			break
+		}
+		add(sq, k)
+		prefill += k
+	}
+	if n == 0 {
+		return
+	}
+	l.batch.n_tokens = C.int32_t(n)
+	rc := C.llama_decode(l.ctx, l.batch)
+	l.steps++
+	if rc != 0 {
+		l.decodeFailed(int(rc), prefill)
+		return
+	}
+	l.prefillCap = min(l.nBatch, l.prefillCap*2)
+	for _, sq := range l.running {
+		sq.fed += sq.inBatch
+	}
+	l.handleOutputs()
+}
+
+// decodeFailed recovers from a failed llama_decode without losing the
+// other sequences.
+func (l *loop) decodeFailed(rc, prefill int) {
+	if rc == 1 && prefill > 1 {
+		// No KV slot for the batch: the cache is unchanged; retry with
+		// smaller prompt chunks.
+		l.prefillCap = max(1, prefill/2)
+		l.e.log.Warn("llama_decode found no KV slot; shrinking prompt chunks", "prefill_cap", l.prefillCap)
+		return
+	}
+	var err error
+	if rc == 1 {
+		err = ErrKVExhausted
+	} else {
+		err = fmt.Errorf("llama_decode failed with code %d", rc)
+	}
+	l.e.log.Error("decode failed; ending the sequences of the batch", "code", rc)
+	// The failed ubatches may have left cells behind: end every task in the
+	// batch, which removes all of their cells.
+	var victims []task
+	for _, sq := range l.running {
+		if sq.inBatch > 0 {
+			if sq.gen != nil {
+				victims = append(victims, sq.gen)
+			} else {
+				victims = append(victims, sq.score)
+			}
+		}
+	}
+	for _, t := range victims {
+		switch t := t.(type) {
+		case *genTask:
+			l.finishGen(t, "", err)
+		case *scoreTask:
+			l.finishScore(t, err)
+		}
+	}
+}
+
+func (l *loop) logits(batchIdx int32) unsafe.Pointer {
+	return unsafe.Pointer(C.llama_get_logits_ith(l.ctx, C.int32_t(batchIdx)))
+}
+
+func (l *loop) handleOutputs() {
+	// Generation: sample every sequence that fed its last token, in one call.
+	var gens []output
+	for _, o := range l.outs {
+		if o.seq.gen != nil && o.seq.fed == len(o.seq.tokens) {
+			gens = append(gens, o)
+		}
+	}
+	if len(gens) > 0 {
+		for i, o := range gens {
+			l.cSamplers[i] = o.seq.gen.sampler
+			l.cIdx[i] = C.int32_t(o.batch)
+		}
+		C.fs_sample_batch(l.ctx, C.int32_t(l.nVocab), C.int32_t(len(gens)), &l.cSamplers[0], &l.cIdx[0], &l.cOut[0])
+		for i, o := range gens {
+			l.accept(o, Token(l.cOut[i]))
+		}
+	}
+	for _, o := range l.outs {
+		if o.seq.score != nil {
+			l.scoreOutput(o)
+		}
+	}
+	// Finish score sequences that have fed everything.
+	for i := 0; i < len(l.running); {
+		sq := l.running[i]
+		if sq.score == nil || sq.remaining() > 0 {
+			i++
+			continue
+		}
+		t := sq.score
+		if sq.variant < 0 {
+			t.prefixDone = true
+			i++
+			continue
+		}
+		l.removeSeq(sq)
+		t.active--
+		t.finished++
+		if t.finished == len(t.req.Variants) {
+			l.finishScore(t, nil)
+			i = 0 // it may have removed sequences before i
+		}
+	}
+}
+
+// accept takes a sampled token into a generation.
+func (l *loop) accept(o output, tok Token) {
+	t := o.seq.gen
+	now := time.Now()
+	if t.generated == 0 {
+		t.firstTok = now
+	}
+	if tok < 0 || int(tok) >= l.nVocab {
+		l.finishGen(t, "", errors.New("sampler returned no valid token"))
+		return
+	}
+	t.generated++
+	if l.m.eog[tok] && !t.req.IgnoreEOS {
+		l.finishGen(t, FinishStop, nil)
+		return
+	}
+	ev := Event{Token: tok}
+	if t.req.Logprobs || t.req.TopLogprobs > 0 {
+		lp, top := l.logprobs(o.batch, []Token{tok}, t.req.TopLogprobs)
+		ev.Logprob = &TokenLogprob{Token: tok, Logprob: lp[0]}
+		ev.TopLogprobs = top
+	}
+	var piece []byte
+	if !l.m.IsSpecial(tok) {
+		piece = l.m.pieces[tok]
+	}
+	text, stopped := t.asm.push(piece)
+	ev.Text = text
+	t.stream.push(ev)
+	switch {
+	case stopped:
+		t.asm = textAssembler{} // drop held text: it is part of the stop string
+		l.finishGen(t, FinishStop, nil)
+	case t.generated >= t.req.MaxTokens:
+		l.finishGen(t, FinishLength, nil)
+	default:
+		o.seq.tokens = append(o.seq.tokens, tok)
+	}
+}
+
+// logprobs returns the log-probabilities of targets and the top k tokens
+// from the logits of batch row idx.
+func (l *loop) logprobs(idx int32, targets []Token, k int) ([]float32, []TokenLogprob) {
+	lp := make([]float32, len(targets))
+	ids := make([]int32, k+1)
+	tops := make([]float32, k+1)
+	var tp *C.int32_t
+	if len(targets) > 0 {
+		tp = (*C.int32_t)(unsafe.Pointer(&targets[0]))
+	}
+	var lpp *C.float
+	if len(lp) > 0 {
+		lpp = (*C.float)(unsafe.Pointer(&lp[0]))
+	}
+	C.fs_logprobs((*C.float)(l.logits(idx)), C.int32_t(l.nVocab), tp, C.int32_t(len(targets)), lpp,
+		C.int32_t(k), (*C.int32_t)(unsafe.Pointer(&ids[0])), (*C.float)(unsafe.Pointer(&tops[0])))
+	var top []TokenLogprob
+	if k > 0 {
+		top = make([]TokenLogprob, k)
+		for i := range top {
+			top[i] = TokenLogprob{Token: ids[i], Logprob: tops[i]}
+		}
+	}
+	return lp, top
+}
+
+// scoreOutput records what one output row of a score task contributes.
+func (l *loop) scoreOutput(o output) {
+	t := o.seq.score
+	req := &t.req
+	sq := o.seq
+	if sq.variant < 0 {
+		// Shared prefix: position scores, shared by every variant.
+		if o.index < t.prefixLen-1 {
+			lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
+			for i := range t.result.Variants {
+				t.result.Variants[i].Positions[o.index] = lp[0]
+			}
+			return
+		}
+		// The prefix's last row predicts each variant's first own token.
+		next := make([]Token, len(req.Variants))
+		for i, v := range req.Variants {
+			next[i] = v[t.prefixLen]
+		}
+		lp, _ := l.logprobs(o.batch, next, 0)
+		for i := range t.result.Variants {
+			t.result.Variants[i].Positions[o.index] = lp[i]
+		}
+		return
+	}
+	vs := &t.result.Variants[sq.variant]
+	if o.index < len(sq.tokens)-1 {
+		lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
+		vs.Positions[o.index] = lp[0]
+		return
+	}
+	vs.Targets, vs.Top = l.logprobs(o.batch, req.Targets, req.TopK)
+}
+
+// finishGen ends a generation: its final event, then its resources.
+func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
+	if t.seq != nil {
+		l.removeSeq(t.seq)
+		t.seq = nil
+	}
+	if t.sampler != nil {
+		C.llama_sampler_free(t.sampler)
+		t.sampler = nil
+	}
+	now := time.Now()
+	ev := Event{Token: -1, Done: true, Err: err, Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated}}
+	if err == nil {
+		ev.Finish = reason
+		ev.Text = t.asm.flush()
+	}
+	if !t.admitted.IsZero() {
+		ev.Timings.Queue = t.admitted.Sub(t.submitted)
+		if !t.firstTok.IsZero() {
+			ev.Timings.Prefill = t.firstTok.Sub(t.admitted)
+			ev.Timings.Decode = now.Sub(t.firstTok)
+			ev.Timings.FirstByte = t.firstTok.Sub(t.submitted)
+		}
+	}
+	t.stream.push(ev)
+	t.stream.cancel() // release the derived context
+}
+
+// finishScore ends a score task and frees all of its sequences.
+func (l *loop) finishScore(t *scoreTask, err error) {
+	select {
+	case <-t.done:
+		return
+	default:
+	}
+	for i := 0; i < len(l.running); {
+		if sq := l.running[i]; sq.score == t {
+			l.removeSeq(sq)
+			continue
+		}
+		i++
+	}
+	t.prefix = nil
+	l.scoring = slices.DeleteFunc(l.scoring, func(x *scoreTask) bool { return x == t })
+	if err != nil {
+		t.err, t.result = err, nil
+	} else {
+		now := time.Now()
+		t.result.Timings = Timings{Queue: t.admitted.Sub(t.submitted), Prefill: now.Sub(t.admitted), FirstByte: now.Sub(t.submitted)}
+	}
+	close(t.done)
+}

@@ -1,0 +1,429 @@
+package engine
+
+// #cgo LDFLAGS: -lm
+// #include <stdlib.h>
+// #include "helpers.h"
+import "C"
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/cgo"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/finserve/finserve/models"
+)
+
+// Token is a vocabulary id.
+type Token = int32
+
+var backendOnce sync.Once
+
+// initBackend loads the ggml backends (a no-op for the bundled provider,
+// whose CPU backend is linked in) and routes llama.cpp logs into slog.
+func initBackend() {
+	backendOnce.Do(func() {
+		loadBackends()
+		C.llama_log_set(C.ggml_log_callback(C.fs_log_trampoline), nil)
+		C.llama_backend_init()
+	})
+}
+
+var (
+	logger  atomic.Pointer[slog.Logger]
+	logMu   sync.Mutex
+	logLine []byte
+	logLvl  slog.Level
+)
+
+// SetLogger sets where llama.cpp's own log lines go. Its INFO lines (many,
+// while loading) are logged at Debug; warnings and errors as such.
+// nil restores slog.Default().
+func SetLogger(l *slog.Logger) { logger.Store(l) }
+
+//export goLog
+func goLog(level C.int, text *C.char, _ C.uintptr_t) {
+	s := C.GoString(text)
+	logMu.Lock()
+	defer logMu.Unlock()
+	switch level {
+	case C.GGML_LOG_LEVEL_CONT:
+	case C.GGML_LOG_LEVEL_WARN:
+		logLvl = slog.LevelWarn
+	case C.GGML_LOG_LEVEL_ERROR:
+		logLvl = slog.LevelError
+	default:
+		logLvl = slog.LevelDebug
+	}
+	logLine = append(logLine, s...)
+	for {
+		i := bytes.IndexByte(logLine, '\n')
+		if i < 0 {
+			break
+		}
+		if line := strings.TrimSpace(string(logLine[:i])); line != "" {
+			l := logger.Load()
+			if l == nil {
+				l = slog.Default()
+			}
+			l.Log(context.Background(), logLvl, line, "source", "llama.cpp")
+		}
+		logLine = logLine[i+1:]
+	}
+	if len(logLine) == 0 {
+		logLine = nil
+	}
+}
+
+//export goProgress
+func goProgress(progress C.float, handle C.uintptr_t) C.bool {
+	fn := cgo.Handle(handle).Value().(func(float32) bool)
+	return C.bool(fn(float32(progress)))
+}
+
+// ModelOptions tune how a model is loaded.
+type ModelOptions struct {
+	// GPULayers is the number of layers to offload to a GPU (system provider
+	// built with a GPU backend); 0 keeps everything on the CPU, -1 offloads all.
+	GPULayers int
+	// Progress, if set, receives the loading progress from 0 to 1.
+	Progress func(float32)
+	// DisableRepack keeps weights in their file layout instead of repacking
+	// them for ggml's faster CPU kernels (Q4_0, Q4_K, Q2_K and IQ4_NL).
+	// Repacked kernels handle rows in groups of four and the rest one by
+	// one, so a sequence's logits can depend on its place in the batch.
+	DisableRepack bool
+}
+
+// Model is a loaded GGUF model: weights (memory-mapped) and vocabulary.
+// Its methods are safe for concurrent use; inference goes through an Engine.
+type Model struct {
+	c      *C.struct_llama_model
+	vocab  *C.struct_llama_vocab
+	info   ModelInfo
+	pieces [][]byte // token id -> text, special tokens rendered
+	attrs  []uint32 // token id -> llama_token_attr
+	eog    []bool
+
+	mu     sync.RWMutex // held for reading by users of c, for writing by Close
+	closed bool
+}
+
+// ModelInfo describes a loaded model.
+type ModelInfo struct {
+	Path         string
+	Description  string
+	Architecture string
+	Params       uint64
+	SizeBytes    uint64
+	VocabSize    int
+	TrainContext int
+	Embedding    int
+	Layers       int
+	ChatTemplate string // the model's own template, "" if none
+	BOS, EOS     Token  // -1 if none
+	AddBOS       bool
+}
+
+// Errors returned by model loading.
+var (
+	ErrInvalidModel = errors.New("invalid model file")
+	ErrModelClosed  = errors.New("model is closed")
+)
+
+// LoadModel validates path as GGUF (rejecting corrupt, truncated or
+// unsupported files before llama.cpp reads them) and loads it. Cancelling
+// ctx aborts a load in progress.
+func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, error) {
+	f, err := models.Check(path)
+	if err != nil {
+		if models.IsInvalid(err) {
+			return nil, fmt.Errorf("%w %s: %w", ErrInvalidModel, path, err)
+		}
+		return nil, fmt.Errorf("loading model: %w", err)
+	}
+	initBackend()
+
+	params := C.llama_model_default_params()
+	params.n_gpu_layers = C.int32_t(opts.GPULayers)
+	if opts.DisableRepack {
+		params.use_extra_bufts = false
+	}
+	progress := cgo.NewHandle(func(p float32) bool {
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+		return ctx.Err() == nil
+	})
+	defer progress.Delete()
+	params.progress_callback = C.llama_progress_callback(C.fs_progress_trampoline)
+	// The C side receives a pointer to C memory holding the handle: an
+	// integer stored in a pointer field would confuse the Go garbage collector.
+	hp := (*C.uintptr_t)(C.malloc(C.size_t(unsafe.Sizeof(C.uintptr_t(0)))))
+	defer C.free(unsafe.Pointer(hp))
+	*hp = C.uintptr_t(progress)
+	params.progress_callback_user_data = unsafe.Pointer(hp)
+
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	cm := C.llama_model_load_from_file(cpath, params)
+	if cm == nil {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("loading model: %w", err)
+		}
+		return nil, fmt.Errorf("loading model %s: llama.cpp could not load it (see its log lines)", path)
+	}
+	m := &Model{c: cm, vocab: C.llama_model_get_vocab(cm)}
+	m.describe(path, f)
+	return m, nil
+}
+
+func (m *Model) describe(path string, f *models.File) {
+	c, v := m.c, m.vocab
+	n := int(C.llama_vocab_n_tokens(v))
+	buf := make([]byte, 256)
+	desc := func() string {
+		k := C.llama_model_desc(c, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
+		return string(buf[:max(0, min(int(k), len(buf)-1))])
+	}()
+	m.info = ModelInfo{
+		Path:         path,
+		Description:  desc,
+		Architecture: f.Architecture(),
+		Params:       uint64(C.llama_model_n_params(c)),
+		SizeBytes:    uint64(C.llama_model_size(c)),
+		VocabSize:    n,
+		TrainContext: int(C.llama_model_n_ctx_train(c)),
+		Embedding:    int(C.llama_model_n_embd(c)),
+		Layers:       int(C.llama_model_n_layer(c)),
+		BOS:          Token(C.llama_vocab_bos(v)),
+		EOS:          Token(C.llama_vocab_eos(v)),
+		AddBOS:       bool(C.llama_vocab_get_add_bos(v)),
+	}
+	if t := C.llama_model_chat_template(c, nil); t != nil {
+		m.info.ChatTemplate = C.GoString(t)
+	}
+	// Render every token once: detokenizing generated text is then a table
+	// lookup, with no cgo call per token and no id ever out of range in C.
+	m.pieces = make([][]byte, n)
+	m.attrs = make([]uint32, n)
+	m.eog = make([]bool, n)
+	for id := 0; id < n; id++ {
+		tok := C.llama_token(id)
+		k := C.llama_token_to_piece(v, tok, (*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), 0, true)
+		if k < 0 {
+			big := make([]byte, -k)
+			k = C.llama_token_to_piece(v, tok, (*C.char)(unsafe.Pointer(&big[0])), C.int32_t(len(big)), 0, true)
+			m.pieces[id] = big[:max(0, int(k))]
+		} else {
+			m.pieces[id] = bytes.Clone(buf[:k])
+		}
+		m.attrs[id] = uint32(C.llama_vocab_get_attr(v, tok))
+		m.eog[id] = bool(C.llama_vocab_is_eog(v, tok))
+	}
+}
+
+// Info describes the model.
+func (m *Model) Info() ModelInfo { return m.info }
+
+// Close frees the model. Engines using it must be closed first.
+func (m *Model) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		m.closed = true
+		C.llama_model_free(m.c)
+		m.c, m.vocab = nil, nil
+	}
+}
+
+// ValidToken reports whether t is a token id of this model.
+func (m *Model) ValidToken(t Token) bool { return t >= 0 && int(t) < m.info.VocabSize }
+
+// IsEOG reports whether t ends generation (end of sequence or of turn).
+func (m *Model) IsEOG(t Token) bool { return m.ValidToken(t) && m.eog[t] }
+
+// IsSpecial reports whether t is a control or unknown token, which
+// generated text leaves out.
+func (m *Model) IsSpecial(t Token) bool {
+	return m.ValidToken(t) && m.attrs[t]&(C.LLAMA_TOKEN_ATTR_CONTROL|C.LLAMA_TOKEN_ATTR_UNKNOWN) != 0
+}
+
+// Piece returns the bytes token t renders to (special tokens included by
+// name). A piece can end in the middle of a UTF-8 character.
+func (m *Model) Piece(t Token) []byte {
+	if !m.ValidToken(t) {
+		return nil
+	}
+	return m.pieces[t]
+}
+
+// Tokenize converts text to tokens. addSpecial adds BOS (and EOS) as the
+// model asks; parseSpecial lets text name special tokens such as
+// "<|im_start|>" (use it only for text the server itself produced, such as
+// a rendered chat template).
+func (m *Model) Tokenize(text string, addSpecial, parseSpecial bool) ([]Token, error) {
+	if !utf8.ValidString(text) {
+		return nil, errors.New("tokenizing: text is not valid UTF-8")
+	}
+	if len(text) > 1<<30 {
+		return nil, errors.New("tokenizing: text is too long")
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return nil, ErrModelClosed
+	}
+	if addSpecial && m.info.AddBOS && m.info.BOS < 0 {
+		// llama.cpp asserts on this; refuse instead.
+		return nil, errors.New("tokenizing: the model asks for a BOS token but has none")
+	}
+	var ctext *C.char
+	if len(text) > 0 {
+		ctext = (*C.char)(unsafe.Pointer(unsafe.StringData(text)))
+	}
+	out := make([]Token, len(text)+8)
+	for {
+		var p *C.llama_token
+		if len(out) > 0 {
+			p = (*C.llama_token)(unsafe.Pointer(&out[0]))
+		}
+		n := C.llama_tokenize(m.vocab, ctext, C.int32_t(len(text)), p, C.int32_t(len(out)), C.bool(addSpecial), C.bool(parseSpecial))
+		if n == C.INT32_MIN {
+			return nil, errors.New("tokenizing: too many tokens")
+		}
+		if n >= 0 {
+			return out[:n], nil
+		}
+		out = make([]Token, -n)
+	}
+}
+
+// Detokenize converts tokens to text the way llama.cpp does for a whole
+// sequence: BOS dropped, the tokenizer's leading space removed, special
+// tokens left out. It is the inverse of Tokenize(text, true, false).
+func (m *Model) Detokenize(tokens []Token) (string, error) {
+	for _, t := range tokens {
+		if !m.ValidToken(t) {
+			return "", fmt.Errorf("detokenizing: %d is not a token id (vocabulary %d)", t, m.info.VocabSize)
+		}
+	}
+	if len(tokens) == 0 {
+		return "", nil
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return "", ErrModelClosed
+	}
+	// llama.cpp keeps the tokenizer's leading space when it drops the BOS
+	// itself; dropping the BOS here lets it remove the space as well.
+	if tokens[0] == m.info.BOS {
+		tokens = tokens[1:]
+		if len(tokens) == 0 {
+			return "", nil
+		}
+	}
+	buf := make([]byte, 4*len(tokens)+16)
+	for {
+		n := C.llama_detokenize(m.vocab, (*C.llama_token)(unsafe.Pointer(&tokens[0])), C.int32_t(len(tokens)),
+			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), true, false)
+		if n >= 0 {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, -n)
+	}
+}
+
+// Message is one turn of a chat.
+type Message struct {
+	Role    string // system, user or assistant
+	Content string
+}
+
+// ErrNoChatTemplate means the model has no chat template and none was named.
+var ErrNoChatTemplate = errors.New("the model has no chat template; name one (for example chatml or llama3)")
+
+// BuiltinTemplates lists the chat template names llama.cpp knows.
+func BuiltinTemplates() []string {
+	initBackend()
+	n := C.llama_chat_builtin_templates(nil, 0)
+	if n <= 0 {
+		return nil
+	}
+	names := make([]*C.char, n)
+	C.llama_chat_builtin_templates(&names[0], C.size_t(n))
+	out := make([]string, n)
+	for i, p := range names {
+		out[i] = C.GoString(p)
+	}
+	return out
+}
+
+// ApplyChatTemplate renders messages into a prompt with template, which is
+// a builtin name (see BuiltinTemplates), a Jinja template llama.cpp
+// recognises, or "" for the model's own. addAssistant appends the opening
+// of the assistant's turn.
+func (m *Model) ApplyChatTemplate(template string, messages []Message, addAssistant bool) (string, error) {
+	if template == "" {
+		template = m.info.ChatTemplate
+		if template == "" {
+			return "", ErrNoChatTemplate
+		}
+	}
+	if len(messages) == 0 {
+		return "", errors.New("applying chat template: no messages")
+	}
+	if strings.IndexByte(template, 0) >= 0 {
+		return "", errors.New("applying chat template: template contains a NUL byte")
+	}
+	total := 0
+	for i, msg := range messages {
+		// C strings end at NUL: refuse rather than silently truncate.
+		if strings.IndexByte(msg.Role, 0) >= 0 || strings.IndexByte(msg.Content, 0) >= 0 {
+			return "", fmt.Errorf("applying chat template: message %d contains a NUL byte", i)
+		}
+		total += len(msg.Role) + len(msg.Content)
+	}
+	ctmpl := C.CString(template)
+	defer C.free(unsafe.Pointer(ctmpl))
+	cmsgs := unsafe.Slice((*C.struct_llama_chat_message)(C.malloc(C.size_t(len(messages))*C.size_t(unsafe.Sizeof(C.struct_llama_chat_message{})))), len(messages))
+	defer C.free(unsafe.Pointer(&cmsgs[0]))
+	for i, msg := range messages {
+		cmsgs[i].role = C.CString(msg.Role)
+		cmsgs[i].content = C.CString(msg.Content)
+	}
+	defer func() {
+		for i := range cmsgs {
+			C.free(unsafe.Pointer(cmsgs[i].role))
+			C.free(unsafe.Pointer(cmsgs[i].content))
+		}
+	}()
+	buf := make([]byte, 2*total+256)
+	for {
+		n := C.llama_chat_apply_template(ctmpl, &cmsgs[0], C.size_t(len(cmsgs)), C.bool(addAssistant),
+			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)))
+		if n < 0 {
+			return "", fmt.Errorf("applying chat template: llama.cpp does not support this template; builtin names: %s",
+				strings.Join(BuiltinTemplates(), ", "))
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, n)
+	}
+}
+
+// SystemInfo is llama.cpp's description of the CPU features and backends
+// it was built with.
+func SystemInfo() string {
+	initBackend()
+	return C.GoString(C.llama_print_system_info())
+}
