@@ -25,7 +25,10 @@ export CGO_CPPFLAGS := -DGGML_USE_CPU_REPACK
 TEST_FLAGS ?= -race -timeout 20m
 MODELS := testdata/models
 
-.PHONY: help prereqs headers build test test-system build-system smoke fuzz bench peer-bench clean
+env: ## print the build environment: eval "$$(make -s env)" to use go directly
+	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
+
+.PHONY: env help prereqs headers build test test-system build-system smoke fuzz bench peer-bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'

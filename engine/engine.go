@@ -119,9 +119,14 @@ type Options struct {
 	// order, flash attention then sums in another order, and a running
 	// sequence's logits change in their last bits, enough to flip a
 	// near-tie in greedy decoding. With a stream per sequence a request
-	// gives the same tokens and scores alone or in any batch (for weights
-	// that are not repacked; see ModelOptions.DisableRepack), and decoding
+	// gives the same tokens and scores alone or in any batch, and decoding
 	// many sequences is faster because attention reads only their own cells.
+	//
+	// Batch invariance also needs matrix kernels that round a row the same
+	// way whatever the number of rows. Quantized weights (q8_0, the K-quants)
+	// have them; f32 and f16 weights do not in the bundled build, where
+	// llamafile's tinyBLAS multiplies two or more rows and ggml's vec_dot a
+	// single one; repacked weights (see ModelOptions.DisableRepack) neither.
 	UnifiedKV bool
 	// FlashAttention mode (default auto).
 	FlashAttention FlashAttention
