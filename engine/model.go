@@ -96,9 +96,11 @@ type ModelOptions struct {
 	// Progress, if set, receives the loading progress from 0 to 1.
 	Progress func(float32)
 	// DisableRepack keeps weights in their file layout instead of repacking
-	// them for ggml's faster CPU kernels (Q4_0, Q4_K, Q2_K and IQ4_NL).
-	// Repacked kernels handle rows in groups of four and the rest one by
-	// one, so a sequence's logits can depend on its place in the batch.
+	// them for ggml's interleaved CPU kernels (which types depends on the
+	// ggml version: Q4_0, Q4_K, Q2_K and IQ4_NL in the bundled one, also
+	// Q8_0, Q6_K and MXFP4 in newer ones). Repacked kernels handle rows in
+	// groups of four and the rest one by one, so a sequence's logits can
+	// depend on its place in the batch; see Options.UnifiedKV.
 	DisableRepack bool
 }
 

@@ -124,7 +124,7 @@ func newModelBenchCmd() *cobra.Command {
 		npl                                            string
 		unifiedKV                                      bool
 		fa                                             string
-		asJSON                                         bool
+		asJSON, noRepack                               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench PATH",
@@ -149,7 +149,7 @@ compare; scripts/peer-bench.sh does both.`,
 				return err
 			}
 			ctx := cmd.Context()
-			m, err := engine.LoadModel(ctx, args[0], engine.ModelOptions{})
+			m, err := engine.LoadModel(ctx, args[0], engine.ModelOptions{DisableRepack: noRepack})
 			if err != nil {
 				return err
 			}
@@ -222,6 +222,7 @@ compare; scripts/peer-bench.sh does both.`,
 	f.IntVar(&ubatch, "ubatch", 512, "micro-batch (llama.cpp's n_ubatch)")
 	f.BoolVar(&unifiedKV, "unified-kv", false, "one KV cache shared by all sequences instead of a stream each")
 	f.StringVar(&fa, "flash-attn", "auto", "flash attention: auto, on or off")
+	f.BoolVar(&noRepack, "no-repack", false, "keep weights in their file layout (see engine.ModelOptions.DisableRepack)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
