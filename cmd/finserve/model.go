@@ -137,9 +137,12 @@ llama-batched-bench does. Run the peers on the same file and threads to
 compare; scripts/peer-bench.sh does both.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			levels, err := parseInts(npl)
-			if err != nil {
-				return fmt.Errorf("--npl: %w", err)
+			var levels []int
+			if npl != "" {
+				var err error
+				if levels, err = parseInts(npl); err != nil {
+					return fmt.Errorf("--npl: %w", err)
+				}
 			}
 			maxNPL := 1
 			for _, n := range levels {
@@ -155,16 +158,14 @@ compare; scripts/peer-bench.sh does both.`,
 				return err
 			}
 			defer m.Close()
-			seqCtx := max(pp+1, tg+2, npp+ntg+1)
-			e, err := engine.New(m, engine.Options{
-				Parallel: maxNPL, Context: seqCtx, Batch: max(batch, maxNPL), UBatch: ubatch,
-				Threads: threads, UnifiedKV: unifiedKV, FlashAttention: fam,
-			})
-			if err != nil {
-				return err
+			// As the peers do: one sequence for pp and tg, npl for the
+			// aggregate test.
+			newEngine := func(parallel, seqCtx int) (*engine.Engine, error) {
+				return engine.New(m, engine.Options{
+					Parallel: parallel, Context: seqCtx, Batch: max(batch, parallel), UBatch: ubatch,
+					Threads: threads, UnifiedKV: unifiedKV, FlashAttention: fam,
+				})
 			}
-			defer e.Close()
-
 			var results []enginebench.Result
 			report := func(r enginebench.Result, err error) error {
 				if err != nil {
@@ -178,21 +179,34 @@ compare; scripts/peer-bench.sh does both.`,
 			}
 			if !asJSON {
 				fmt.Fprintf(cmd.OutOrStdout(), "model %s, provider %s, threads %d, batch %d/%d, flash-attn %s\n",
-					args[0], engine.Provider, e.Options().Threads, e.Options().Batch, e.Options().UBatch, fa)
+					args[0], engine.Provider, max(threads, 0), batch, ubatch, fa)
 			}
-			if pp > 0 {
-				if err := report(enginebench.Prefill(ctx, e, pp, reps)); err != nil {
+			if pp > 0 || tg > 0 {
+				e, err := newEngine(1, max(pp+1, tg+2))
+				if err != nil {
+					return err
+				}
+				if pp > 0 {
+					err = report(enginebench.Prefill(ctx, e, pp, reps))
+				}
+				if err == nil && tg > 0 {
+					err = report(enginebench.Decode(ctx, e, tg, reps))
+				}
+				e.Close()
+				if err != nil {
 					return err
 				}
 			}
-			if tg > 0 {
-				if err := report(enginebench.Decode(ctx, e, tg, reps)); err != nil {
+			if len(levels) > 0 {
+				e, err := newEngine(maxNPL, npp+ntg+1)
+				if err != nil {
 					return err
 				}
-			}
-			for _, n := range levels {
-				if err := report(enginebench.Batched(ctx, e, n, npp, ntg, reps)); err != nil {
-					return err
+				defer e.Close()
+				for _, n := range levels {
+					if err := report(enginebench.Batched(ctx, e, n, npp, ntg, reps)); err != nil {
+						return err
+					}
 				}
 			}
 			if asJSON {
@@ -216,7 +230,7 @@ compare; scripts/peer-bench.sh does both.`,
 	f.IntVar(&gpuLayers, "gpu-layers", 0, "layers to offload to a GPU (system provider with a GPU backend; -1: all)")
 	f.IntVar(&pp, "pp", 512, "prompt tokens for the prefill test (0 skips it)")
 	f.IntVar(&tg, "tg", 128, "tokens for the single-stream decode test (0 skips it)")
-	f.StringVar(&npl, "npl", "1,4,8,16", "concurrency levels for the aggregate decode test")
+	f.StringVar(&npl, "npl", "1,4,8,16", "concurrency levels for the aggregate decode test (empty skips it)")
 	f.IntVar(&npp, "npp", 128, "prompt tokens per sequence in the aggregate test")
 	f.IntVar(&ntg, "ntg", 128, "generated tokens per sequence in the aggregate test")
 	f.IntVar(&reps, "reps", 5, "timed repetitions of each test (after one warm-up)")
