@@ -109,6 +109,14 @@ type sequence struct {
 
 func (s *sequence) remaining() int { return len(s.tokens) - s.fed }
 
+// owner is the task the sequence belongs to.
+func (s *sequence) owner() task {
+	if s.gen != nil {
+		return s.gen
+	}
+	return s.score
+}
+
 // wantsLogits says whether the token at index i needs its logits.
 func (s *sequence) wantsLogits(i int) bool {
 	last := i == len(s.tokens)-1
@@ -342,11 +350,7 @@ func (l *loop) stats() Stats {
 	}
 	tasks := map[task]bool{}
 	for _, sq := range l.running {
-		if sq.gen != nil {
-			tasks[sq.gen] = true
-		} else {
-			tasks[sq.score] = true
-		}
+		tasks[sq.owner()] = true
 	}
 	s.Running = len(tasks)
 	for slot := 0; slot < l.e.opts.Parallel; slot++ {
@@ -360,12 +364,7 @@ func (l *loop) stats() Stats {
 // shutdown ends every task with ErrStopped.
 func (l *loop) shutdown() {
 	for len(l.running) > 0 {
-		sq := l.running[0]
-		if sq.gen != nil {
-			l.finishGen(sq.gen, "", ErrStopped)
-		} else {
-			l.finishScore(sq.score, ErrStopped)
-		}
+		l.end(l.running[0].owner(), ErrStopped)
 	}
 	for _, t := range slices.Clone(l.scoring) {
 		l.finishScore(t, ErrStopped)
@@ -377,36 +376,32 @@ func (l *loop) shutdown() {
 	}
 	for _, t := range l.waiting {
 		l.e.waiting.Add(-1)
-		switch t := t.(type) {
-		case *genTask:
-			l.finishGen(t, "", ErrStopped)
-		case *scoreTask:
-			l.finishScore(t, ErrStopped)
-		}
+		l.end(t, ErrStopped)
 	}
 	l.waiting = nil
+}
+
+// end ends a task with err, freeing whatever it holds.
+func (l *loop) end(t task, err error) {
+	switch t := t.(type) {
+	case *genTask:
+		l.finishGen(t, "", err)
+	case *scoreTask:
+		l.finishScore(t, err)
+	}
 }
 
 // dropCancelled ends tasks whose context is done, freeing their sequences.
 func (l *loop) dropCancelled() {
 	for i := 0; i < len(l.running); {
-		sq := l.running[i]
-		var err error
-		if sq.gen != nil {
-			err = sq.gen.ctx.Err()
-		} else {
-			err = sq.score.ctx.Err()
-		}
+		t := l.running[i].owner()
+		err := t.base().ctx.Err()
 		if err == nil {
 			i++
 			continue
 		}
-		// Finishing removes the task's sequences; rescan from the start.
-		if sq.gen != nil {
-			l.finishGen(sq.gen, "", err)
-		} else {
-			l.finishScore(sq.score, err)
-		}
+		// Ending removes the task's sequences; rescan from the start.
+		l.end(t, err)
 		i = 0
 	}
 	for _, t := range slices.Clone(l.scoring) {
@@ -420,12 +415,7 @@ func (l *loop) dropCancelled() {
 			return false
 		}
 		l.e.waiting.Add(-1)
-		switch t := t.(type) {
-		case *genTask:
-			l.finishGen(t, "", err)
-		case *scoreTask:
-			l.finishScore(t, err)
-		}
+		l.end(t, err)
 		return true
 	})
 }
@@ -702,20 +692,11 @@ func (l *loop) decodeFailed(rc, prefill int) {
 	var victims []task
 	for _, sq := range l.running {
 		if sq.inBatch > 0 {
-			if sq.gen != nil {
-				victims = append(victims, sq.gen)
-			} else {
-				victims = append(victims, sq.score)
-			}
+			victims = append(victims, sq.owner())
 		}
 	}
 	for _, t := range victims {
-		switch t := t.(type) {
-		case *genTask:
-			l.finishGen(t, "", err)
-		case *scoreTask:
-			l.finishScore(t, err)
-		}
+		l.end(t, err)
 	}
 }
 
