@@ -73,7 +73,13 @@ func goLog(level C.int, text *C.char, _ C.uintptr_t) {
 			if l == nil {
 				l = slog.Default()
 			}
-			l.Log(context.Background(), logLvl, line, "source", "llama.cpp")
+			lvl := logLvl
+			if lvl == slog.LevelWarn && strings.Contains(line, "< n_ctx_train") {
+				// A context below the training length is a deliberate
+				// setting (Options.Context), not a problem.
+				lvl = slog.LevelDebug
+			}
+			l.Log(context.Background(), lvl, line, "source", "llama.cpp")
 		}
 		logLine = logLine[i+1:]
 	}

@@ -44,8 +44,8 @@ func newRoot() *cobra.Command {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
-	root.AddCommand(newModelCmd(), newGenerateCmd(), newVersionCmd())
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
+	root.AddCommand(newServeCmd(), newModelCmd(), newGenerateCmd(), newVersionCmd())
 	return root
 }
 

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/server"
+)
+
+// serveOptions are the settings of `finserve serve`. Each is a flag, a key
+// of the YAML config file (the flag's name) and an environment variable
+// (FINSERVE_ and the name in upper case with underscores).
+type serveOptions struct {
+	model, modelID, addr, chatTemplate, flashAttn string
+	parallel, ctx, threads, threadsBatch      int
+	batch, ubatch, gpuLayers, maxQueue        int
+	maxTokens, bodyLimitKiB                   int
+	unifiedKV, compress                       bool
+	readTimeout, writeTimeout, idleTimeout    time.Duration
+	shutdownGrace, keepAlive                  time.Duration
+	apiKeys                                   []string
+}
+
+func newServeCmd() *cobra.Command {
+	var o serveOptions
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve a GGUF model over the OpenAI-compatible HTTP API",
+		Long: `Serve a GGUF model over the OpenAI-compatible HTTP API.
+
+The server listens at once; GET /health answers 503 while the model loads
+and 200 when it is ready.
+
+Settings come from, highest precedence first:
+  1. command-line flags;
+  2. environment variables: FINSERVE_ and the flag name in upper case with
+     dashes as underscores (FINSERVE_MODEL_ID, FINSERVE_API_KEY=k1,k2);
+  3. the YAML config file named by --config or FINSERVE_CONFIG, whose keys
+     are the flag names (model-id: demo, or model_id: demo);
+  4. the defaults shown below.
+
+SIGTERM or SIGINT stops accepting requests, lets those in flight finish
+for --shutdown-grace, then cancels the rest.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				configPath = os.Getenv("FINSERVE_CONFIG")
+			}
+			if err := applySettings(cmd, configPath, os.LookupEnv); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file (keys are these flags' names)")
+	f.StringVar(&o.model, "model", "", "GGUF model file to serve (required)")
+	f.StringVar(&o.modelID, "model-id", "", "model name in the API (default: the file name without .gguf)")
+	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address HOST:PORT")
+	f.IntVar(&o.parallel, "parallel", 4, "sequences decoded together (concurrent requests served at once)")
+	f.IntVar(&o.ctx, "ctx", 0, "context per sequence in tokens, prompt plus output (0: the model's, at most 4096)")
+	f.IntVar(&o.threads, "threads", 0, "CPU threads for decoding (0: all CPUs)")
+	f.IntVar(&o.threadsBatch, "threads-batch", 0, "CPU threads for prompt processing (0: --threads)")
+	f.IntVar(&o.batch, "batch", 512, "token budget of one engine step")
+	f.IntVar(&o.ubatch, "ubatch", 0, "llama.cpp micro-batch (0: --batch)")
+	f.IntVar(&o.gpuLayers, "gpu-layers", 0, "layers to offload to a GPU (system provider with a GPU backend)")
+	f.StringVar(&o.flashAttn, "flash-attn", "auto", "flash attention: auto, on or off")
+	f.BoolVar(&o.unifiedKV, "unified-kv", false, "one KV cache shared by all sequences instead of one per sequence")
+	f.IntVar(&o.maxQueue, "max-queue", 1024, "requests that may wait for a sequence before 429")
+	f.StringVar(&o.chatTemplate, "chat-template", "", "chat template: a builtin name (chatml, llama3, ...) instead of the model's own")
+	f.IntVar(&o.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask for (and the chat default)")
+	f.IntVar(&o.bodyLimitKiB, "body-limit-kib", 4096, "largest request body in KiB (413 above)")
+	f.DurationVar(&o.readTimeout, "read-timeout", 30*time.Second, "time to read a request")
+	f.DurationVar(&o.writeTimeout, "write-timeout", 0, "time to write a whole response, streams included (0: none)")
+	f.DurationVar(&o.idleTimeout, "idle-timeout", 120*time.Second, "how long a keep-alive connection waits for its next request")
+	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long requests in flight may finish before they are cancelled")
+	f.DurationVar(&o.keepAlive, "sse-keep-alive", 10*time.Second, "interval of keep-alive comments on an idle event stream")
+	f.BoolVar(&o.compress, "compress", true, "compress JSON responses for clients that accept it (never event streams)")
+	f.StringSliceVar(&o.apiKeys, "api-key", nil, "API keys clients must send as a bearer token (repeat or comma-separate; none: no authentication)")
+	return cmd
+}
+
+// applySettings fills the flags the command line did not set from the
+// environment, then from the config file.
+func applySettings(cmd *cobra.Command, configPath string, lookupEnv func(string) (string, bool)) error {
+	fs := cmd.Flags()
+	file := map[string][]string{}
+	if configPath != "" {
+		var err error
+		if file, err = readConfig(configPath, fs.Lookup); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed || fl.Name == "config" {
+			return
+		}
+		env := "FINSERVE_" + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		if v, ok := lookupEnv(env); ok {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+			return
+		}
+		for _, v := range file[fl.Name] {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %q: %w", configPath, fl.Name, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func runServe(ctx context.Context, o serveOptions) error {
+	if o.model == "" {
+		return errors.New("--model is required (a GGUF file; `finserve model gen --preset tiny --out demo.gguf` makes one)")
+	}
+	fa, err := parseFlashAttention(o.flashAttn)
+	if err != nil {
+		return err
+	}
+	id := o.modelID
+	if id == "" {
+		id = strings.TrimSuffix(filepath.Base(o.model), ".gguf")
+	}
+	log := slog.Default()
+	srv := server.New(server.Config{
+		ModelID: id, ChatTemplate: o.chatTemplate,
+		Limits:    server.Limits{MaxTokens: o.maxTokens},
+		BodyLimit: o.bodyLimitKiB << 10,
+		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTimeout, IdleTimeout: o.idleTimeout,
+		APIKeys: o.apiKeys, Compress: o.compress, KeepAlive: o.keepAlive, Logger: log,
+	})
+	ln, err := net.Listen("tcp", o.addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", o.addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
+
+	var last int
+	m, err := engine.LoadModel(ctx, o.model, engine.ModelOptions{
+		GPULayers: o.gpuLayers,
+		Progress: func(p float32) {
+			if pct := int(p * 100); pct >= last+10 || pct == 100 && last != 100 {
+				last = pct
+				log.Info("loading model", "percent", pct)
+			}
+		},
+	})
+	if err != nil {
+		shutdown(srv, time.Second)
+		return fmt.Errorf("loading model: %w", err)
+	}
+	defer m.Close()
+	e, err := engine.New(m, engine.Options{
+		Parallel: o.parallel, Context: o.ctx, Batch: o.batch, UBatch: o.ubatch,
+		Threads: o.threads, ThreadsBatch: o.threadsBatch, UnifiedKV: o.unifiedKV,
+		FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log,
+	})
+	if err != nil {
+		shutdown(srv, time.Second)
+		return fmt.Errorf("starting engine: %w", err)
+	}
+	defer e.Close()
+	srv.SetEngine(e, id)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", o.shutdownGrace)
+	return shutdown(srv, o.shutdownGrace)
+}
+
+func shutdown(srv *server.Server, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	return srv.Shutdown(ctx, 5*time.Second)
+}

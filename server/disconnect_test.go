@@ -1,0 +1,232 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/finserve/finserve/engine"
+)
+
+// rawPost writes an HTTP request on a fresh TCP connection and returns the
+// connection, so that a test can drop it at the moment it chooses.
+func rawPost(t *testing.T, ts *testServer, path, body string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	host := strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /v1%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		path, host, len(body), body)
+	return conn, bufio.NewReader(conn)
+}
+
+// TestDisconnectCancels drops clients at three moments and watches the
+// engine free their sequences: while streaming, while a non-streamed
+// answer is generated, and while the prompt is still being prefilled.
+// Every request asks for far more tokens than the test waits for, so only
+// the disconnect can end it.
+func TestDisconnectCancels(t *testing.T) {
+	prompt := make([]string, 3000)
+	for i := range prompt {
+		prompt[i] = fmt.Sprint(100 + i%1500)
+	}
+	longPrompt := "[" + strings.Join(prompt, ",") + "]"
+	cases := []struct {
+		name, path, body string
+		batch            int
+		// ready reports when to drop the connection.
+		ready func(t *testing.T, ts *testServer, r *bufio.Reader)
+		// noTokens: the request must end before its first token.
+		noTokens bool
+	}{
+		{
+			name: "streaming", path: "/chat/completions",
+			body: `{"messages":[{"role":"user","content":"stream"}],"max_tokens":3500,"ignore_eos":true,"stream":true}`,
+			ready: func(t *testing.T, ts *testServer, r *bufio.Reader) {
+				for n := 0; n < 3; {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						t.Fatal(err)
+					}
+					if strings.HasPrefix(line, "data: ") {
+						n++
+					}
+				}
+			},
+		},
+		{
+			name: "non-streaming", path: "/chat/completions",
+			body: `{"messages":[{"role":"user","content":"wait"}],"max_tokens":3500,"ignore_eos":true}`,
+			ready: func(t *testing.T, ts *testServer, _ *bufio.Reader) {
+				before := ts.waitStats(t, func(st engine.Stats) bool { return st.Running == 1 })
+				ts.waitStats(t, func(st engine.Stats) bool { return st.Steps > before.Steps+5 })
+			},
+		},
+		{
+			name: "prefilling", path: "/completions", batch: 8,
+			body:  `{"prompt":` + longPrompt + `,"max_tokens":100,"ignore_eos":true,"stream":true}`,
+			ready: func(t *testing.T, ts *testServer, _ *bufio.Reader) { ts.waitStats(t, func(st engine.Stats) bool { return st.Running == 1 }) },
+			noTokens: true,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, Config{}, engine.Options{Context: 4096, Parallel: 2, Batch: tc.batch})
+			conn, r := rawPost(t, ts, tc.path, tc.body)
+			tc.ready(t, ts, r)
+			before, _ := ts.eng.Stats(context.Background())
+			conn.Close()
+			after := ts.waitIdle(t)
+			t.Logf("freed %d engine steps after the disconnect", after.Steps-before.Steps)
+			if n := testutil.ToFloat64(ts.srv.metrics.disconnects); n != 1 {
+				t.Errorf("%v disconnects counted, want 1", n)
+			}
+			if n := testutil.ToFloat64(ts.srv.metrics.success.WithLabelValues("abort")); n != 1 {
+				t.Errorf("%v aborted requests counted, want 1", n)
+			}
+			if tokens := testutil.ToFloat64(ts.srv.metrics.generationTokens); tc.noTokens && tokens != 0 {
+				t.Errorf("%v tokens generated for a client that left during prefill", tokens)
+			}
+			// The server serves on.
+			if resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`); resp.StatusCode != 200 {
+				t.Fatalf("after the disconnect: %d %s", resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+// TestConcurrentStreams: 32 streaming SDK clients on 8 slots, every fourth
+// leaving early; those that stay get exactly what they get alone.
+func TestConcurrentStreams(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{Parallel: 8, Context: 512})
+	client := ts.client()
+	const clients = 32
+	params := func(i int) openai.ChatCompletionNewParams {
+		return chatParams(24, openai.UserMessage(fmt.Sprintf("client %d asks about account %d", i, i*7919)))
+	}
+	alone := make([]string, clients)
+	for i := range clients {
+		resp, err := client.Chat.Completions.New(context.Background(), params(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone[i] = resp.Choices[0].Message.Content
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			leave := i%4 == 3
+			stream := client.Chat.Completions.NewStreaming(ctx, params(i))
+			var text strings.Builder
+			chunks := 0
+			for stream.Next() {
+				chunks++
+				for _, c := range stream.Current().Choices {
+					text.WriteString(c.Delta.Content)
+				}
+				if leave && chunks == 3 {
+					cancel()
+				}
+			}
+			err := stream.Err()
+			switch {
+			case leave:
+				// cancelled; a stream that ended first is fine too
+			case err != nil:
+				errs <- fmt.Errorf("client %d: %w", i, err)
+			case text.String() != alone[i]:
+				errs <- fmt.Errorf("client %d: batched %q, alone %q", i, text.String(), alone[i])
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ts.waitIdle(t)
+}
+
+// TestShutdownFinishesStreams: a stream in flight when shutdown starts
+// runs to its end; new connections are refused.
+func TestShutdownFinishesStreams(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{Context: 1024})
+	conn, r := rawPost(t, ts, "/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":300,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}`)
+	defer conn.Close()
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done <- ts.srv.Shutdown(ctx, 5*time.Second)
+	}()
+	body, err := io.ReadAll(r)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+	text := string(body)
+	if !strings.Contains(text, "data: [DONE]") || !strings.Contains(text, `"finish_reason":"length"`) {
+		t.Fatalf("stream did not finish: %q", tail(text))
+	}
+	if !strings.Contains(text, `"completion_tokens":300,`) {
+		t.Errorf("usage does not count 300 tokens: %q", tail(text))
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if _, err := http.Get(strings.TrimSuffix(ts.url, "/v1") + "/health"); err == nil {
+		t.Error("the server still accepts connections after shutdown")
+	}
+}
+
+// TestShutdownCancelsAfterGrace: a stream still running when the grace
+// period ends is cancelled, and its sequence freed.
+func TestShutdownCancelsAfterGrace(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{Context: 4096})
+	conn, r := rawPost(t, ts, "/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":4000,"ignore_eos":true,"stream":true}`)
+	defer conn.Close()
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx, 5*time.Second); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	body, _ := io.ReadAll(r)
+	if strings.Contains(string(body), "[DONE]") {
+		t.Fatal("a cancelled stream claimed to be complete")
+	}
+	ts.waitIdle(t)
+	if n := testutil.ToFloat64(ts.srv.metrics.success.WithLabelValues("abort")); n != 1 {
+		t.Errorf("%v aborted requests, want 1", n)
+	}
+}
+
+func tail(s string) string {
+	if len(s) > 300 {
+		return "..." + s[len(s)-300:]
+	}
+	return s
+}

@@ -1,0 +1,519 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/finserve/finserve/engine"
+)
+
+// apiKind selects the response shapes of a generation.
+type apiKind int
+
+const (
+	kindChat apiKind = iota
+	kindCompletion
+)
+
+func (s *Server) chatCompletions(c *fiber.Ctx) error {
+	start := time.Now()
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	var req ChatRequest
+	if err := decodeJSON(c.Body(), &req); err != nil {
+		return badRequest("", "%s", err.Error())
+	}
+	v, apiErr := s.validateChat(&req)
+	if apiErr != nil {
+		return apiErr
+	}
+	prompt, apiErr := s.chatPrompt(b, v.messages)
+	if apiErr != nil {
+		return apiErr
+	}
+	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, user: req.User, start: start})
+}
+
+func (s *Server) completions(c *fiber.Ctx) error {
+	start := time.Now()
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	var req CompletionRequest
+	if err := decodeJSON(c.Body(), &req); err != nil {
+		return badRequest("", "%s", err.Error())
+	}
+	v, apiErr := s.validateCompletion(&req)
+	if apiErr != nil {
+		return apiErr
+	}
+	prompts, apiErr := completionPrompts(b, v.prompts)
+	if apiErr != nil {
+		return apiErr
+	}
+	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, user: req.User, start: start})
+}
+
+// job is one generation request: one engine stream per prompt.
+type job struct {
+	kind    apiKind
+	m       *metrics
+	b       *backend
+	p       genParams
+	prompts [][]engine.Token
+	user    string
+	start   time.Time
+
+	id      string
+	created int64
+	ctx     context.Context
+	cancel  context.CancelFunc
+	quit     chan struct{} // closed when the response is over
+	quitOnce sync.Once
+	goneOnce sync.Once
+	streams []*engine.Stream
+	choices []choiceState
+}
+
+// item is one event of one choice.
+type item struct {
+	i  int
+	ev engine.Event
+	at time.Time
+}
+
+// choiceState accumulates one choice.
+type choiceState struct {
+	text      strings.Builder
+	tokens    int
+	lastAt    time.Time
+	firstAt   time.Time
+	textBytes int // bytes of token pieces so far, for text_offset
+	chat      []TokenLogprob
+	legacy    *CompletionLogprobs
+	final     engine.Event
+	done      bool
+}
+
+// generate starts the engine streams and answers, streamed or not.
+func (s *Server) generate(c *fiber.Ctx, j *job) error {
+	j.m = s.metrics
+	j.created = time.Now().Unix()
+	j.id = newID(j.kind)
+	j.ctx, j.cancel = context.WithCancel(s.base)
+	j.quit = make(chan struct{})
+	j.choices = make([]choiceState, len(j.prompts))
+	for _, prompt := range j.prompts {
+		st, err := j.b.eng.Generate(j.ctx, engine.Request{
+			Prompt:      prompt,
+			MaxTokens:   j.p.maxTokens,
+			Sampling:    j.p.sampling,
+			Stop:        j.p.stop,
+			IgnoreEOS:   j.p.ignoreEOS,
+			Logprobs:    j.p.logprobs,
+			TopLogprobs: j.p.topLogprobs,
+			Tier:        engine.TierRealtime,
+			Tenant:      j.user,
+		})
+		if err != nil {
+			j.cancel()
+			apiErr := fromEngine(err)
+			if apiErr.Param == "messages" && j.kind == kindCompletion {
+				apiErr.Param = "prompt"
+			}
+			if apiErr.Status >= 500 && apiErr.Status != 503 {
+				s.log.Error("starting generation", "err", err)
+			}
+			return apiErr
+		}
+		j.streams = append(j.streams, st)
+	}
+	s.metrics.started(j)
+
+	s.inflight.Add(1)
+	conn := c.Context().Conn()
+	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
+	events := j.pump()
+	if !j.p.stream {
+		defer s.inflight.Done()
+		defer stopWatch()
+		defer j.finish()
+		for it := range events {
+			j.add(it)
+		}
+		s.metrics.finished(j)
+		if err := j.err(); err != nil {
+			if j.ctx.Err() != nil {
+				return nil // the client left (or shutdown cancelled it): nobody to answer
+			}
+			s.log.Error("generation failed", "id", j.id, "err", err)
+			return fromEngine(err)
+		}
+		c.Set("Server-Timing", j.serverTiming())
+		return c.JSON(j.response())
+	}
+
+	c.Set(fiber.HeaderContentType, "text/event-stream")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set(fiber.HeaderConnection, "keep-alive")
+	c.Set("X-Accel-Buffering", "no")
+	// The writer runs after the handler returns, on fasthttp's goroutine:
+	// it must not touch c.
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer s.inflight.Done()
+		defer stopWatch()
+		if !s.writeStream(w, j, events) {
+			s.clientGone(j)
+		}
+		j.finish()
+		s.metrics.finished(j)
+	})
+	return nil
+}
+
+// pump merges the choices' streams into one channel, stamped with arrival
+// times. It ends when every stream has ended, or when the response is over.
+func (j *job) pump() <-chan item {
+	out := make(chan item, 64)
+	remaining := make(chan struct{}, len(j.streams))
+	for i, st := range j.streams {
+		go func() {
+			defer func() { remaining <- struct{}{} }()
+			for {
+				ev, err := st.Recv()
+				if err != nil {
+					return
+				}
+				select {
+				case out <- item{i: i, ev: ev, at: time.Now()}:
+				case <-j.quit:
+					st.Close()
+					return
+				}
+				if ev.Done {
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		for range j.streams {
+			<-remaining
+		}
+		close(out)
+	}()
+	return out
+}
+
+// finish ends the response: streams still running are cancelled.
+func (j *job) finish() {
+	j.cancel()
+	j.quitOnce.Do(func() { close(j.quit) })
+}
+
+// clientGone cancels a job whose client disconnected, once.
+func (s *Server) clientGone(j *job) {
+	j.goneOnce.Do(func() {
+		s.metrics.disconnects.Inc()
+		s.log.Info("client disconnected; cancelling", "id", j.id)
+		j.cancel()
+	})
+}
+
+func (j *job) add(it item) {
+	ch := &j.choices[it.i]
+	ev := it.ev
+	if ev.Token >= 0 {
+		if ch.tokens == 0 {
+			ch.firstAt = it.at
+		} else {
+			j.m.itl.Observe(it.at.Sub(ch.lastAt).Seconds())
+		}
+		ch.tokens++
+		ch.lastAt = it.at
+		if ev.Logprob != nil {
+			j.addLogprob(ch, ev)
+		}
+	}
+	ch.text.WriteString(ev.Text)
+	if ev.Done {
+		ch.final = ev
+		ch.done = true
+	}
+}
+
+func (j *job) addLogprob(ch *choiceState, ev engine.Event) {
+	piece := j.b.model.Piece(ev.Logprob.Token)
+	if j.kind == kindChat {
+		tl := TokenLogprob{Token: string(piece), Logprob: ev.Logprob.Logprob, Bytes: byteInts(piece), TopLogprobs: []TopLogprob{}}
+		for _, alt := range ev.TopLogprobs {
+			p := j.b.model.Piece(alt.Token)
+			tl.TopLogprobs = append(tl.TopLogprobs, TopLogprob{Token: string(p), Logprob: alt.Logprob, Bytes: byteInts(p)})
+		}
+		ch.chat = append(ch.chat, tl)
+		return
+	}
+	if ch.legacy == nil {
+		ch.legacy = &CompletionLogprobs{}
+	}
+	l := ch.legacy
+	l.Tokens = append(l.Tokens, string(piece))
+	l.TokenLogprobs = append(l.TokenLogprobs, ev.Logprob.Logprob)
+	l.TextOffset = append(l.TextOffset, ch.textBytes)
+	top := map[string]float32{}
+	for _, alt := range ev.TopLogprobs {
+		top[string(j.b.model.Piece(alt.Token))] = alt.Logprob
+	}
+	l.TopLogprobs = append(l.TopLogprobs, top)
+	ch.textBytes += len(piece)
+}
+
+// err is the first engine error of any choice.
+func (j *job) err() error {
+	for i := range j.choices {
+		if e := j.choices[i].final.Err; e != nil {
+			return e
+		}
+		if !j.choices[i].done {
+			return errors.New("generation ended without a final event")
+		}
+	}
+	return nil
+}
+
+func (j *job) usage() *Usage {
+	u := &Usage{}
+	for i := range j.choices {
+		u.PromptTokens += j.choices[i].final.Usage.PromptTokens
+		u.CompletionTokens += j.choices[i].final.Usage.CompletionTokens
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+// timings reports the request as a whole: the slowest choice's queue,
+// prefill and decode, and the first token of any choice.
+func (j *job) timings() *Timings {
+	var t Timings
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	for i := range j.choices {
+		f := j.choices[i].final
+		t.QueueMS = max(t.QueueMS, ms(f.Timings.Queue))
+		t.PromptMS = max(t.PromptMS, ms(f.Timings.Prefill))
+		t.DecodeMS = max(t.DecodeMS, ms(f.Timings.Decode))
+		if ttft := ms(f.Timings.FirstByte); i == 0 || ttft < t.TTFTMS {
+			t.TTFTMS = ttft
+		}
+		t.PromptN += f.Usage.PromptTokens
+		t.DecodeN += f.Usage.CompletionTokens
+	}
+	t.TotalMS = ms(time.Since(j.start))
+	if t.DecodeMS > 0 && t.DecodeN > len(j.choices) {
+		// the first token of each choice belongs to the prefill
+		t.DecodeTPS = float64(t.DecodeN-len(j.choices)) / (t.DecodeMS / 1000)
+	}
+	return &t
+}
+
+func (j *job) serverTiming() string {
+	t := j.timings()
+	return fmt.Sprintf("queue;dur=%.3f, prefill;dur=%.3f, decode;dur=%.3f, ttft;dur=%.3f, total;dur=%.3f",
+		t.QueueMS, t.PromptMS, t.DecodeMS, t.TTFTMS, t.TotalMS)
+}
+
+func finishReason(ev engine.Event) *string {
+	r := string(ev.Finish)
+	if r == "" {
+		r = string(engine.FinishStop)
+	}
+	return &r
+}
+
+// response builds a non-streamed response.
+func (j *job) response() any {
+	if j.kind == kindChat {
+		ch := &j.choices[0]
+		text := ch.text.String()
+		choice := ChatChoice{Index: 0, Message: &AssistantOutput{Role: "assistant", Content: &text},
+			FinishReason: finishReason(ch.final)}
+		if j.p.logprobs {
+			choice.Logprobs = &ChatLogprobs{Content: ch.chat, Refusal: nil}
+			if choice.Logprobs.Content == nil {
+				choice.Logprobs.Content = []TokenLogprob{}
+			}
+		}
+		return ChatResponse{ID: j.id, Object: "chat.completion", Created: j.created, Model: j.b.id,
+			SystemFingerprint: fingerprint, Choices: []ChatChoice{choice}, Usage: j.usage(), Timings: j.timings()}
+	}
+	resp := CompletionResponse{ID: j.id, Object: "text_completion", Created: j.created, Model: j.b.id,
+		SystemFingerprint: fingerprint, Usage: j.usage(), Timings: j.timings()}
+	for i := range j.choices {
+		ch := &j.choices[i]
+		resp.Choices = append(resp.Choices, CompletionChoice{Index: i, Text: ch.text.String(),
+			Logprobs: ch.legacy, FinishReason: finishReason(ch.final)})
+	}
+	return resp
+}
+
+// writeStream writes server-sent events as OpenAI does: a role delta
+// first, one chunk per piece of text, a chunk with the finish reason per
+// choice, an optional usage chunk, then [DONE]. A write or flush error
+// means the client left: writeStream then returns false.
+func (s *Server) writeStream(w *bufio.Writer, j *job, events <-chan item) bool {
+	send := func(v any) bool {
+		data, err := json.Marshal(v)
+		if err != nil {
+			s.log.Error("encoding a stream chunk", "err", err)
+			return true // skip it; the client is still there
+		}
+		w.WriteString("data: ")
+		w.Write(data)
+		w.WriteString("\n\n")
+		return w.Flush() == nil
+	}
+	if j.kind == kindChat {
+		empty := ""
+		if !send(j.chatChunk(ChatChoice{Delta: &AssistantOutput{Role: "assistant", Content: &empty}})) {
+			return false
+		}
+	}
+	keepAlive := time.NewTicker(s.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		var it item
+		var ok bool
+		select {
+		case it, ok = <-events:
+		case <-keepAlive.C:
+			w.WriteString(": keep-alive\n\n")
+			if w.Flush() != nil {
+				return false
+			}
+			continue
+		}
+		if !ok {
+			break
+		}
+		ch := &j.choices[it.i]
+		before := len(ch.chat)
+		var legacyBefore int
+		if ch.legacy != nil {
+			legacyBefore = len(ch.legacy.Tokens)
+		}
+		j.add(it)
+		ev := it.ev
+		if ev.Done && ev.Err != nil {
+			if j.ctx.Err() == nil {
+				s.log.Error("generation failed mid-stream", "id", j.id, "err", ev.Err)
+				return send(fromEngine(ev.Err).body())
+			}
+			return true // cancelled by shutdown; or the watcher saw the client leave
+		}
+		if ev.Text != "" || len(ch.chat) > before || (ch.legacy != nil && len(ch.legacy.Tokens) > legacyBefore) {
+			if !send(j.deltaChunk(it.i, ev.Text, ch, before, legacyBefore)) {
+				return false
+			}
+		}
+		if ev.Done {
+			if !send(j.finishChunk(it.i, ev)) {
+				return false
+			}
+		}
+	}
+	if j.p.includeUsage {
+		if j.kind == kindChat {
+			chunk := j.chatChunk()
+			chunk.Choices = []ChatChoice{}
+			chunk.Usage, chunk.Timings = j.usage(), j.timings()
+			if !send(chunk) {
+				return false
+			}
+		} else {
+			chunk := j.completionChunk()
+			chunk.Choices = []CompletionChoice{}
+			chunk.Usage, chunk.Timings = j.usage(), j.timings()
+			if !send(chunk) {
+				return false
+			}
+		}
+	}
+	w.WriteString("data: [DONE]\n\n")
+	return w.Flush() == nil
+}
+
+func (j *job) chatChunk(choices ...ChatChoice) ChatResponse {
+	return ChatResponse{ID: j.id, Object: "chat.completion.chunk", Created: j.created, Model: j.b.id,
+		SystemFingerprint: fingerprint, Choices: choices}
+}
+
+func (j *job) completionChunk(choices ...CompletionChoice) CompletionResponse {
+	return CompletionResponse{ID: j.id, Object: "text_completion", Created: j.created, Model: j.b.id,
+		SystemFingerprint: fingerprint, Choices: choices}
+}
+
+func (j *job) deltaChunk(i int, text string, ch *choiceState, before, legacyBefore int) any {
+	if j.kind == kindChat {
+		c := ChatChoice{Index: i, Delta: &AssistantOutput{Content: &text}}
+		if j.p.logprobs {
+			c.Logprobs = &ChatLogprobs{Content: ch.chat[before:]}
+		}
+		return j.chatChunk(c)
+	}
+	c := CompletionChoice{Index: i, Text: text}
+	if ch.legacy != nil {
+		l := ch.legacy
+		c.Logprobs = &CompletionLogprobs{Tokens: l.Tokens[legacyBefore:], TokenLogprobs: l.TokenLogprobs[legacyBefore:],
+			TopLogprobs: l.TopLogprobs[legacyBefore:], TextOffset: l.TextOffset[legacyBefore:]}
+	}
+	return j.completionChunk(c)
+}
+
+func (j *job) finishChunk(i int, ev engine.Event) any {
+	single := len(j.choices) == 1
+	if j.kind == kindChat {
+		chunk := j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{}, FinishReason: finishReason(ev)})
+		if single {
+			chunk.Timings = j.timings()
+		}
+		return chunk
+	}
+	chunk := j.completionChunk(CompletionChoice{Index: i, FinishReason: finishReason(ev)})
+	if single {
+		chunk.Timings = j.timings()
+	}
+	return chunk
+}
+
+// fingerprint identifies the serving configuration in responses.
+const fingerprint = "fp_finserve"
+
+func newID(kind apiKind) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	prefix := "chatcmpl-"
+	if kind == kindCompletion {
+		prefix = "cmpl-"
+	}
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func byteInts(b []byte) []int {
+	out := make([]int, len(b))
+	for i, v := range b {
+		out[i] = int(v)
+	}
+	return out
+}

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics holds the Prometheus series. Names follow vLLM's set, spelled
+// with underscores (colons are reserved for recording rules).
+type metrics struct {
+	s        *Server
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	success  *prometheus.CounterVec
+
+	ttft, itl, e2e, queue, prefill, decode prometheus.Histogram
+
+	promptTokens, generationTokens prometheus.Counter
+	disconnects                    prometheus.Counter
+	handler                        fiber.Handler
+}
+
+var (
+	latencyBuckets = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+		1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640}
+	tokenBuckets = []float64{0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+		0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5}
+	requestBuckets = []float64{0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50,
+		60, 120, 240, 480, 960}
+)
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{s: s, reg: prometheus.NewRegistry()}
+	hist := func(name, help string, buckets []float64) prometheus.Histogram {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "finserve_" + name, Help: help, Buckets: buckets})
+		m.reg.MustRegister(h)
+		return h
+	}
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: "finserve_" + name, Help: help})
+		m.reg.MustRegister(c)
+		return c
+	}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_http_requests_total",
+		Help: "HTTP requests by route, method and status code."}, []string{"route", "method", "status"})
+	m.success = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_request_success_total",
+		Help: "Generations that ended, by finish reason (stop, length, abort, error)."}, []string{"finished_reason"})
+	m.reg.MustRegister(m.requests, m.success)
+	m.ttft = hist("time_to_first_token_seconds", "Time from request arrival to its first generated token.", latencyBuckets)
+	m.itl = hist("inter_token_latency_seconds", "Time between consecutive generated tokens of one sequence.", tokenBuckets)
+	m.e2e = hist("e2e_request_latency_seconds", "Time from request arrival to its last token.", requestBuckets)
+	m.queue = hist("request_queue_time_seconds", "Time a request waited for a sequence slot.", requestBuckets)
+	m.prefill = hist("request_prefill_time_seconds", "Time from admission to the first token (prompt processing).", requestBuckets)
+	m.decode = hist("request_decode_time_seconds", "Time from the first token to the last.", requestBuckets)
+	m.promptTokens = counter("prompt_tokens_total", "Prompt tokens processed.")
+	m.generationTokens = counter("generation_tokens_total", "Tokens generated.")
+	m.disconnects = counter("client_disconnects_total", "Generations cancelled because their client disconnected.")
+	m.reg.MustRegister(engineCollector{s})
+	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.handler = adaptor.HTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return m
+}
+
+// middleware counts every request by route and status.
+func (m *metrics) middleware(c *fiber.Ctx) error {
+	err := c.Next()
+	status := c.Response().StatusCode()
+	if err != nil {
+		// the error handler runs after this middleware returns
+		status = fiber.StatusInternalServerError
+		if api, ok := err.(*APIError); ok {
+			status = api.Status
+		} else if fe, ok := err.(*fiber.Error); ok {
+			status = fe.Code
+		}
+	}
+	route := c.Route().Path
+	if route == "/" && c.Path() != "/" {
+		route = "unmatched"
+	}
+	m.requests.WithLabelValues(route, c.Method(), strconv.Itoa(status)).Inc()
+	return err
+}
+
+func (m *metrics) started(j *job) {
+	for _, p := range j.prompts {
+		m.promptTokens.Add(float64(len(p)))
+	}
+}
+
+// finished records a job's latencies once all its choices have ended.
+func (m *metrics) finished(j *job) {
+	seconds := func(d time.Duration) float64 { return d.Seconds() }
+	for i := range j.choices {
+		ch := &j.choices[i]
+		reason := "error"
+		switch {
+		case ch.done && ch.final.Err == nil:
+			reason = string(ch.final.Finish)
+		case j.ctx.Err() != nil:
+			reason = "abort"
+		}
+		m.success.WithLabelValues(reason).Inc()
+		m.generationTokens.Add(float64(ch.tokens))
+		if ch.tokens > 0 {
+			m.ttft.Observe(seconds(ch.firstAt.Sub(j.start)))
+		}
+		if ch.done {
+			t := ch.final.Timings
+			m.queue.Observe(seconds(t.Queue))
+			m.prefill.Observe(seconds(t.Prefill))
+			m.decode.Observe(seconds(t.Decode))
+		}
+	}
+	m.e2e.Observe(time.Since(j.start).Seconds())
+}
+
+// engineCollector reports the engine's state at scrape time.
+type engineCollector struct{ s *Server }
+
+var (
+	descRunning = prometheus.NewDesc("finserve_num_requests_running", "Requests holding a sequence slot.", nil, nil)
+	descWaiting = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot.", nil, nil)
+	descKV      = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved (0 to 1).", nil, nil)
+	descReady   = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
+)
+
+func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRunning
+	ch <- descWaiting
+	ch <- descKV
+	ch <- descReady
+}
+
+func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
+	b := e.s.backend.Load()
+	if b == nil {
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := b.eng.Stats(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(st.Running))
+	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting))
+	kv := 0.0
+	if st.KVCells > 0 {
+		kv = float64(st.KVCellsReserved) / float64(st.KVCells)
+	}
+	ch <- prometheus.MustNewConstMetric(descKV, prometheus.GaugeValue, kv)
+}

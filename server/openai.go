@@ -1,0 +1,384 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The wire types follow the OpenAI API reference. Fields the server does
+// not implement but that change a response's meaning (tools, n > 1, ...)
+// are decoded so that they can be refused with a clear error rather than
+// silently ignored; fields that only annotate a request are ignored.
+
+// ChatRequest is the body of POST /v1/chat/completions.
+type ChatRequest struct {
+	Model               string          `json:"model"`
+	Messages            []ChatMessage   `json:"messages"`
+	Stream              bool            `json:"stream"`
+	StreamOptions       *StreamOptions  `json:"stream_options"`
+	MaxTokens           *int            `json:"max_tokens"`
+	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Temperature         *float64        `json:"temperature"`
+	TopP                *float64        `json:"top_p"`
+	Seed                *int64          `json:"seed"`
+	Stop                StopList        `json:"stop"`
+	PresencePenalty     *float64        `json:"presence_penalty"`
+	FrequencyPenalty    *float64        `json:"frequency_penalty"`
+	Logprobs            bool            `json:"logprobs"`
+	TopLogprobs         *int            `json:"top_logprobs"`
+	N                   *int            `json:"n"`
+	User                string          `json:"user"`
+	ResponseFormat      *ResponseFormat `json:"response_format"`
+	Tools               json.RawMessage `json:"tools"`
+	ToolChoice          json.RawMessage `json:"tool_choice"`
+	Functions           json.RawMessage `json:"functions"`
+	LogitBias           json.RawMessage `json:"logit_bias"`
+	Samplers
+}
+
+// Samplers are llama.cpp sampling extensions, named as llama-server names
+// them, so that clients written for it work unchanged.
+type Samplers struct {
+	TopK          *int     `json:"top_k"`
+	MinP          *float64 `json:"min_p"`
+	RepeatPenalty *float64 `json:"repeat_penalty"`
+	// IgnoreEOS keeps generating past end-of-generation tokens; benchmarks
+	// use it to generate a fixed number of tokens.
+	IgnoreEOS bool `json:"ignore_eos"`
+}
+
+// StreamOptions are the options of a streamed response.
+type StreamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+// ResponseFormat asks for a constrained output format.
+type ResponseFormat struct {
+	Type string `json:"type"`
+}
+
+// ChatMessage is one message of a chat request.
+type ChatMessage struct {
+	Role    string      `json:"role"`
+	Content ChatContent `json:"content"`
+	Name    string      `json:"name,omitempty"`
+	// ToolCalls and ToolCallID belong to tool use, which is refused.
+	ToolCalls  json.RawMessage `json:"tool_calls,omitempty"`
+	ToolCallID string          `json:"tool_call_id,omitempty"`
+}
+
+// ChatContent is a message's content: a string or an array of parts, of
+// which only text parts are supported.
+type ChatContent struct {
+	Text  string
+	Null  bool   // the content was null or absent
+	Other string // the type of the first part that is not text
+}
+
+// UnmarshalJSON accepts a string, null, or an array of content parts.
+func (c *ChatContent) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if bytes.Equal(b, []byte("null")) {
+		*c = ChatContent{Null: true}
+		return nil
+	}
+	if len(b) > 0 && b[0] == '"' {
+		*c = ChatContent{}
+		return json.Unmarshal(b, &c.Text)
+	}
+	var parts []struct {
+		Type string  `json:"type"`
+		Text *string `json:"text"`
+	}
+	if err := json.Unmarshal(b, &parts); err != nil {
+		return errors.New("content must be a string or an array of content parts")
+	}
+	*c = ChatContent{}
+	var buf bytes.Buffer
+	for _, p := range parts {
+		if p.Type != "text" || p.Text == nil {
+			if c.Other == "" {
+				c.Other = p.Type
+				if c.Other == "" {
+					c.Other = "untyped"
+				}
+			}
+			continue
+		}
+		buf.WriteString(*p.Text)
+	}
+	c.Text = buf.String()
+	return nil
+}
+
+// MarshalJSON writes the content as a string.
+func (c ChatContent) MarshalJSON() ([]byte, error) {
+	if c.Null {
+		return []byte("null"), nil
+	}
+	return json.Marshal(c.Text)
+}
+
+// StopList is "stop": a string, an array of strings, or null.
+type StopList []string
+
+// UnmarshalJSON accepts a string, an array of strings, or null.
+func (s *StopList) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case bytes.Equal(b, []byte("null")):
+		*s = nil
+		return nil
+	case len(b) > 0 && b[0] == '"':
+		var one string
+		if err := json.Unmarshal(b, &one); err != nil {
+			return err
+		}
+		*s = StopList{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return errors.New("stop must be a string or an array of strings")
+	}
+	*s = many
+	return nil
+}
+
+// CompletionRequest is the body of POST /v1/completions.
+type CompletionRequest struct {
+	Model            string          `json:"model"`
+	Prompt           PromptList      `json:"prompt"`
+	Stream           bool            `json:"stream"`
+	StreamOptions    *StreamOptions  `json:"stream_options"`
+	MaxTokens        *int            `json:"max_tokens"`
+	Temperature      *float64        `json:"temperature"`
+	TopP             *float64        `json:"top_p"`
+	Seed             *int64          `json:"seed"`
+	Stop             StopList        `json:"stop"`
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	Logprobs         *int            `json:"logprobs"`
+	N                *int            `json:"n"`
+	BestOf           *int            `json:"best_of"`
+	Echo             bool            `json:"echo"`
+	Suffix           *string         `json:"suffix"`
+	User             string          `json:"user"`
+	LogitBias        json.RawMessage `json:"logit_bias"`
+	Samplers
+}
+
+// PromptList is a completion prompt: a string, an array of strings, an
+// array of token ids, or an array of arrays of token ids. Each entry is
+// one prompt, answered by one choice.
+type PromptList struct {
+	Texts  []string
+	Tokens [][]int32
+	Set    bool
+}
+
+// Len is the number of prompts.
+func (p PromptList) Len() int { return len(p.Texts) + len(p.Tokens) }
+
+// UnmarshalJSON accepts the four shapes OpenAI accepts.
+func (p *PromptList) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	*p = PromptList{Set: !bytes.Equal(b, []byte("null"))}
+	if !p.Set {
+		return nil
+	}
+	var one string
+	if json.Unmarshal(b, &one) == nil {
+		p.Texts = []string{one}
+		return nil
+	}
+	var texts []string
+	if json.Unmarshal(b, &texts) == nil {
+		p.Texts = texts
+		return nil
+	}
+	var ids []int32
+	if json.Unmarshal(b, &ids) == nil {
+		p.Tokens = [][]int32{ids}
+		return nil
+	}
+	var lists [][]int32
+	if json.Unmarshal(b, &lists) == nil {
+		p.Tokens = lists
+		return nil
+	}
+	return errors.New("prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids")
+}
+
+// EmbeddingRequest is the body of POST /v1/embeddings.
+type EmbeddingRequest struct {
+	Model string          `json:"model"`
+	Input json.RawMessage `json:"input"`
+}
+
+// Usage counts the tokens of a request.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// Timings is finserve's extension field with a response's own timings, in
+// milliseconds, named as llama-server names them where it has the same.
+type Timings struct {
+	QueueMS   float64 `json:"queue_ms"`
+	PromptMS  float64 `json:"prompt_ms"`
+	DecodeMS  float64 `json:"predicted_ms"`
+	TTFTMS    float64 `json:"ttft_ms"`
+	TotalMS   float64 `json:"total_ms"`
+	PromptN   int     `json:"prompt_n"`
+	DecodeN   int     `json:"predicted_n"`
+	DecodeTPS float64 `json:"predicted_per_second"`
+}
+
+// ChatResponse is a non-streamed chat completion.
+type ChatResponse struct {
+	ID                string       `json:"id"`
+	Object            string       `json:"object"`
+	Created           int64        `json:"created"`
+	Model             string       `json:"model"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Choices           []ChatChoice `json:"choices"`
+	Usage             *Usage       `json:"usage"`
+	Timings           *Timings     `json:"timings,omitempty"`
+}
+
+// ChatChoice is one choice of a chat completion.
+type ChatChoice struct {
+	Index        int              `json:"index"`
+	Message      *AssistantOutput `json:"message,omitempty"`
+	Delta        *AssistantOutput `json:"delta,omitempty"`
+	Logprobs     *ChatLogprobs    `json:"logprobs"`
+	FinishReason *string          `json:"finish_reason"`
+}
+
+// AssistantOutput is a response message or a streamed delta.
+type AssistantOutput struct {
+	Role    string  `json:"role,omitempty"`
+	Content *string `json:"content,omitempty"`
+	Refusal *string `json:"refusal,omitempty"`
+}
+
+// ChatLogprobs are the log-probabilities of a choice's tokens.
+type ChatLogprobs struct {
+	Content []TokenLogprob `json:"content"`
+	Refusal []TokenLogprob `json:"refusal"`
+}
+
+// TokenLogprob is one token's log-probability, with its alternatives.
+type TokenLogprob struct {
+	Token       string         `json:"token"`
+	Logprob     float32        `json:"logprob"`
+	Bytes       []int          `json:"bytes"`
+	TopLogprobs []TopLogprob   `json:"top_logprobs"`
+}
+
+// TopLogprob is one alternative token.
+type TopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float32 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
+}
+
+// CompletionResponse is a legacy text completion, streamed or not.
+type CompletionResponse struct {
+	ID                string             `json:"id"`
+	Object            string             `json:"object"`
+	Created           int64              `json:"created"`
+	Model             string             `json:"model"`
+	SystemFingerprint string             `json:"system_fingerprint"`
+	Choices           []CompletionChoice `json:"choices"`
+	Usage             *Usage             `json:"usage"`
+	Timings           *Timings           `json:"timings,omitempty"`
+}
+
+// CompletionChoice is one choice of a text completion.
+type CompletionChoice struct {
+	Index        int                 `json:"index"`
+	Text         string              `json:"text"`
+	Logprobs     *CompletionLogprobs `json:"logprobs"`
+	FinishReason *string             `json:"finish_reason"`
+}
+
+// CompletionLogprobs is the legacy completions log-probability format.
+type CompletionLogprobs struct {
+	Tokens        []string             `json:"tokens"`
+	TokenLogprobs []float32            `json:"token_logprobs"`
+	TopLogprobs   []map[string]float32 `json:"top_logprobs"`
+	TextOffset    []int                `json:"text_offset"`
+}
+
+// Model is one entry of GET /v1/models.
+type Model struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+	// Meta is finserve's extension: what the model is.
+	Meta *ModelMeta `json:"meta,omitempty"`
+}
+
+// ModelMeta describes a loaded model.
+type ModelMeta struct {
+	Architecture string `json:"architecture"`
+	Params       uint64 `json:"n_params"`
+	SizeBytes    uint64 `json:"size"`
+	VocabSize    int    `json:"n_vocab"`
+	TrainContext int    `json:"n_ctx_train"`
+	Context      int    `json:"n_ctx"`
+	Parallel     int    `json:"parallel"`
+}
+
+// ModelList is GET /v1/models.
+type ModelList struct {
+	Object string  `json:"object"`
+	Data   []Model `json:"data"`
+}
+
+// ErrorBody is the OpenAI error object.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail describes one error.
+type ErrorDetail struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+// decodeJSON decodes one JSON object and refuses trailing data, so that a
+// body such as `{...}{...}` is an error rather than half a request.
+func decodeJSON(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errors.New("the request body is empty; send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syn):
+			return fmt.Errorf("the request body is not valid JSON: %s (at byte %d)", syn.Error(), syn.Offset)
+		case errors.As(err, &typ):
+			if typ.Field != "" {
+				return fmt.Errorf("invalid type for %q: expected %s, got JSON %s", typ.Field, typ.Type, typ.Value)
+			}
+			return fmt.Errorf("the request body must be a JSON object, got JSON %s", typ.Value)
+		}
+		return fmt.Errorf("the request body is not valid: %s", err.Error())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("the request body has data after its JSON object")
+	}
+	return nil
+}

@@ -1,0 +1,353 @@
+// Package server is finserve's HTTP front: an OpenAI-compatible API on
+// fiber over the engine, with server-sent events, OpenAI error objects,
+// explicit client-disconnect detection, limits, Prometheus metrics and
+// graceful shutdown. It has no cgo; the engine does the inference.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/compress"
+
+	"github.com/finserve/finserve/engine"
+)
+
+// Limits bound what one request may ask for.
+type Limits struct {
+	// MaxTokens caps max_tokens; it is also the default when a chat
+	// request sends none (generation still ends when the context is full).
+	MaxTokens int
+}
+
+// Config configures a Server. The zero value of each field means its
+// documented default.
+type Config struct {
+	// ModelID is the name clients use in "model" (default: the file name).
+	ModelID string
+	// ChatTemplate overrides the model's own chat template: a builtin name
+	// such as "chatml" or a Jinja template llama.cpp recognises.
+	ChatTemplate string
+	Limits       Limits
+	// BodyLimit is the largest request body in bytes (default 4 MiB).
+	BodyLimit int
+	// ReadTimeout bounds reading a request; IdleTimeout bounds a
+	// keep-alive connection's wait for its next request (defaults 30s and
+	// 120s). WriteTimeout bounds a whole response, streams included, so it
+	// is off (0) by default.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// APIKeys, when set, are required as "Authorization: Bearer <key>" on
+	// every route but /health. Only their SHA-256 hashes are kept.
+	APIKeys []string
+	// Compress enables gzip/brotli/deflate for JSON responses that accept
+	// it (never for event streams).
+	Compress bool
+	// KeepAlive is the interval of SSE comment lines while a stream has
+	// nothing to send, so that proxies do not time it out (default 10s).
+	KeepAlive time.Duration
+	// DisconnectPoll is how often a generating request checks that its
+	// client is still connected (default 20ms).
+	DisconnectPoll time.Duration
+	Logger         *slog.Logger
+}
+
+func (c *Config) fill() {
+	if c.Limits.MaxTokens <= 0 {
+		c.Limits.MaxTokens = 4096
+	}
+	if c.BodyLimit <= 0 {
+		c.BodyLimit = 4 << 20
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 120 * time.Second
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = 10 * time.Second
+	}
+	if c.DisconnectPoll <= 0 {
+		c.DisconnectPoll = 20 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// backend is what serves requests once the model is loaded.
+type backend struct {
+	eng     *engine.Engine
+	model   *engine.Model
+	id      string
+	created int64
+}
+
+// Server is the HTTP front. Create it with New, start it with Serve, and
+// give it an engine with SetEngine when the model has loaded; until then
+// /health answers 503 and the API answers 503 model_loading.
+type Server struct {
+	cfg    Config
+	limits Limits
+	log    *slog.Logger
+	app    *fiber.App
+	keys   [][sha256.Size]byte
+
+	backend  atomic.Pointer[backend]
+	draining atomic.Bool
+	// base is the parent of every request's context; Shutdown cancels it
+	// when the grace period ends.
+	base      context.Context
+	cancelAll context.CancelFunc
+	inflight  sync.WaitGroup
+	stopOnce  sync.Once
+	stopErr   error
+
+	metrics *metrics
+}
+
+// New builds a server from cfg.
+func New(cfg Config) *Server {
+	cfg.fill()
+	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger}
+	s.base, s.cancelAll = context.WithCancel(context.Background())
+	for _, k := range cfg.APIKeys {
+		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	}
+	s.metrics = newMetrics(s)
+	s.app = fiber.New(fiber.Config{
+		AppName:               "finserve",
+		DisableStartupMessage: true,
+		BodyLimit:             cfg.BodyLimit,
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.WriteTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		ErrorHandler:          s.handleError,
+		JSONEncoder:           json.Marshal,
+		JSONDecoder:           json.Unmarshal,
+	})
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	app := s.app
+	app.Use(s.metrics.middleware)
+	if s.cfg.Compress {
+		app.Use(compress.New(compress.Config{Next: wantsStream}))
+	}
+	app.Get("/health", s.health)
+	app.Use(s.authenticate)
+	app.Get("/metrics", s.metrics.handler)
+	v1 := app.Group("/v1")
+	v1.Get("/models", s.listModels)
+	v1.Get("/models/+", s.getModel)
+	v1.Post("/chat/completions", s.chatCompletions)
+	v1.Post("/completions", s.completions)
+	v1.Post("/embeddings", s.embeddings)
+}
+
+// SetEngine makes the server ready: requests are served by e from now on.
+// id names the model in the API ("" keeps Config.ModelID).
+func (s *Server) SetEngine(e *engine.Engine, id string) {
+	if id == "" {
+		id = s.cfg.ModelID
+	}
+	if id == "" {
+		id = "default"
+	}
+	s.backend.Store(&backend{eng: e, model: e.Model(), id: id, created: time.Now().Unix()})
+	s.log.Info("model ready", "model", id)
+}
+
+// Serve answers requests on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.app.Listener(ln)
+}
+
+// Shutdown stops accepting requests and waits for those in flight until
+// ctx is done; then it cancels them, and waits up to hard more for their
+// streams to end. It does not close the engine. Later calls return the
+// first call's result.
+func (s *Server) Shutdown(ctx context.Context, hard time.Duration) error {
+	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx, hard) })
+	return s.stopErr
+}
+
+func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
+	s.draining.Store(true)
+	// fasthttp waits for every connection to close or go idle; one that
+	// was opened but never sent a request counts as idle only after five
+	// seconds. The listener phase gets its own context so that it can be
+	// abandoned once the requests are done.
+	listenCtx, stopListen := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopListen()
+	done := make(chan error, 1)
+	go func() { done <- s.app.ShutdownWithContext(listenCtx) }()
+	finished := make(chan struct{})
+	go func() { s.inflight.Wait(); close(finished) }()
+
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		s.log.Warn("shutdown grace period over; cancelling requests in flight")
+		s.cancelAll()
+		select {
+		case <-finished:
+		case <-time.After(hard):
+			stopListen()
+			return errors.New("shutting down: requests still in flight after cancellation")
+		}
+	}
+	s.cancelAll()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Second):
+		// Only connections without a request are left (idle ones close at
+		// once): the process's exit closes them.
+		stopListen()
+		<-done
+		s.log.Debug("shutdown: leaving connections that sent no request")
+		return nil
+	}
+}
+
+// handleError writes every error as an OpenAI error object.
+func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	var api *APIError
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &api):
+	case errors.As(err, &fe):
+		api = fromFiber(fe)
+	default:
+		s.log.Error("request failed", "path", c.Path(), "err", err)
+		api = &APIError{Status: fiber.StatusInternalServerError, Type: "server_error", Message: "internal error"}
+	}
+	if api.RetryAfter > 0 {
+		c.Set(fiber.HeaderRetryAfter, fmt.Sprint(api.RetryAfter))
+	}
+	return c.Status(api.Status).JSON(api.body())
+}
+
+// ready returns the backend, or the error to answer while there is none.
+func (s *Server) ready() (*backend, error) {
+	if s.draining.Load() {
+		return nil, errDraining
+	}
+	b := s.backend.Load()
+	if b == nil {
+		return nil, errLoading
+	}
+	return b, nil
+}
+
+func (s *Server) health(c *fiber.Ctx) error {
+	switch {
+	case s.draining.Load():
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down"})
+	case s.backend.Load() == nil:
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading"})
+	}
+	return c.JSON(fiber.Map{"status": "ok"})
+}
+
+func (s *Server) authenticate(c *fiber.Ctx) error {
+	if len(s.keys) == 0 {
+		return c.Next()
+	}
+	auth := c.Get(fiber.HeaderAuthorization)
+	key, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || key == "" {
+		return errUnauthorized
+	}
+	sum := sha256.Sum256([]byte(key))
+	match := 0
+	for i := range s.keys {
+		match |= subtle.ConstantTimeCompare(sum[:], s.keys[i][:])
+	}
+	if match != 1 {
+		return errUnauthorized
+	}
+	return c.Next()
+}
+
+// checkModel accepts the served model's id, or an empty one.
+func (s *Server) checkModel(id string) *APIError {
+	b := s.backend.Load()
+	if b == nil || id == "" || id == b.id {
+		return nil
+	}
+	return modelNotFound(id)
+}
+
+func (s *Server) modelEntry(b *backend) Model {
+	info := b.model.Info()
+	opts := b.eng.Options()
+	return Model{ID: b.id, Object: "model", Created: b.created, OwnedBy: "finserve",
+		Meta: &ModelMeta{Architecture: info.Architecture, Params: info.Params, SizeBytes: info.SizeBytes,
+			VocabSize: info.VocabSize, TrainContext: info.TrainContext, Context: opts.Context, Parallel: opts.Parallel}}
+}
+
+func (s *Server) listModels(c *fiber.Ctx) error {
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	return c.JSON(ModelList{Object: "list", Data: []Model{s.modelEntry(b)}})
+}
+
+func (s *Server) getModel(c *fiber.Ctx) error {
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	if id := c.Params("+"); id != b.id {
+		return modelNotFound(id)
+	}
+	return c.JSON(s.modelEntry(b))
+}
+
+func (s *Server) embeddings(c *fiber.Ctx) error {
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	var req EmbeddingRequest
+	if err := decodeJSON(c.Body(), &req); err != nil {
+		return badRequest("", "%s", err.Error())
+	}
+	if req.Model != "" && req.Model != b.id {
+		return modelNotFound(req.Model)
+	}
+	// A causal language model has no trained pooling: embeddings from it
+	// would look valid and mean nothing, so refuse them.
+	return &APIError{Status: fiber.StatusBadRequest, Type: "invalid_request_error", Param: "model",
+		Code: "model_not_supported",
+		Message: fmt.Sprintf("the model %q is a text-generation model and cannot produce embeddings; serve an embedding model for /v1/embeddings", b.id)}
+}
+
+// wantsStream tells the compression middleware to leave event streams
+// alone: compressing them buffers tokens and adds a goroutine per stream.
+func wantsStream(c *fiber.Ctx) bool {
+	if c.Method() != fiber.MethodPost {
+		return false
+	}
+	var probe struct {
+		Stream bool `json:"stream"`
+	}
+	_ = json.Unmarshal(c.Body(), &probe)
+	return probe.Stream
+}

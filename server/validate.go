@@ -1,0 +1,299 @@
+package server
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/finserve/finserve/engine"
+)
+
+const (
+	maxStops      = 16  // OpenAI allows 4; llama.cpp clients send more
+	maxStopLength = 256 // bytes
+	maxMessages   = 4096
+	maxPrompts    = 64 // prompts in one completions request
+)
+
+// genParams is what a chat or completions request asks of the engine,
+// validated.
+type genParams struct {
+	maxTokens    int
+	sampling     engine.Sampling
+	stop         []string
+	logprobs     bool
+	topLogprobs  int
+	ignoreEOS    bool
+	stream       bool
+	includeUsage bool
+}
+
+// common holds the fields chat and completions share.
+type common struct {
+	maxTokens        *int
+	maxTokensParam   string
+	temperature      *float64
+	topP             *float64
+	seed             *int64
+	stop             StopList
+	presencePenalty  *float64
+	frequencyPenalty *float64
+	n                *int
+	stream           bool
+	streamOptions    *StreamOptions
+	logitBias        []byte
+	Samplers
+}
+
+// params validates the shared fields against the server's limits. OpenAI's
+// defaults apply where a field is absent: temperature 1, top_p 1.
+func (c *common) params(limits Limits) (genParams, *APIError) {
+	p := genParams{stream: c.stream, ignoreEOS: c.IgnoreEOS}
+	if c.n != nil && *c.n != 1 {
+		return p, unsupported("n", "n must be 1: this server returns one choice per prompt")
+	}
+	if c.streamOptions != nil {
+		if !c.stream {
+			return p, badRequest("stream_options", "stream_options is only allowed with stream: true")
+		}
+		p.includeUsage = c.streamOptions.IncludeUsage
+	}
+	if len(c.logitBias) > 0 && string(c.logitBias) != "null" && string(c.logitBias) != "{}" {
+		return p, unsupported("logit_bias", "logit_bias is not supported")
+	}
+
+	p.maxTokens = limits.MaxTokens
+	if c.maxTokens != nil {
+		switch n := *c.maxTokens; {
+		case n < 1:
+			return p, badRequest(c.maxTokensParam, "%s must be at least 1", c.maxTokensParam)
+		case n > limits.MaxTokens:
+			return p, badRequest(c.maxTokensParam, "%s is %d; this server allows at most %d", c.maxTokensParam, n, limits.MaxTokens)
+		default:
+			p.maxTokens = n
+		}
+	}
+
+	s := &p.sampling
+	s.Temperature = 1
+	if v, err := number("temperature", c.temperature, 0, 2); err != nil {
+		return p, err
+	} else if v != nil {
+		s.Temperature = float32(*v)
+	}
+	if v, err := number("top_p", c.topP, 0, 1); err != nil {
+		return p, err
+	} else if v != nil {
+		if *v == 0 {
+			// OpenAI accepts 0 and keeps only the most likely token.
+			s.Temperature = 0
+		} else {
+			s.TopP = float32(*v)
+		}
+	}
+	if v, err := number("presence_penalty", c.presencePenalty, -2, 2); err != nil {
+		return p, err
+	} else if v != nil {
+		s.PresencePenalty = float32(*v)
+	}
+	if v, err := number("frequency_penalty", c.frequencyPenalty, -2, 2); err != nil {
+		return p, err
+	} else if v != nil {
+		s.FrequencyPenalty = float32(*v)
+	}
+	if v, err := number("min_p", c.MinP, 0, 1); err != nil {
+		return p, err
+	} else if v != nil {
+		s.MinP = float32(*v)
+	}
+	if v, err := number("repeat_penalty", c.RepeatPenalty, 0, 10); err != nil {
+		return p, err
+	} else if v != nil {
+		s.RepeatPenalty = float32(*v)
+	}
+	if c.TopK != nil {
+		if *c.TopK < 0 || *c.TopK > 1<<20 {
+			return p, badRequest("top_k", "top_k must be between 0 and 1048576")
+		}
+		s.TopK = *c.TopK
+	}
+	if c.seed != nil {
+		// The sampler takes 32 bits; equal seeds still give equal output.
+		seed := uint32(uint64(*c.seed))
+		s.Seed = &seed
+	}
+
+	if len(c.stop) > maxStops {
+		return p, badRequest("stop", "stop has %d strings; at most %d are allowed", len(c.stop), maxStops)
+	}
+	for _, st := range c.stop {
+		switch {
+		case st == "":
+			return p, badRequest("stop", "stop strings must not be empty")
+		case len(st) > maxStopLength:
+			return p, badRequest("stop", "stop strings must be at most %d bytes", maxStopLength)
+		case !utf8.ValidString(st):
+			return p, badRequest("stop", "stop strings must be valid UTF-8")
+		}
+	}
+	p.stop = c.stop
+	return p, nil
+}
+
+// number checks an optional finite number against [lo, hi].
+func number(name string, v *float64, lo, hi float64) (*float64, *APIError) {
+	if v == nil {
+		return nil, nil
+	}
+	if math.IsNaN(*v) || math.IsInf(*v, 0) || *v < lo || *v > hi {
+		return nil, badRequest(name, "%s must be between %g and %g", name, lo, hi)
+	}
+	return v, nil
+}
+
+// chatRequest is a validated chat request.
+type chatRequest struct {
+	genParams
+	messages []engine.Message
+}
+
+func (s *Server) validateChat(r *ChatRequest) (*chatRequest, *APIError) {
+	if err := s.checkModel(r.Model); err != nil {
+		return nil, err
+	}
+	c := common{
+		maxTokens: r.MaxTokens, maxTokensParam: "max_tokens",
+		temperature: r.Temperature, topP: r.TopP, seed: r.Seed, stop: r.Stop,
+		presencePenalty: r.PresencePenalty, frequencyPenalty: r.FrequencyPenalty,
+		n: r.N, stream: r.Stream, streamOptions: r.StreamOptions, logitBias: r.LogitBias,
+		Samplers: r.Samplers,
+	}
+	if r.MaxCompletionTokens != nil {
+		if r.MaxTokens != nil && *r.MaxTokens != *r.MaxCompletionTokens {
+			return nil, badRequest("max_completion_tokens", "max_tokens and max_completion_tokens disagree; send one")
+		}
+		c.maxTokens, c.maxTokensParam = r.MaxCompletionTokens, "max_completion_tokens"
+	}
+	p, err := c.params(s.limits)
+	if err != nil {
+		return nil, err
+	}
+	if isSet(r.Tools) || isSet(r.ToolChoice) || isSet(r.Functions) {
+		return nil, unsupported("tools", "tools and function calling are not supported by this server")
+	}
+	if r.ResponseFormat != nil {
+		switch r.ResponseFormat.Type {
+		case "", "text":
+		default:
+			return nil, unsupported("response_format",
+				"response_format %q is not supported: this server cannot yet constrain output to a format", r.ResponseFormat.Type)
+		}
+	}
+	if r.TopLogprobs != nil {
+		if !r.Logprobs {
+			return nil, badRequest("top_logprobs", "top_logprobs requires logprobs: true")
+		}
+		if *r.TopLogprobs < 0 || *r.TopLogprobs > engine.MaxTopLogprobs {
+			return nil, badRequest("top_logprobs", "top_logprobs must be between 0 and %d", engine.MaxTopLogprobs)
+		}
+		p.topLogprobs = *r.TopLogprobs
+	}
+	p.logprobs = r.Logprobs
+
+	if len(r.Messages) == 0 {
+		return nil, badRequest("messages", "messages must contain at least one message")
+	}
+	if len(r.Messages) > maxMessages {
+		return nil, badRequest("messages", "messages has %d entries; at most %d are allowed", len(r.Messages), maxMessages)
+	}
+	out := &chatRequest{genParams: p, messages: make([]engine.Message, 0, len(r.Messages))}
+	for i, m := range r.Messages {
+		param := "messages[" + strconv.Itoa(i) + "]"
+		role := m.Role
+		switch role {
+		case "system", "user", "assistant":
+		case "developer":
+			role = "system" // OpenAI's newer name for the system role
+		case "tool", "function":
+			return nil, unsupported(param+".role", "role %q is not supported: this server has no tool use", role)
+		case "":
+			return nil, badRequest(param+".role", "%s.role is required", param)
+		default:
+			return nil, badRequest(param+".role", "role %q is not one of system, developer, user or assistant", role)
+		}
+		if isSet(m.ToolCalls) {
+			return nil, unsupported(param+".tool_calls", "tool_calls are not supported by this server")
+		}
+		if m.Content.Other != "" {
+			return nil, unsupported(param+".content", "content parts of type %q are not supported; send text parts", m.Content.Other)
+		}
+		if m.Content.Null && role != "assistant" {
+			return nil, badRequest(param+".content", "%s.content is required", param)
+		}
+		if !utf8.ValidString(m.Content.Text) || strings.IndexByte(m.Content.Text, 0) >= 0 {
+			return nil, badRequest(param+".content", "%s.content must be valid UTF-8 without NUL characters", param)
+		}
+		out.messages = append(out.messages, engine.Message{Role: role, Content: m.Content.Text})
+	}
+	return out, nil
+}
+
+// completionRequest is a validated completions request.
+type completionRequest struct {
+	genParams
+	prompts PromptList
+}
+
+func (s *Server) validateCompletion(r *CompletionRequest) (*completionRequest, *APIError) {
+	if err := s.checkModel(r.Model); err != nil {
+		return nil, err
+	}
+	c := common{
+		maxTokens: r.MaxTokens, maxTokensParam: "max_tokens",
+		temperature: r.Temperature, topP: r.TopP, seed: r.Seed, stop: r.Stop,
+		presencePenalty: r.PresencePenalty, frequencyPenalty: r.FrequencyPenalty,
+		n: r.N, stream: r.Stream, streamOptions: r.StreamOptions, logitBias: r.LogitBias,
+		Samplers: r.Samplers,
+	}
+	if r.MaxTokens == nil {
+		// The completions API defaults to 16 tokens.
+		sixteen := min(16, s.limits.MaxTokens)
+		c.maxTokens = &sixteen
+	}
+	p, err := c.params(s.limits)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.BestOf != nil && *r.BestOf != 1:
+		return nil, unsupported("best_of", "best_of must be 1")
+	case r.Echo:
+		return nil, unsupported("echo", "echo is not supported")
+	case r.Suffix != nil && *r.Suffix != "":
+		return nil, unsupported("suffix", "suffix is not supported")
+	}
+	if r.Logprobs != nil {
+		if *r.Logprobs < 0 || *r.Logprobs > 5 {
+			return nil, badRequest("logprobs", "logprobs must be between 0 and 5")
+		}
+		p.logprobs, p.topLogprobs = true, *r.Logprobs
+	}
+	if !r.Prompt.Set || r.Prompt.Len() == 0 {
+		return nil, badRequest("prompt", "prompt is required")
+	}
+	if r.Prompt.Len() > maxPrompts {
+		return nil, badRequest("prompt", "prompt has %d entries; at most %d are allowed", r.Prompt.Len(), maxPrompts)
+	}
+	for i, t := range r.Prompt.Texts {
+		if !utf8.ValidString(t) || strings.IndexByte(t, 0) >= 0 {
+			return nil, badRequest("prompt", "prompt %d must be valid UTF-8 without NUL characters", i)
+		}
+	}
+	return &completionRequest{genParams: p, prompts: r.Prompt}, nil
+}
+
+func isSet(raw []byte) bool {
+	s := strings.TrimSpace(string(raw))
+	return s != "" && s != "null" && s != "[]"
+}
