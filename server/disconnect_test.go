@@ -77,8 +77,10 @@ func TestDisconnectCancels(t *testing.T) {
 		},
 		{
 			name: "prefilling", path: "/completions", batch: 8,
-			body:  `{"prompt":` + longPrompt + `,"max_tokens":100,"ignore_eos":true,"stream":true}`,
-			ready: func(t *testing.T, ts *testServer, _ *bufio.Reader) { ts.waitStats(t, func(st engine.Stats) bool { return st.Running == 1 }) },
+			body: `{"prompt":` + longPrompt + `,"max_tokens":100,"ignore_eos":true,"stream":true}`,
+			ready: func(t *testing.T, ts *testServer, _ *bufio.Reader) {
+				ts.waitStats(t, func(st engine.Stats) bool { return st.Running == 1 })
+			},
 			noTokens: true,
 		},
 	}

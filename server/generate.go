@@ -77,15 +77,15 @@ type job struct {
 	user    string
 	start   time.Time
 
-	id      string
-	created int64
-	ctx     context.Context
-	cancel  context.CancelFunc
+	id       string
+	created  int64
+	ctx      context.Context
+	cancel   context.CancelFunc
 	quit     chan struct{} // closed when the response is over
 	quitOnce sync.Once
 	goneOnce sync.Once
-	streams []*engine.Stream
-	choices []choiceState
+	streams  []*engine.Stream
+	choices  []choiceState
 }
 
 // item is one event of one choice.

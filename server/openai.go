@@ -275,10 +275,10 @@ type ChatLogprobs struct {
 
 // TokenLogprob is one token's log-probability, with its alternatives.
 type TokenLogprob struct {
-	Token       string         `json:"token"`
-	Logprob     float32        `json:"logprob"`
-	Bytes       []int          `json:"bytes"`
-	TopLogprobs []TopLogprob   `json:"top_logprobs"`
+	Token       string       `json:"token"`
+	Logprob     float32      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []TopLogprob `json:"top_logprobs"`
 }
 
 // TopLogprob is one alternative token.

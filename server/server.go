@@ -335,7 +335,7 @@ func (s *Server) embeddings(c *fiber.Ctx) error {
 	// A causal language model has no trained pooling: embeddings from it
 	// would look valid and mean nothing, so refuse them.
 	return &APIError{Status: fiber.StatusBadRequest, Type: "invalid_request_error", Param: "model",
-		Code: "model_not_supported",
+		Code:    "model_not_supported",
 		Message: fmt.Sprintf("the model %q is a text-generation model and cannot produce embeddings; serve an embedding model for /v1/embeddings", b.id)}
 }
 

@@ -23,13 +23,13 @@ import (
 // (FINSERVE_ and the name in upper case with underscores).
 type serveOptions struct {
 	model, modelID, addr, chatTemplate, flashAttn string
-	parallel, ctx, threads, threadsBatch      int
-	batch, ubatch, gpuLayers, maxQueue        int
-	maxTokens, bodyLimitKiB                   int
-	unifiedKV, compress                       bool
-	readTimeout, writeTimeout, idleTimeout    time.Duration
-	shutdownGrace, keepAlive                  time.Duration
-	apiKeys                                   []string
+	parallel, ctx, threads, threadsBatch          int
+	batch, ubatch, gpuLayers, maxQueue            int
+	maxTokens, bodyLimitKiB                       int
+	unifiedKV, compress                           bool
+	readTimeout, writeTimeout, idleTimeout        time.Duration
+	shutdownGrace, keepAlive                      time.Duration
+	apiKeys                                       []string
 }
 
 func newServeCmd() *cobra.Command {
@@ -139,8 +139,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	log := slog.Default()
 	srv := server.New(server.Config{
 		ModelID: id, ChatTemplate: o.chatTemplate,
-		Limits:    server.Limits{MaxTokens: o.maxTokens},
-		BodyLimit: o.bodyLimitKiB << 10,
+		Limits:      server.Limits{MaxTokens: o.maxTokens},
+		BodyLimit:   o.bodyLimitKiB << 10,
 		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTimeout, IdleTimeout: o.idleTimeout,
 		APIKeys: o.apiKeys, Compress: o.compress, KeepAlive: o.keepAlive, Logger: log,
 	})
