@@ -28,7 +28,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system smoke fuzz bench peer-bench clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,7 +58,14 @@ build-system: ## build bin/finserve-system against pkg-config llama
 test-system: ## run the engine and model tests against pkg-config llama
 	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
 	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
-		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/...
+		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/...
+
+DEMO_PRESET ?= tiny
+DEMO_ADDR ?= 127.0.0.1:8080
+demo: build ## build, generate a demo model and serve it on DEMO_ADDR (Ctrl-C stops)
+	@mkdir -p $(MODELS)
+	@test -f $(MODELS)/demo-$(DEMO_PRESET).gguf || bin/finserve model gen --preset $(DEMO_PRESET) --type q8_0 --out $(MODELS)/demo-$(DEMO_PRESET).gguf
+	bin/finserve serve --model $(MODELS)/demo-$(DEMO_PRESET).gguf --model-id demo --addr $(DEMO_ADDR)
 
 smoke: build ## generate a tiny model and generate text on it with the CLI
 	@mkdir -p $(MODELS)
@@ -70,12 +77,19 @@ FUZZTIME ?= 30s
 fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./models -run '^$$' -fuzz FuzzRead -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz FuzzTokenize -fuzztime $(FUZZTIME)
+	$(GO) test ./engine -run '^$$' -fuzz FuzzTextAssembler -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 
 bench: headers ## engine micro-benchmarks (go test -bench)
 	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x
+	$(GO) test ./server -run '^$$' -bench . -count 3
 
 peer-bench: build ## finserve vs llama-bench / llama-batched-bench on the bench model (needs the sid root)
 	scripts/peer-bench.sh
+
+serve-bench: build ## finserve serve vs llama-server: tokens/s and TTFT at 1 and 8 clients (needs the sid root)
+	scripts/serve-bench.sh
 
 clean: ## remove build outputs, staged headers and generated models
 	rm -rf bin third_party/include $(MODELS)

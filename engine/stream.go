@@ -114,6 +114,33 @@ func (s *Stream) Recv() (Event, error) {
 	}
 }
 
+// RecvWithin is Recv with a time limit: ok is false if no event arrived
+// within d. Streams that send keep-alives while a prompt is prefilled use
+// it. Like Recv, it is for one reader at a time.
+func (s *Stream) RecvWithin(d time.Duration) (ev Event, ok bool, err error) {
+	var timer *time.Timer
+	for {
+		s.mu.Lock()
+		if len(s.queue) > 0 || s.drained {
+			s.mu.Unlock()
+			if timer != nil {
+				timer.Stop()
+			}
+			ev, err := s.Recv()
+			return ev, true, err
+		}
+		s.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(d)
+		}
+		select {
+		case <-s.signal:
+		case <-timer.C:
+			return Event{}, false, nil
+		}
+	}
+}
+
 // Close cancels the generation if it is still running. It does not wait.
 func (s *Stream) Close() { s.cancel() }
 

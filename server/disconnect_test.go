@@ -232,3 +232,24 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// TestKeepAliveDuringPrefill: a stream whose prompt takes many steps to
+// prefill sends SSE comments meanwhile, and the stream stays valid.
+func TestKeepAliveDuringPrefill(t *testing.T) {
+	ts := startServer(t, Config{KeepAlive: time.Millisecond}, engine.Options{Context: 4096, Batch: 8, Parallel: 1})
+	ids := make([]string, 3000)
+	for i := range ids {
+		ids[i] = fmt.Sprint(100 + i%1500)
+	}
+	resp, body := ts.post(t, "/completions", `{"prompt":[`+strings.Join(ids, ",")+`],"max_tokens":2,"ignore_eos":true,"stream":true}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	first := strings.Index(body, "data: ")
+	if first < 0 || !strings.Contains(body[:first], ": keep-alive\n\n") {
+		t.Fatalf("no keep-alive before the first event: %q", body[:min(len(body), 200)])
+	}
+	if !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Fatalf("stream ends %q", tail(body))
+	}
+}

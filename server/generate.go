@@ -146,13 +146,20 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	s.inflight.Add(1)
 	conn := c.Context().Conn()
 	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
-	events := j.pump()
 	if !j.p.stream {
 		defer s.inflight.Done()
 		defer stopWatch()
 		defer j.finish()
-		for it := range events {
-			j.add(it)
+		// Streams queue their events without waiting for a reader, so
+		// reading them one after another needs no goroutines.
+		for i, st := range j.streams {
+			for {
+				ev, err := st.Recv()
+				if err != nil {
+					break
+				}
+				j.add(item{i: i, ev: ev, at: time.Now()})
+			}
 		}
 		s.metrics.finished(j)
 		if err := j.err(); err != nil {
@@ -166,6 +173,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		return c.JSON(j.response())
 	}
 
+	events := j.events()
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set(fiber.HeaderConnection, "keep-alive")
@@ -182,6 +190,49 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		s.metrics.finished(j)
 	})
 	return nil
+}
+
+// eventSource yields a job's events in arrival order.
+type eventSource interface {
+	// next waits up to d for an event; got is false on timeout, more is
+	// false once every stream has ended.
+	next(d time.Duration) (it item, got, more bool)
+}
+
+// events returns the job's event source: the stream itself for one
+// choice (no extra goroutine, so no extra wake-up per token), or the
+// choices' streams merged.
+func (j *job) events() eventSource {
+	if len(j.streams) == 1 {
+		return single{j.streams[0]}
+	}
+	return merged(j.pump())
+}
+
+type single struct{ st *engine.Stream }
+
+func (s single) next(d time.Duration) (item, bool, bool) {
+	ev, ok, err := s.st.RecvWithin(d)
+	switch {
+	case err != nil:
+		return item{}, false, false
+	case !ok:
+		return item{}, false, true
+	}
+	return item{ev: ev, at: time.Now()}, true, true
+}
+
+type merged <-chan item
+
+func (m merged) next(d time.Duration) (item, bool, bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case it, ok := <-m:
+		return it, ok, ok
+	case <-t.C:
+		return item{}, false, true
+	}
 }
 
 // pump merges the choices' streams into one channel, stamped with arrival
@@ -372,7 +423,7 @@ func (j *job) response() any {
 // first, one chunk per piece of text, a chunk with the finish reason per
 // choice, an optional usage chunk, then [DONE]. A write or flush error
 // means the client left: writeStream then returns false.
-func (s *Server) writeStream(w *bufio.Writer, j *job, events <-chan item) bool {
+func (s *Server) writeStream(w *bufio.Writer, j *job, events eventSource) bool {
 	send := func(v any) bool {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -390,22 +441,17 @@ func (s *Server) writeStream(w *bufio.Writer, j *job, events <-chan item) bool {
 			return false
 		}
 	}
-	keepAlive := time.NewTicker(s.cfg.KeepAlive)
-	defer keepAlive.Stop()
 	for {
-		var it item
-		var ok bool
-		select {
-		case it, ok = <-events:
-		case <-keepAlive.C:
+		it, got, more := events.next(s.cfg.KeepAlive)
+		if !more {
+			break
+		}
+		if !got {
 			w.WriteString(": keep-alive\n\n")
 			if w.Flush() != nil {
 				return false
 			}
 			continue
-		}
-		if !ok {
-			break
 		}
 		ch := &j.choices[it.i]
 		before := len(ch.chat)

@@ -1,0 +1,229 @@
+// Package bench is finserve's load generator for OpenAI-compatible
+// servers: concurrent streaming chat clients, measured as LLM serving is
+// measured (time to first token, time per output token, end-to-end
+// latency, aggregate output throughput). It talks HTTP only, so it measures
+// finserve and its peers (llama-server) alike.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config describes one load run.
+type Config struct {
+	// BaseURL is the API root, for example http://127.0.0.1:8080/v1.
+	BaseURL string
+	Model   string
+	APIKey  string
+	// Clients is the number of concurrent clients; Requests the total
+	// number of requests, spread over them.
+	Clients, Requests int
+	// MaxTokens per request; with IgnoreEOS each request generates exactly
+	// that many (a llama.cpp extension finserve and llama-server honour).
+	MaxTokens int
+	IgnoreEOS bool
+	// Prompt is the user message; request i appends " #i" so that no two
+	// prompts are equal.
+	Prompt string
+	// Timeout bounds each request (default 5 minutes).
+	Timeout time.Duration
+}
+
+// Dist summarises a latency distribution, in seconds.
+type Dist struct {
+	Mean, P50, P90, P99 float64
+}
+
+// Result is what one run measured.
+type Result struct {
+	Clients, Requests, Failed int
+	Wall                      time.Duration
+	PromptTokens              int
+	OutputTokens              int
+	// OutputTPS is aggregate output tokens per second of wall time.
+	OutputTPS   float64
+	RequestsPS  float64
+	TTFT, TPOT  Dist
+	E2E         Dist
+	FirstErrors []string
+}
+
+// sample is one request's measurements.
+type sample struct {
+	ttft, e2e      time.Duration
+	prompt, output int
+	err            error
+}
+
+// Run sends cfg.Requests streaming chat requests from cfg.Clients clients.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.BaseURL == "" || cfg.Clients < 1 || cfg.Requests < 1 || cfg.MaxTokens < 1 {
+		return Result{}, errors.New("bench: a base URL, at least one client, one request and one token are required")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Minute
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}}
+	defer client.CloseIdleConnections()
+
+	next := make(chan int)
+	samples := make([]sample, cfg.Requests)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				samples[i] = one(ctx, client, cfg, i)
+			}
+		}()
+	}
+feed:
+	for i := range cfg.Requests {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	wall := time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	return summarise(cfg, samples, wall), nil
+}
+
+func summarise(cfg Config, samples []sample, wall time.Duration) Result {
+	r := Result{Clients: cfg.Clients, Requests: len(samples), Wall: wall}
+	var ttft, tpot, e2e []float64
+	for _, s := range samples {
+		if s.err != nil {
+			r.Failed++
+			if len(r.FirstErrors) < 3 {
+				r.FirstErrors = append(r.FirstErrors, s.err.Error())
+			}
+			continue
+		}
+		r.PromptTokens += s.prompt
+		r.OutputTokens += s.output
+		ttft = append(ttft, s.ttft.Seconds())
+		e2e = append(e2e, s.e2e.Seconds())
+		if s.output > 1 {
+			tpot = append(tpot, (s.e2e-s.ttft).Seconds()/float64(s.output-1))
+		}
+	}
+	r.OutputTPS = float64(r.OutputTokens) / wall.Seconds()
+	r.RequestsPS = float64(len(samples)-r.Failed) / wall.Seconds()
+	r.TTFT, r.TPOT, r.E2E = dist(ttft), dist(tpot), dist(e2e)
+	return r
+}
+
+func dist(xs []float64) Dist {
+	if len(xs) == 0 {
+		return Dist{}
+	}
+	slices.Sort(xs)
+	q := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(xs)))) - 1
+		return xs[max(0, min(i, len(xs)-1))]
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return Dist{Mean: sum / float64(len(xs)), P50: q(0.50), P90: q(0.90), P99: q(0.99)}
+}
+
+// one sends request i and reads its event stream.
+func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	body, _ := json.Marshal(map[string]any{
+		"model":          cfg.Model,
+		"messages":       []map[string]string{{"role": "user", "content": fmt.Sprintf("%s #%d", cfg.Prompt, i)}},
+		"max_tokens":     cfg.MaxTokens,
+		"temperature":    0,
+		"stream":         true,
+		"stream_options": map[string]bool{"include_usage": true},
+		"ignore_eos":     cfg.IgnoreEOS,
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(cfg.BaseURL, "/")+"/chat/completions", bytes.NewReader(body))
+	if err != nil {
+		return sample{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if cfg.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+cfg.APIKey)
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return sample{err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return sample{err: fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))}
+	}
+	var s sample
+	chunks := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		if data == "[DONE]" {
+			s.e2e = time.Since(start)
+			if s.output == 0 {
+				s.output = chunks
+			}
+			return s
+		}
+		var c struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+			Usage *struct {
+				PromptTokens     int `json:"prompt_tokens"`
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			return sample{err: fmt.Errorf("bad event: %w", err)}
+		}
+		for _, ch := range c.Choices {
+			if ch.Delta.Content != "" {
+				if chunks == 0 {
+					s.ttft = time.Since(start)
+				}
+				chunks++
+			}
+		}
+		if c.Usage != nil && c.Usage.CompletionTokens > 0 {
+			s.prompt, s.output = c.Usage.PromptTokens, c.Usage.CompletionTokens
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return sample{err: err}
+	}
+	return sample{err: errors.New("stream ended without [DONE]")}
+}

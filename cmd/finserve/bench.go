@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/finserve/finserve/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		cfg       bench.Config
+		clients   string
+		asJSON    bool
+		perClient int
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-test an OpenAI-compatible server (finserve or a peer) with streaming chat clients",
+		Long: `Load-test an OpenAI-compatible server with concurrent streaming chat clients.
+
+For each client count it sends clients x --requests-per-client requests and
+reports time to first token (TTFT), time per output token (TPOT), end-to-end
+latency and aggregate output tokens/s. Point it at loopback servers only.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			counts, err := parseInts(clients)
+			if err != nil {
+				return fmt.Errorf("--clients: %w", err)
+			}
+			var results []bench.Result
+			for _, n := range counts {
+				c := cfg
+				c.Clients, c.Requests = n, n*perClient
+				r, err := bench.Run(cmd.Context(), c)
+				if err != nil {
+					return err
+				}
+				results = append(results, r)
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(results)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "clients\trequests\tfailed\toutput tok/s\treq/s\tTTFT p50 ms\tTTFT p99 ms\tTPOT p50 ms\tE2E p50 s\t")
+			for _, r := range results {
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t\n", r.Clients, r.Requests, r.Failed,
+					r.OutputTPS, r.RequestsPS, 1000*r.TTFT.P50, 1000*r.TTFT.P99, 1000*r.TPOT.P50, r.E2E.P50)
+			}
+			tw.Flush()
+			for _, r := range results {
+				for _, e := range r.FirstErrors {
+					fmt.Fprintf(cmd.ErrOrStderr(), "clients %d: error: %s\n", r.Clients, e)
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.BaseURL, "url", "http://127.0.0.1:8080/v1", "API base URL")
+	f.StringVar(&cfg.Model, "model", "", "model name to send")
+	f.StringVar(&cfg.APIKey, "api-key", "", "bearer token")
+	f.StringVar(&clients, "clients", "1,8", "comma-separated concurrent client counts, one run each")
+	f.IntVar(&perClient, "requests-per-client", 4, "requests per client in each run")
+	f.IntVar(&cfg.MaxTokens, "max-tokens", 128, "tokens per request")
+	f.BoolVar(&cfg.IgnoreEOS, "ignore-eos", true, "generate exactly --max-tokens (llama.cpp's ignore_eos)")
+	f.StringVar(&cfg.Prompt, "prompt", "Summarise the bank's policy on overdraft fees for a new customer.", "user message")
+	f.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "per-request timeout")
+	f.BoolVar(&asJSON, "json", false, "print results as JSON")
+	return cmd
+}

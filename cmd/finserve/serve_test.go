@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/finserve/finserve/models"
+)
+
+// TestServeSettingsPrecedence: flags beat the environment, which beats the
+// config file, which beats the defaults.
+func TestServeSettingsPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "finserve.yaml")
+	if err := os.WriteFile(conf, []byte("model: /models/file.gguf\nmodel_id: from-file\nparallel: 3\nctx: 2048\napi-key: [a, b]\nread-timeout: 5s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want func(t *testing.T, got map[string]string)
+	}{
+		{"file only", nil, nil, func(t *testing.T, got map[string]string) {
+			expect(t, got, "model", "/models/file.gguf")
+			expect(t, got, "model-id", "from-file")
+			expect(t, got, "parallel", "3")
+			expect(t, got, "api-key", "[a,b]")
+			expect(t, got, "read-timeout", "5s")
+			expect(t, got, "addr", "127.0.0.1:8080") // default
+		}},
+		{"env beats file", nil, map[string]string{"FINSERVE_PARALLEL": "6", "FINSERVE_API_KEY": "k1,k2,k3"}, func(t *testing.T, got map[string]string) {
+			expect(t, got, "parallel", "6")
+			expect(t, got, "api-key", "[k1,k2,k3]")
+			expect(t, got, "ctx", "2048")
+		}},
+		{"flag beats env", []string{"--parallel", "9", "--model-id", "cli"}, map[string]string{"FINSERVE_PARALLEL": "6", "FINSERVE_MODEL_ID": "env"}, func(t *testing.T, got map[string]string) {
+			expect(t, got, "parallel", "9")
+			expect(t, got, "model-id", "cli")
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := newServeCmd()
+			if err := cmd.ParseFlags(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
+			if err := applySettings(cmd, conf, lookup); err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, name := range []string{"model", "model-id", "parallel", "ctx", "api-key", "read-timeout", "addr"} {
+				got[name] = cmd.Flags().Lookup(name).Value.String()
+			}
+			tc.want(t, got)
+		})
+	}
+}
+
+func expect(t *testing.T, got map[string]string, name, want string) {
+	t.Helper()
+	if got[name] != want {
+		t.Errorf("%s = %q, want %q", name, got[name], want)
+	}
+}
+
+func TestServeSettingsErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, yaml, env, want string }{
+		{"unknown key", "modle: x\n", "", `unknown setting "modle"`},
+		{"bad value", "parallel: many\n", "", "parallel"},
+		{"not yaml", "parallel: [\n", "", "config"},
+		{"nested", "limits:\n  x: 1\n", "", "unknown setting"},
+		{"bad env", "", "FINSERVE_CTX=big", "FINSERVE_CTX"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := filepath.Join(dir, tc.name+".yaml")
+			if err := os.WriteFile(conf, []byte(tc.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{}
+			if k, v, ok := strings.Cut(tc.env, "="); ok {
+				env[k] = v
+			}
+			cmd := newServeCmd()
+			lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+			err := applySettings(cmd, conf, lookup)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestServeCommand runs `serve` on a generated model: health turns 200,
+// a chat completion works, and cancelling (as SIGTERM does) shuts it down.
+func TestServeCommand(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "tiny.gguf")
+	if err := models.Generate(context.Background(), model, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	cmd := newServeCmd()
+	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "2", "--shutdown-grace", "2s"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+
+	base := "http://" + addr
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server never became healthy: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := http.Post(base+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"chat.completion"`) {
+		t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Side-by-side serving benchmark: finserve (bundled and system provider)
+# against llama-server from the Debian sid root, on the same generated
+# model, threads, context and parallel slots, driven by the same client
+# (`finserve bench`: streaming chat, ignore_eos, greedy), in one run.
+#
+#   scripts/serve-bench.sh [THREADS] [ROUNDS] [MODEL]
+#
+# Each round runs every server once, in turn, so that the machine's drift
+# hits them alike; the table gives medians over rounds and the median of
+# each round's finserve/llama-server ratio. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${1:-2}
+ROUNDS=${2:-3}
+MODEL=${3:-testdata/models/bench-q8_0.gguf}
+PARALLEL=${PARALLEL:-8}
+CTX=${CTX:-1024}          # per sequence
+MAX_TOKENS=${MAX_TOKENS:-128}
+PER_CLIENT=${PER_CLIENT:-4}
+CLIENTS=${CLIENTS:-1,8}
+PORT=${PORT:-18181}
+SID=${SID_ROOT_SH:-../shared/peers/sid-root.sh}
+OUT=bench-results/serve
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+sid() { "$SID" run "$@"; }
+
+[ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
+sid make build-system >/dev/null
+
+start() { # name: start that server in the background
+  case $1 in
+    llama-server)
+      sid llama-server -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c $((CTX * PARALLEL)) \
+        --host 127.0.0.1 --port "$PORT" --no-webui >"$OUT/llama-server.log" 2>&1 & ;;
+    bundled)
+      bin/finserve serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
+        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-bundled.log" 2>&1 & ;;
+    system)
+      sid bin/finserve-system serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
+        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-system.log" 2>&1 & ;;
+  esac
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$1 did not become healthy" >&2
+  return 1
+}
+
+stop() {
+  pkill -f -- "--port $PORT" 2>/dev/null || true
+  pkill -f -- "--addr 127.0.0.1:$PORT" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || break
+    sleep 0.1
+  done
+  sleep 1
+}
+trap stop EXIT
+
+for r in $(seq 1 "$ROUNDS"); do
+  for s in llama-server bundled system; do
+    echo "== round $r: $s"
+    start "$s"
+    # one warm-up request, then the measured runs
+    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients 1 --requests-per-client 1 --max-tokens 8 >/dev/null
+    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
+      --max-tokens "$MAX_TOKENS" --json >"$OUT/$s-$r.json"
+    stop
+  done
+done
+
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+med = statistics.median
+R = {s: [json.load(open(f"{out}/{s}-{r}.json")) for r in range(1, rounds + 1)] for s in ("llama-server", "bundled", "system")}
+print(f"medians of {rounds} interleaved rounds; ratio = median of per-round finserve/llama-server")
+print(f"{'clients':>7} {'metric':16} {'llama-server':>12} {'system':>9} {'ratio':>6} {'bundled':>9} {'ratio':>6}")
+for i, res in enumerate(R["llama-server"][0]):
+    c = res["Clients"]
+    for name, get in (("output tok/s", lambda x: x["OutputTPS"]), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"]),
+                      ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"])):
+        v = {s: [get(R[s][r][i]) for r in range(rounds)] for s in R}
+        fails = sum(R[s][r][i]["Failed"] for s in R for r in range(rounds))
+        ratio = lambda s: med(v[s][r] / v["llama-server"][r] for r in range(rounds))
+        print(f"{c:7d} {name:16} {med(v['llama-server']):12.1f} {med(v['system']):9.1f} {ratio('system'):6.2f} "
+              f"{med(v['bundled']):9.1f} {ratio('bundled'):6.2f}" + (f"  ({fails} failed)" if fails else ""))
+PY

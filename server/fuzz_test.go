@@ -1,0 +1,133 @@
+package server
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"unicode/utf8"
+)
+
+// fuzzServer validates requests against the tiny model without serving.
+func fuzzServer() (*Server, *backend) {
+	s := New(Config{Limits: Limits{MaxTokens: 512}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	b := &backend{model: tiny, id: "tiny"}
+	s.backend.Store(b)
+	return s, b
+}
+
+var fuzzSeeds = []string{
+	`{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"temperature":0}`,
+	`{"messages":[{"role":"system","content":"你好"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"stop":["x","y"],"stream":true,"stream_options":{"include_usage":true}}`,
+	`{"messages":[{"role":"user","content":"x<|im_end|>"}]}`,
+	`{"messages":[{"role":"assistant","content":null},{"role":"user","content":"q"}],"logprobs":true,"top_logprobs":3,"seed":-1}`,
+	`{"messages":[{"role":"user","content":"q"}],"top_p":0,"presence_penalty":-2,"frequency_penalty":2,"top_k":40,"min_p":0.1,"repeat_penalty":1.1}`,
+	`{"prompt":["a","b"],"max_tokens":2,"logprobs":2}`,
+	`{"prompt":[[1,2,3],[4]],"n":1,"best_of":1}`,
+	`{"prompt":[1,2,999999]}`,
+	`{"messages":[{"role":"user","content":"\ud800"}]}`,
+	`{"messages":[`, `[]`, `null`, `{"messages":"hi"}`, `{"stop":5}`,
+}
+
+// FuzzChatRequest: any body is either refused with a 4xx error object or
+// becomes a request within every limit, tokenized without special tokens
+// from message content.
+func FuzzChatRequest(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	s, b := fuzzServer()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req ChatRequest
+		if err := decodeJSON(body, &req); err != nil {
+			return
+		}
+		v, apiErr := s.validateChat(&req)
+		if apiErr != nil {
+			checkAPIError(t, apiErr)
+			return
+		}
+		checkParams(t, v.genParams, s.limits)
+		if len(v.messages) == 0 {
+			t.Fatal("accepted a chat without messages")
+		}
+		for _, m := range v.messages {
+			if !utf8.ValidString(m.Content) {
+				t.Fatal("accepted invalid UTF-8")
+			}
+		}
+		toks, apiErr := s.chatPrompt(b, v.messages)
+		if apiErr != nil {
+			checkAPIError(t, apiErr)
+			return
+		}
+		for _, tok := range toks {
+			if !tiny.ValidToken(tok) {
+				t.Fatalf("token %d outside the vocabulary", tok)
+			}
+		}
+	})
+}
+
+// FuzzCompletionRequest: the same for /v1/completions.
+func FuzzCompletionRequest(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	s, b := fuzzServer()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req CompletionRequest
+		if err := decodeJSON(body, &req); err != nil {
+			return
+		}
+		v, apiErr := s.validateCompletion(&req)
+		if apiErr != nil {
+			checkAPIError(t, apiErr)
+			return
+		}
+		checkParams(t, v.genParams, s.limits)
+		prompts, apiErr := completionPrompts(b, v.prompts)
+		if apiErr != nil {
+			checkAPIError(t, apiErr)
+			return
+		}
+		if len(prompts) == 0 || len(prompts) > maxPrompts {
+			t.Fatalf("%d prompts accepted", len(prompts))
+		}
+		for _, p := range prompts {
+			for _, tok := range p {
+				if !tiny.ValidToken(tok) {
+					t.Fatalf("token %d outside the vocabulary", tok)
+				}
+			}
+		}
+	})
+}
+
+func checkAPIError(t *testing.T, e *APIError) {
+	t.Helper()
+	if e.Status < 400 || e.Status >= 500 || e.Message == "" || e.Type == "" {
+		t.Fatalf("bad client error: %+v", e)
+	}
+}
+
+func checkParams(t *testing.T, p genParams, l Limits) {
+	t.Helper()
+	s := p.sampling
+	switch {
+	case p.maxTokens < 1 || p.maxTokens > l.MaxTokens:
+		t.Fatalf("max tokens %d accepted", p.maxTokens)
+	case s.Temperature < 0 || s.Temperature > 2 || s.TopP < 0 || s.TopP > 1 || s.MinP < 0 || s.MinP > 1:
+		t.Fatalf("sampling %+v accepted", s)
+	case s.PresencePenalty < -2 || s.PresencePenalty > 2 || s.FrequencyPenalty < -2 || s.FrequencyPenalty > 2:
+		t.Fatalf("penalties %+v accepted", s)
+	case p.topLogprobs < 0 || p.topLogprobs > 20 || len(p.stop) > maxStops:
+		t.Fatalf("params %+v accepted", p)
+	case p.includeUsage && !p.stream:
+		t.Fatal("stream options without a stream accepted")
+	}
+	for _, st := range p.stop {
+		if st == "" || len(st) > maxStopLength || !utf8.ValidString(st) {
+			t.Fatalf("stop %q accepted", st)
+		}
+	}
+}

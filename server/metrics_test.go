@@ -1,0 +1,153 @@
+package server
+
+import (
+	"compress/gzip"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/finserve/finserve/engine"
+)
+
+// TestMetrics: after real requests, /metrics is valid Prometheus text that
+// passes the linter and counts what happened.
+func TestMetrics(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{})
+	for range 3 {
+		if resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"ignore_eos":true}`); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+	}
+	if resp, _ := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"ignore_eos":true,"stream":true}`); resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	ts.post(t, "/chat/completions", `{bad json`)
+	ts.get(t, "/nowhere")
+
+	resp, text := ts.get(t, "/metrics")
+	if resp.StatusCode != 200 {
+		t.Fatalf("metrics: %d", resp.StatusCode)
+	}
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parsing metrics: %v", err)
+	}
+	value := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		f, ok := families[name]
+		if !ok {
+			t.Fatalf("no series %s", name)
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+		t.Fatalf("no %s with %v", name, labels)
+		return 0
+	}
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"finserve_http_requests_total", map[string]string{"route": "/v1/chat/completions", "status": "200"}, 4},
+		{"finserve_http_requests_total", map[string]string{"route": "/v1/chat/completions", "status": "400"}, 1},
+		{"finserve_http_requests_total", map[string]string{"route": "unmatched", "status": "404"}, 1},
+		{"finserve_request_success_total", map[string]string{"finished_reason": "length"}, 4},
+		{"finserve_generation_tokens_total", nil, 20},
+		{"finserve_time_to_first_token_seconds", nil, 4},
+		{"finserve_inter_token_latency_seconds", nil, 16},
+		{"finserve_e2e_request_latency_seconds", nil, 4},
+		{"finserve_request_queue_time_seconds", nil, 4},
+		{"finserve_request_prefill_time_seconds", nil, 4},
+		{"finserve_request_decode_time_seconds", nil, 4},
+		{"finserve_num_requests_running", nil, 0},
+		{"finserve_num_requests_waiting", nil, 0},
+		{"finserve_kv_cache_usage_perc", nil, 0},
+		{"finserve_model_ready", nil, 1},
+	}
+	for _, c := range checks {
+		if got := value(c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if got := value("finserve_prompt_tokens_total", nil); got < 4*3 {
+		t.Errorf("prompt tokens %v", got)
+	}
+}
+
+// TestCompression: JSON responses are compressed for clients that ask;
+// event streams never are.
+func TestCompression(t *testing.T) {
+	ts := startServer(t, Config{Compress: true}, engine.Options{})
+	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":40,"ignore_eos":true,"logprobs":true,"top_logprobs":5}`
+	req, _ := http.NewRequest(http.MethodPost, ts.url+"/chat/completions", strings.NewReader(body))
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("JSON response not compressed: %v", resp.Header)
+	}
+	zr, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil || !strings.Contains(string(plain), `"chat.completion"`) {
+		t.Fatalf("decompressed %q: %v", plain, err)
+	}
+	if timing := resp.Header.Get("Server-Timing"); !strings.Contains(timing, "ttft;dur=") {
+		t.Errorf("Server-Timing %q", timing)
+	}
+
+	stream := strings.Replace(body, `"max_tokens"`, `"stream":true,"max_tokens"`, 1)
+	req, _ = http.NewRequest(http.MethodPost, ts.url+"/chat/completions", strings.NewReader(stream))
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp2, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp2.Body.Close()
+	if enc := resp2.Header.Get("Content-Encoding"); enc != "" {
+		t.Fatalf("event stream compressed with %s", enc)
+	}
+	if ct := resp2.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("stream content type %q", ct)
+	}
+	raw, _ := io.ReadAll(resp2.Body)
+	if !strings.HasSuffix(string(raw), "data: [DONE]\n\n") {
+		t.Fatalf("stream ends %q", tail(string(raw)))
+	}
+}
