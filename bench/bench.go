@@ -129,11 +129,13 @@ func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 	}
 	r.OutputTPS = float64(r.OutputTokens) / wall.Seconds()
 	r.RequestsPS = float64(len(samples)-r.Failed) / wall.Seconds()
-	r.TTFT, r.TPOT, r.E2E = dist(ttft), dist(tpot), dist(e2e)
+	r.TTFT, r.TPOT, r.E2E = Summarize(ttft), Summarize(tpot), Summarize(e2e)
 	return r
 }
 
-func dist(xs []float64) Dist {
+// Summarize gives the mean and nearest-rank percentiles of xs (sorted in
+// place).
+func Summarize(xs []float64) Dist {
 	if len(xs) == 0 {
 		return Dist{}
 	}

@@ -1,0 +1,88 @@
+package bench_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/finserve/finserve/bench"
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/models"
+	"github.com/finserve/finserve/server"
+)
+
+// TestRunAgainstServer drives a real finserve server on a generated model
+// and checks that what bench counts is what the server generated.
+func TestRunAgainstServer(t *testing.T) {
+	engine.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	path := filepath.Join(t.TempDir(), "tiny.gguf")
+	if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 5}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := engine.LoadModel(context.Background(), path, engine.ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	e, err := engine.New(m, engine.Options{Parallel: 4, Context: 256, Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	srv := server.New(server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv.SetEngine(e, "tiny")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx, time.Second)
+	}()
+	base := "http://" + ln.Addr().String() + "/v1"
+
+	r, err := bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 4, Requests: 10,
+		MaxTokens: 16, IgnoreEOS: true, Prompt: "hello"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.Requests != 10 || r.OutputTokens != 160 || r.PromptTokens < 10 {
+		t.Fatalf("result %+v", r)
+	}
+	if r.TTFT.P50 <= 0 || r.TPOT.P50 <= 0 || r.E2E.P50 < r.TTFT.P50 || r.OutputTPS <= 0 {
+		t.Fatalf("latencies %+v", r)
+	}
+
+	// A server that refuses is counted as failures, with the reason.
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "no-such-model", Clients: 2, Requests: 3, MaxTokens: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 3 || len(r.FirstErrors) == 0 {
+		t.Fatalf("refused requests: %+v", r)
+	}
+}
+
+func TestDist(t *testing.T) {
+	cases := []struct {
+		xs             []float64
+		p50, p90, mean float64
+	}{
+		{[]float64{1}, 1, 1, 1},
+		{[]float64{3, 1, 2}, 2, 3, 2},
+		{[]float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 5, 9, 5.5},
+	}
+	for _, c := range cases {
+		d := bench.Summarize(c.xs)
+		if d.P50 != c.p50 || d.P90 != c.p90 || math.Abs(d.Mean-c.mean) > 1e-12 {
+			t.Errorf("%v: %+v", c.xs, d)
+		}
+	}
+}
