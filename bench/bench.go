@@ -39,6 +39,10 @@ type Config struct {
 	Prompt string
 	// Timeout bounds each request (default 5 minutes).
 	Timeout time.Duration
+	// NoPromptCache asks llama-server not to reuse its slot's previous
+	// prompt ("cache_prompt": false), for comparisons with servers that
+	// have no prefix cache; finserve ignores the field.
+	NoPromptCache bool
 }
 
 // Dist summarises a latency distribution, in seconds.
@@ -155,7 +159,7 @@ func Summarize(xs []float64) Dist {
 func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	body, _ := json.Marshal(map[string]any{
+	fields := map[string]any{
 		"model":          cfg.Model,
 		"messages":       []map[string]string{{"role": "user", "content": fmt.Sprintf("%s #%d", cfg.Prompt, i)}},
 		"max_tokens":     cfg.MaxTokens,
@@ -163,12 +167,21 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
 		"ignore_eos":     cfg.IgnoreEOS,
-	})
+	}
+	if cfg.NoPromptCache {
+		fields["cache_prompt"] = false
+	}
+	body, _ := json.Marshal(fields)
+	start0 := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(cfg.BaseURL, "/")+"/chat/completions", bytes.NewReader(body))
 	if err != nil {
 		return sample{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// Marks the POST as safe to resend, so that net/http retries it when a
+	// server closed the kept-alive connection just as it was reused
+	// (llama-server does) instead of failing the request.
+	req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", start0.UnixNano(), i))
 	if cfg.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+cfg.APIKey)
 	}

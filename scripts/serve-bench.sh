@@ -67,8 +67,12 @@ for r in $(seq 1 "$ROUNDS"); do
     start "$s"
     # one warm-up request, then the measured runs
     bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients 1 --requests-per-client 1 --max-tokens 8 >/dev/null
+    # llama-server reuses a slot's previous prompt; finserve has no prefix
+    # cache yet: measure with that reuse off (like for like) and on.
     bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
-      --max-tokens "$MAX_TOKENS" --json >"$OUT/$s-$r.json"
+      --max-tokens "$MAX_TOKENS" --no-prompt-cache --json >"$OUT/$s-$r.json"
+    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
+      --max-tokens "$MAX_TOKENS" --json >"$OUT/$s-$r-cached.json"
     stop
   done
 done
@@ -77,16 +81,17 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 med = statistics.median
-R = {s: [json.load(open(f"{out}/{s}-{r}.json")) for r in range(1, rounds + 1)] for s in ("llama-server", "bundled", "system")}
-print(f"medians of {rounds} interleaved rounds; ratio = median of per-round finserve/llama-server")
-print(f"{'clients':>7} {'metric':16} {'llama-server':>12} {'system':>9} {'ratio':>6} {'bundled':>9} {'ratio':>6}")
-for i, res in enumerate(R["llama-server"][0]):
-    c = res["Clients"]
-    for name, get in (("output tok/s", lambda x: x["OutputTPS"]), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"]),
-                      ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"])):
-        v = {s: [get(R[s][r][i]) for r in range(rounds)] for s in R}
-        fails = sum(R[s][r][i]["Failed"] for s in R for r in range(rounds))
-        ratio = lambda s: med(v[s][r] / v["llama-server"][r] for r in range(rounds))
-        print(f"{c:7d} {name:16} {med(v['llama-server']):12.1f} {med(v['system']):9.1f} {ratio('system'):6.2f} "
-              f"{med(v['bundled']):9.1f} {ratio('bundled'):6.2f}" + (f"  ({fails} failed)" if fails else ""))
+for variant, title in (("", "llama-server prompt reuse off (cache_prompt: false)"), ("-cached", "llama-server prompt reuse on (its default)")):
+  R = {s: [json.load(open(f"{out}/{s}-{r}{variant}.json")) for r in range(1, rounds + 1)] for s in ("llama-server", "bundled", "system")}
+  print(f"\n{title}: medians of {rounds} interleaved rounds; ratio = median of per-round finserve/llama-server")
+  print(f"{'clients':>7} {'metric':16} {'llama-server':>12} {'system':>9} {'ratio':>6} {'bundled':>9} {'ratio':>6}")
+  for i, res in enumerate(R["llama-server"][0]):
+      c = res["Clients"]
+      for name, get in (("output tok/s", lambda x: x["OutputTPS"]), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"]),
+                        ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"])):
+          v = {s: [get(R[s][r][i]) for r in range(rounds)] for s in R}
+          fails = sum(R[s][r][i]["Failed"] for s in R for r in range(rounds))
+          ratio = lambda s: med(v[s][r] / v["llama-server"][r] for r in range(rounds))
+          print(f"{c:7d} {name:16} {med(v['llama-server']):12.1f} {med(v['system']):9.1f} {ratio('system'):6.2f} "
+                f"{med(v['bundled']):9.1f} {ratio('bundled'):6.2f}" + (f"  ({fails} failed)" if fails else ""))
 PY

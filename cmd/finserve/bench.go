@@ -72,6 +72,7 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 	f.BoolVar(&cfg.IgnoreEOS, "ignore-eos", true, "generate exactly --max-tokens (llama.cpp's ignore_eos)")
 	f.StringVar(&cfg.Prompt, "prompt", "Summarise the bank's policy on overdraft fees for a new customer.", "user message")
 	f.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "per-request timeout")
+	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (llama-server's prompt reuse off)`)
 	f.BoolVar(&asJSON, "json", false, "print results as JSON")
 	return cmd
 }
