@@ -253,3 +253,61 @@ func TestKeepAliveDuringPrefill(t *testing.T) {
 		t.Fatalf("stream ends %q", tail(body))
 	}
 }
+
+// TestPipelinedRequests: a second request already waiting on the
+// connection keeps the disconnect watcher from cancelling the first (the
+// socket is readable, but the peer is there), and both are answered.
+func TestPipelinedRequests(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{})
+	host := strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":64,"ignore_eos":true}`
+	req := fmt.Sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", host, len(body), body)
+	if _, err := io.WriteString(conn, req+req); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	for i := range 2 {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"completion_tokens":64`) {
+			t.Fatalf("response %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if n := testutil.ToFloat64(ts.srv.metrics.disconnects); n != 0 {
+		t.Errorf("%v disconnects counted for a client that stayed", n)
+	}
+}
+
+// TestSlowClientTimesOut: a client that never finishes its request is cut
+// off after the read timeout, and the server serves on.
+func TestSlowClientTimesOut(t *testing.T) {
+	ts := startServer(t, Config{ReadTimeout: 200 * time.Millisecond}, engine.Options{})
+	host := strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Length: 100\r\n\r\n{\"mess", host)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the server kept a stalled request open")
+	}
+	if len(b) > 0 && !strings.Contains(string(b), "408") {
+		t.Errorf("answer to a stalled request: %q", b)
+	}
+	if resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`); resp.StatusCode != 200 {
+		t.Fatalf("after the slow client: %d %s", resp.StatusCode, body)
+	}
+}
