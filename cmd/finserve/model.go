@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -153,6 +154,7 @@ compare; scripts/peer-bench.sh does both.`,
 				return err
 			}
 			ctx := cmd.Context()
+			setGoProcs(0, threads, slog.Default()) // as `serve` does
 			m, err := engine.LoadModel(ctx, args[0], engine.ModelOptions{DisableRepack: noRepack, GPULayers: gpuLayers})
 			if err != nil {
 				return err
