@@ -199,6 +199,12 @@ type Sampling struct {
 	PenaltyLastN     int
 	// Seed of the random sampler; nil picks one at random.
 	Seed *uint32
+	// Grammar constrains the output to a GBNF grammar (llama.cpp's syntax,
+	// start rule "root"); "" leaves it free. Only tokens the grammar allows
+	// are sampled, and end-of-generation only where the grammar is complete.
+	// llama.cpp parses it: pass grammars the program wrote, never a
+	// client's text (the server only passes its own JSON grammar).
+	Grammar string
 }
 
 func (s *Sampling) validate() error {
@@ -225,7 +231,7 @@ func (s *Sampling) validate() error {
 }
 
 func (s *Sampling) greedy() bool {
-	return s.Temperature == 0 && !s.penalized()
+	return s.Temperature == 0 && !s.penalized() && s.Grammar == ""
 }
 
 func (s *Sampling) penalized() bool {
@@ -404,6 +410,15 @@ func (e *Engine) validateGenerate(req *Request) error {
 	}
 	if req.Sampling.PenaltyLastN == 0 {
 		req.Sampling.PenaltyLastN = 64
+	}
+	if g := req.Sampling.Grammar; g != "" {
+		if req.IgnoreEOS {
+			// a complete grammar allows nothing but end-of-generation
+			return invalid("grammar", "cannot be combined with ignore_eos")
+		}
+		if err := e.model.checkGrammar(g); err != nil {
+			return err
+		}
 	}
 	if req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs {
 		return invalid("top_logprobs", "must be between 0 and %d", MaxTopLogprobs)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -340,6 +341,12 @@ func TestInvalidRequests(t *testing.T) {
 		{"stop", engine.Request{Prompt: good, Stop: make([]string, 17)}},
 		{"top_logprobs", engine.Request{Prompt: good, TopLogprobs: 21}},
 		{"tier", engine.Request{Prompt: good, Tier: 7}},
+		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= undefined-rule"}}},
+		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: `root ::= "a`}}},
+		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= root \"a\""}}},
+		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= \"a\"\x00"}}},
+		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= " + strings.Repeat("(", 100) + `"a"` + strings.Repeat(")", 100)}}},
+		{"grammar", engine.Request{Prompt: good, IgnoreEOS: true, Sampling: engine.Sampling{Grammar: `root ::= "a"`}}},
 	}
 	for _, tc := range gen {
 		_, err := e.Generate(context.Background(), tc.req)
@@ -740,5 +747,33 @@ func TestChatTemplates(t *testing.T) {
 	}
 	if _, err := tinyQ8.ApplyChatTemplate("", []engine.Message{{Role: "user", Content: "a\x00b"}}, true); err == nil {
 		t.Fatal("NUL byte accepted")
+	}
+}
+
+// TestGrammarConstrainsOutput: with a grammar, every generated text is in
+// its language, greedy or sampled, and generation ends where it completes.
+func TestGrammarConstrainsOutput(t *testing.T) {
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 4})
+	grammar := `root ::= "yes" | "no" | "maybe " [0-9] [0-9]?`
+	valid := regexp.MustCompile(`^(yes|no|maybe [0-9][0-9]?)$`)
+	seed := uint32(1)
+	for i, s := range []engine.Sampling{
+		{Grammar: grammar},
+		{Grammar: grammar, Temperature: 1, Seed: &seed},
+		{Grammar: grammar, Temperature: 0.8, TopK: 40, TopP: 0.9, PresencePenalty: 1, Seed: &seed},
+	} {
+		for _, text := range []string{"Is this transaction suspicious?", "请回答", "x"} {
+			st, err := e.Generate(context.Background(), engine.Request{Prompt: prompt(t, tinyQ8, text), MaxTokens: 16, Sampling: s})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, ev, err := st.Collect()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !valid.MatchString(out) || ev.Finish != engine.FinishStop {
+				t.Errorf("sampling %d, %q: output %q, finish %s", i, text, out, ev.Finish)
+			}
+		}
 	}
 }

@@ -576,6 +576,13 @@ func (l *loop) newSampler(s *Sampling) *C.struct_llama_sampler {
 		return nil
 	}
 	chain := C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+	if s.Grammar != "" {
+		// First, so that every later sampler sees only allowed tokens.
+		// The grammar was parsed when the request was submitted.
+		if g := l.m.grammarSampler(s.Grammar); g != nil {
+			C.llama_sampler_chain_add(chain, g)
+		}
+	}
 	if s.penalized() {
 		rep := s.RepeatPenalty
 		if rep == 0 {

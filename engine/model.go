@@ -435,3 +435,73 @@ func SystemInfo() string {
 	initBackend()
 	return C.GoString(C.llama_print_system_info())
 }
+
+// Bounds on a grammar's text and on how deep its groups nest.
+const (
+	maxGrammarBytes = 64 << 10
+	maxGrammarDepth = 64
+)
+
+// grammarDepth is the deepest nesting of parentheses outside string
+// literals and character classes.
+func grammarDepth(g string) int {
+	depth, deepest := 0, 0
+	var quote byte // '"' or ']' while inside a literal or a class
+	for i := 0; i < len(g); i++ {
+		c := g[i]
+		switch {
+		case quote != 0:
+			if c == '\\' {
+				i++
+			} else if c == quote {
+				quote = 0
+			}
+		case c == '"':
+			quote = '"'
+		case c == '[':
+			quote = ']'
+		case c == '#':
+			for i < len(g) && g[i] != '\n' {
+				i++
+			}
+		case c == '(':
+			depth++
+			deepest = max(deepest, depth)
+		case c == ')':
+			depth--
+		}
+	}
+	return deepest
+}
+
+// grammarSampler parses a GBNF grammar into a llama.cpp sampler, or
+// returns nil if llama.cpp rejects it. The vocabulary is only read.
+func (m *Model) grammarSampler(grammar string) *C.struct_llama_sampler {
+	cg := C.CString(grammar)
+	defer C.free(unsafe.Pointer(cg))
+	root := C.CString("root")
+	defer C.free(unsafe.Pointer(root))
+	return C.llama_sampler_init_grammar(m.vocab, cg, root)
+}
+
+// checkGrammar reports whether llama.cpp accepts a grammar, so that a bad
+// one is a request error rather than a failure inside the loop.
+func (m *Model) checkGrammar(grammar string) error {
+	switch {
+	case len(grammar) > maxGrammarBytes:
+		return invalid("grammar", "is longer than %d bytes", maxGrammarBytes)
+	case strings.IndexByte(grammar, 0) >= 0:
+		return invalid("grammar", "contains a NUL byte")
+	case !utf8.ValidString(grammar):
+		return invalid("grammar", "is not valid UTF-8")
+	case grammarDepth(grammar) > maxGrammarDepth:
+		// llama.cpp's parser recurses once per level
+		return invalid("grammar", "nests groups more than %d deep", maxGrammarDepth)
+	}
+	g := m.grammarSampler(grammar)
+	if g == nil {
+		return invalid("grammar", "llama.cpp cannot parse it (start rule \"root\"; see llama.cpp's GBNF syntax)")
+	}
+	C.llama_sampler_free(g)
+	return nil
+}

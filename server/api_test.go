@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strings"
@@ -276,5 +277,66 @@ func TestSeedReproducible(t *testing.T) {
 	}
 	if texts[0] != texts[1] {
 		t.Fatalf("same seed, different text: %q vs %q", texts[0], texts[1])
+	}
+}
+
+// TestJSONObjectFormat: response_format json_object constrains output to
+// a JSON object: complete when the model stopped, otherwise a valid prefix
+// of one (max_tokens cut it), through the SDK, streamed and not.
+func TestJSONObjectFormat(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{Context: 1024})
+	client := ts.client()
+	stopped := 0
+	for i := range 6 {
+		params := chatParams(int64(40+40*i), openai.UserMessage(fmt.Sprintf("Reply in JSON: case %d risk factors", i)))
+		params.ResponseFormat = openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &openai.ResponseFormatJSONObjectParam{}}
+		if i%2 == 1 {
+			params.Temperature = openai.Float(1)
+			params.Seed = openai.Int(int64(i))
+		}
+		resp, err := client.Chat.Completions.New(context.Background(), params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, finish := resp.Choices[0].Message.Content, resp.Choices[0].FinishReason
+		checkJSONObject(t, out, finish)
+		if finish == "stop" {
+			stopped++
+		}
+		if i == 0 {
+			stream := client.Chat.Completions.NewStreaming(context.Background(), params)
+			var got strings.Builder
+			for stream.Next() {
+				for _, c := range stream.Current().Choices {
+					got.WriteString(c.Delta.Content)
+				}
+			}
+			if err := stream.Err(); err != nil || got.String() != out {
+				t.Errorf("streamed %q (%v), unstreamed %q", got.String(), err, out)
+			}
+		}
+	}
+	t.Logf("%d of 6 objects complete", stopped)
+	resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},"ignore_eos":true}`)
+	checkError(t, resp, body, 400, "ignore_eos", "")
+}
+
+// checkJSONObject asserts that out is a JSON object, or with finish
+// "length" the beginning of one.
+func checkJSONObject(t *testing.T, out, finish string) {
+	t.Helper()
+	if !strings.HasPrefix(out, "{") {
+		t.Fatalf("output %q does not open an object", out)
+	}
+	var v map[string]any
+	err := json.Unmarshal([]byte(out), &v)
+	switch {
+	case err == nil:
+		if finish != "stop" {
+			t.Errorf("a complete object with finish %q: %q", finish, out)
+		}
+	case finish == "length" && strings.Contains(err.Error(), "unexpected end of JSON input"):
+	default:
+		t.Errorf("finish %q, output %q: %v", finish, out, err)
 	}
 }

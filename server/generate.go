@@ -142,6 +142,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		j.streams = append(j.streams, st)
 	}
 	s.metrics.started(j)
+	c.Set("X-Request-Id", j.id)
 
 	s.inflight.Add(1)
 	conn := c.Context().Conn()
@@ -161,7 +162,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 				j.add(item{i: i, ev: ev, at: time.Now()})
 			}
 		}
-		s.metrics.finished(j)
+		s.ended(j)
 		if err := j.err(); err != nil {
 			if j.ctx.Err() != nil {
 				return nil // the client left (or shutdown cancelled it): nobody to answer
@@ -187,7 +188,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 			s.clientGone(j)
 		}
 		j.finish()
-		s.metrics.finished(j)
+		s.ended(j)
 	})
 	return nil
 }
@@ -267,6 +268,23 @@ func (j *job) pump() <-chan item {
 		close(out)
 	}()
 	return out
+}
+
+// ended records a finished job: metrics, and one log line without
+// prompt or output text (prompts are not logged).
+func (s *Server) ended(j *job) {
+	s.metrics.finished(j)
+	u, t := j.usage(), j.timings()
+	outcome := "ok"
+	if err := j.err(); err != nil {
+		outcome = "error"
+		if j.ctx.Err() != nil {
+			outcome = "cancelled"
+		}
+	}
+	s.log.Info("request", "id", j.id, "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
+		"prompt_tokens", u.PromptTokens, "completion_tokens", u.CompletionTokens,
+		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS)
 }
 
 // finish ends the response: streams still running are cancelled.

@@ -131,6 +131,9 @@ func TestCompression(t *testing.T) {
 	if timing := resp.Header.Get("Server-Timing"); !strings.Contains(timing, "ttft;dur=") {
 		t.Errorf("Server-Timing %q", timing)
 	}
+	if id := resp.Header.Get("X-Request-Id"); !strings.HasPrefix(id, "chatcmpl-") || !strings.Contains(string(plain), `"id":"`+id+`"`) {
+		t.Errorf("X-Request-Id %q does not name the response", id)
+	}
 
 	stream := strings.Replace(body, `"max_tokens"`, `"stream":true,"max_tokens"`, 1)
 	req, _ = http.NewRequest(http.MethodPost, ts.url+"/chat/completions", strings.NewReader(stream))

@@ -185,9 +185,14 @@ func (s *Server) validateChat(r *ChatRequest) (*chatRequest, *APIError) {
 	if r.ResponseFormat != nil {
 		switch r.ResponseFormat.Type {
 		case "", "text":
+		case "json_object":
+			if p.ignoreEOS {
+				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object")
+			}
+			p.sampling.Grammar = jsonObjectGrammar
 		default:
 			return nil, unsupported("response_format",
-				"response_format %q is not supported: this server cannot yet constrain output to a format", r.ResponseFormat.Type)
+				"response_format %q is not supported; use json_object or text", r.ResponseFormat.Type)
 		}
 	}
 	if r.TopLogprobs != nil {
@@ -297,3 +302,17 @@ func isSet(raw []byte) bool {
 	s := strings.TrimSpace(string(raw))
 	return s != "" && s != "null" && s != "[]"
 }
+
+// jsonObjectGrammar constrains output to one JSON object (RFC 8259), as
+// response_format json_object promises. Whitespace between tokens is
+// bounded to one character so that a model cannot pad forever; the object
+// is the whole output, so end-of-generation follows its closing brace.
+const jsonObjectGrammar = `root   ::= object
+value  ::= object | array | string | number | "true" | "false" | "null"
+object ::= "{" ws ( member ( "," ws member )* )? "}"
+member ::= string ws ":" ws value ws
+array  ::= "[" ws ( value ws ( "," ws value ws )* )? "]"
+string ::= "\"" ( [^"\\\x00-\x1f] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] ) )* "\""
+number ::= "-"? ( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+ws     ::= [ \t\n]?
+`
