@@ -144,11 +144,11 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	s.metrics.started(j)
 	c.Set("X-Request-Id", j.id)
 
-	s.inflight.Add(1)
+	s.begin()
 	conn := c.Context().Conn()
 	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
 	if !j.p.stream {
-		defer s.inflight.Done()
+		defer s.done()
 		defer stopWatch()
 		defer j.finish()
 		// Streams queue their events without waiting for a reader, so
@@ -182,7 +182,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	// The writer runs after the handler returns, on fasthttp's goroutine:
 	// it must not touch c.
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer s.inflight.Done()
+		defer s.done()
 		defer stopWatch()
 		if !s.writeStream(w, j, events) {
 			s.clientGone(j)

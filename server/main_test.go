@@ -182,9 +182,12 @@ func (ts *testServer) waitStats(t testing.TB, ok func(engine.Stats) bool) engine
 	}
 }
 
-// waitIdle waits until the engine holds no sequence, and fails the test
-// if that takes longer than a generous bound.
+// waitIdle waits until the engine holds no sequence and the server has
+// finished every response (metrics recorded), failing the test if that
+// takes longer than a generous bound.
 func (ts *testServer) waitIdle(t testing.TB) engine.Stats {
 	t.Helper()
-	return ts.waitStats(t, func(st engine.Stats) bool { return st.Sequences == 0 && st.Running == 0 && st.Waiting == 0 })
+	return ts.waitStats(t, func(st engine.Stats) bool {
+		return st.Sequences == 0 && st.Running == 0 && st.Waiting == 0 && ts.srv.Generating() == 0
+	})
 }

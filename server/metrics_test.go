@@ -28,6 +28,7 @@ func TestMetrics(t *testing.T) {
 	}
 	ts.post(t, "/chat/completions", `{bad json`)
 	ts.get(t, "/nowhere")
+	ts.waitIdle(t) // a stream's metrics are recorded after its last byte
 
 	resp, text := ts.get(t, "/metrics")
 	if resp.StatusCode != 200 {

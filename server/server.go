@@ -111,6 +111,7 @@ type Server struct {
 	base      context.Context
 	cancelAll context.CancelFunc
 	inflight  sync.WaitGroup
+	inflightN atomic.Int64 // the WaitGroup's count, for Generating
 	stopOnce  sync.Once
 	stopErr   error
 
@@ -223,6 +224,22 @@ func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
 		return nil
 	}
 }
+
+// begin and done bracket a generation, from its start to the end of its
+// response (streams end after the handler returns).
+func (s *Server) begin() {
+	s.inflight.Add(1)
+	s.inflightN.Add(1)
+}
+
+func (s *Server) done() {
+	s.inflightN.Add(-1)
+	s.inflight.Done()
+}
+
+// Generating is the number of generations whose response is not yet
+// complete.
+func (s *Server) Generating() int { return int(s.inflightN.Load()) }
 
 // handleError writes every error as an OpenAI error object.
 func (s *Server) handleError(c *fiber.Ctx, err error) error {
