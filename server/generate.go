@@ -424,11 +424,10 @@ func (j *job) response() any {
 				choice.Logprobs.Content = []TokenLogprob{}
 			}
 		}
-		return ChatResponse{ID: j.id, Object: "chat.completion", Created: j.created, Model: j.b.id,
-			SystemFingerprint: fingerprint, Choices: []ChatChoice{choice}, Usage: j.usage(), Timings: j.timings()}
+		return ChatResponse{ResponseHeader: j.header("chat.completion"), Choices: []ChatChoice{choice},
+			Usage: j.usage(), Timings: j.timings()}
 	}
-	resp := CompletionResponse{ID: j.id, Object: "text_completion", Created: j.created, Model: j.b.id,
-		SystemFingerprint: fingerprint, Usage: j.usage(), Timings: j.timings()}
+	resp := CompletionResponse{ResponseHeader: j.header("text_completion"), Usage: j.usage(), Timings: j.timings()}
 	for i := range j.choices {
 		ch := &j.choices[i]
 		resp.Choices = append(resp.Choices, CompletionChoice{Index: i, Text: ch.text.String(),
@@ -518,14 +517,16 @@ func (s *Server) writeStream(w *bufio.Writer, j *job, events eventSource) bool {
 	return w.Flush() == nil
 }
 
+func (j *job) header(object string) ResponseHeader {
+	return ResponseHeader{ID: j.id, Object: object, Created: j.created, Model: j.b.id, SystemFingerprint: fingerprint}
+}
+
 func (j *job) chatChunk(choices ...ChatChoice) ChatResponse {
-	return ChatResponse{ID: j.id, Object: "chat.completion.chunk", Created: j.created, Model: j.b.id,
-		SystemFingerprint: fingerprint, Choices: choices}
+	return ChatResponse{ResponseHeader: j.header("chat.completion.chunk"), Choices: choices}
 }
 
 func (j *job) completionChunk(choices ...CompletionChoice) CompletionResponse {
-	return CompletionResponse{ID: j.id, Object: "text_completion", Created: j.created, Model: j.b.id,
-		SystemFingerprint: fingerprint, Choices: choices}
+	return CompletionResponse{ResponseHeader: j.header("text_completion"), Choices: choices}
 }
 
 func (j *job) deltaChunk(i int, text string, ch *choiceState, before, legacyBefore int) any {

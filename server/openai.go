@@ -15,27 +15,32 @@ import (
 
 // ChatRequest is the body of POST /v1/chat/completions.
 type ChatRequest struct {
-	Model               string          `json:"model"`
+	GenerationParams
 	Messages            []ChatMessage   `json:"messages"`
-	Stream              bool            `json:"stream"`
-	StreamOptions       *StreamOptions  `json:"stream_options"`
-	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
-	Temperature         *float64        `json:"temperature"`
-	TopP                *float64        `json:"top_p"`
-	Seed                *int64          `json:"seed"`
-	Stop                StopList        `json:"stop"`
-	PresencePenalty     *float64        `json:"presence_penalty"`
-	FrequencyPenalty    *float64        `json:"frequency_penalty"`
 	Logprobs            bool            `json:"logprobs"`
 	TopLogprobs         *int            `json:"top_logprobs"`
-	N                   *int            `json:"n"`
-	User                string          `json:"user"`
 	ResponseFormat      *ResponseFormat `json:"response_format"`
 	Tools               json.RawMessage `json:"tools"`
 	ToolChoice          json.RawMessage `json:"tool_choice"`
 	Functions           json.RawMessage `json:"functions"`
-	LogitBias           json.RawMessage `json:"logit_bias"`
+}
+
+// GenerationParams are the fields chat and completions requests share.
+type GenerationParams struct {
+	Model            string          `json:"model"`
+	Stream           bool            `json:"stream"`
+	StreamOptions    *StreamOptions  `json:"stream_options"`
+	MaxTokens        *int            `json:"max_tokens"`
+	Temperature      *float64        `json:"temperature"`
+	TopP             *float64        `json:"top_p"`
+	Seed             *int64          `json:"seed"`
+	Stop             StopList        `json:"stop"`
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	N                *int            `json:"n"`
+	User             string          `json:"user"`
+	LogitBias        json.RawMessage `json:"logit_bias"`
 	Samplers
 }
 
@@ -150,25 +155,12 @@ func (s *StopList) UnmarshalJSON(b []byte) error {
 
 // CompletionRequest is the body of POST /v1/completions.
 type CompletionRequest struct {
-	Model            string          `json:"model"`
-	Prompt           PromptList      `json:"prompt"`
-	Stream           bool            `json:"stream"`
-	StreamOptions    *StreamOptions  `json:"stream_options"`
-	MaxTokens        *int            `json:"max_tokens"`
-	Temperature      *float64        `json:"temperature"`
-	TopP             *float64        `json:"top_p"`
-	Seed             *int64          `json:"seed"`
-	Stop             StopList        `json:"stop"`
-	PresencePenalty  *float64        `json:"presence_penalty"`
-	FrequencyPenalty *float64        `json:"frequency_penalty"`
-	Logprobs         *int            `json:"logprobs"`
-	N                *int            `json:"n"`
-	BestOf           *int            `json:"best_of"`
-	Echo             bool            `json:"echo"`
-	Suffix           *string         `json:"suffix"`
-	User             string          `json:"user"`
-	LogitBias        json.RawMessage `json:"logit_bias"`
-	Samplers
+	GenerationParams
+	Prompt   PromptList `json:"prompt"`
+	Logprobs *int       `json:"logprobs"`
+	BestOf   *int       `json:"best_of"`
+	Echo     bool       `json:"echo"`
+	Suffix   *string    `json:"suffix"`
 }
 
 // PromptList is a completion prompt: a string, an array of strings, an
@@ -239,16 +231,21 @@ type Timings struct {
 	DecodeTPS float64 `json:"predicted_per_second"`
 }
 
-// ChatResponse is a non-streamed chat completion.
+// ResponseHeader opens every completion response and stream chunk.
+type ResponseHeader struct {
+	ID                string `json:"id"`
+	Object            string `json:"object"`
+	Created           int64  `json:"created"`
+	Model             string `json:"model"`
+	SystemFingerprint string `json:"system_fingerprint"`
+}
+
+// ChatResponse is a chat completion, or one chunk of a streamed one.
 type ChatResponse struct {
-	ID                string       `json:"id"`
-	Object            string       `json:"object"`
-	Created           int64        `json:"created"`
-	Model             string       `json:"model"`
-	SystemFingerprint string       `json:"system_fingerprint"`
-	Choices           []ChatChoice `json:"choices"`
-	Usage             *Usage       `json:"usage"`
-	Timings           *Timings     `json:"timings,omitempty"`
+	ResponseHeader
+	Choices []ChatChoice `json:"choices"`
+	Usage   *Usage       `json:"usage"`
+	Timings *Timings     `json:"timings,omitempty"`
 }
 
 // ChatChoice is one choice of a chat completion.
@@ -290,14 +287,10 @@ type TopLogprob struct {
 
 // CompletionResponse is a legacy text completion, streamed or not.
 type CompletionResponse struct {
-	ID                string             `json:"id"`
-	Object            string             `json:"object"`
-	Created           int64              `json:"created"`
-	Model             string             `json:"model"`
-	SystemFingerprint string             `json:"system_fingerprint"`
-	Choices           []CompletionChoice `json:"choices"`
-	Usage             *Usage             `json:"usage"`
-	Timings           *Timings           `json:"timings,omitempty"`
+	ResponseHeader
+	Choices []CompletionChoice `json:"choices"`
+	Usage   *Usage             `json:"usage"`
+	Timings *Timings           `json:"timings,omitempty"`
 }
 
 // CompletionChoice is one choice of a text completion.

@@ -346,8 +346,8 @@ func (s *Server) embeddings(c *fiber.Ctx) error {
 	if err := decodeJSON(c.Body(), &req); err != nil {
 		return badRequest("", "%s", err.Error())
 	}
-	if req.Model != "" && req.Model != b.id {
-		return modelNotFound(req.Model)
+	if err := s.checkModel(req.Model); err != nil {
+		return err
 	}
 	// A causal language model has no trained pooling: embeddings from it
 	// would look valid and mean nothing, so refuse them.

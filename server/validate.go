@@ -29,47 +29,31 @@ type genParams struct {
 	includeUsage bool
 }
 
-// common holds the fields chat and completions share.
-type common struct {
-	maxTokens        *int
-	maxTokensParam   string
-	temperature      *float64
-	topP             *float64
-	seed             *int64
-	stop             StopList
-	presencePenalty  *float64
-	frequencyPenalty *float64
-	n                *int
-	stream           bool
-	streamOptions    *StreamOptions
-	logitBias        []byte
-	Samplers
-}
-
 // params validates the shared fields against the server's limits. OpenAI's
 // defaults apply where a field is absent: temperature 1, top_p 1.
-func (c *common) params(limits Limits) (genParams, *APIError) {
-	p := genParams{stream: c.stream, ignoreEOS: c.IgnoreEOS}
-	if c.n != nil && *c.n != 1 {
+// maxTokens is the request's token limit and param the field it came from.
+func (c *GenerationParams) params(limits Limits, maxTokens *int, param string) (genParams, *APIError) {
+	p := genParams{stream: c.Stream, ignoreEOS: c.IgnoreEOS}
+	if c.N != nil && *c.N != 1 {
 		return p, unsupported("n", "n must be 1: this server returns one choice per prompt")
 	}
-	if c.streamOptions != nil {
-		if !c.stream {
+	if c.StreamOptions != nil {
+		if !c.Stream {
 			return p, badRequest("stream_options", "stream_options is only allowed with stream: true")
 		}
-		p.includeUsage = c.streamOptions.IncludeUsage
+		p.includeUsage = c.StreamOptions.IncludeUsage
 	}
-	if len(c.logitBias) > 0 && string(c.logitBias) != "null" && string(c.logitBias) != "{}" {
+	if len(c.LogitBias) > 0 && string(c.LogitBias) != "null" && string(c.LogitBias) != "{}" {
 		return p, unsupported("logit_bias", "logit_bias is not supported")
 	}
 
 	p.maxTokens = limits.MaxTokens
-	if c.maxTokens != nil {
-		switch n := *c.maxTokens; {
+	if maxTokens != nil {
+		switch n := *maxTokens; {
 		case n < 1:
-			return p, badRequest(c.maxTokensParam, "%s must be at least 1", c.maxTokensParam)
+			return p, badRequest(param, "%s must be at least 1", param)
 		case n > limits.MaxTokens:
-			return p, badRequest(c.maxTokensParam, "%s is %d; this server allows at most %d", c.maxTokensParam, n, limits.MaxTokens)
+			return p, badRequest(param, "%s is %d; this server allows at most %d", param, n, limits.MaxTokens)
 		default:
 			p.maxTokens = n
 		}
@@ -77,12 +61,12 @@ func (c *common) params(limits Limits) (genParams, *APIError) {
 
 	s := &p.sampling
 	s.Temperature = 1
-	if v, err := number("temperature", c.temperature, 0, 2); err != nil {
+	if v, err := number("temperature", c.Temperature, 0, 2); err != nil {
 		return p, err
 	} else if v != nil {
 		s.Temperature = float32(*v)
 	}
-	if v, err := number("top_p", c.topP, 0, 1); err != nil {
+	if v, err := number("top_p", c.TopP, 0, 1); err != nil {
 		return p, err
 	} else if v != nil {
 		if *v == 0 {
@@ -92,12 +76,12 @@ func (c *common) params(limits Limits) (genParams, *APIError) {
 			s.TopP = float32(*v)
 		}
 	}
-	if v, err := number("presence_penalty", c.presencePenalty, -2, 2); err != nil {
+	if v, err := number("presence_penalty", c.PresencePenalty, -2, 2); err != nil {
 		return p, err
 	} else if v != nil {
 		s.PresencePenalty = float32(*v)
 	}
-	if v, err := number("frequency_penalty", c.frequencyPenalty, -2, 2); err != nil {
+	if v, err := number("frequency_penalty", c.FrequencyPenalty, -2, 2); err != nil {
 		return p, err
 	} else if v != nil {
 		s.FrequencyPenalty = float32(*v)
@@ -118,16 +102,16 @@ func (c *common) params(limits Limits) (genParams, *APIError) {
 		}
 		s.TopK = *c.TopK
 	}
-	if c.seed != nil {
+	if c.Seed != nil {
 		// The sampler takes 32 bits; equal seeds still give equal output.
-		seed := uint32(uint64(*c.seed))
+		seed := uint32(uint64(*c.Seed))
 		s.Seed = &seed
 	}
 
-	if len(c.stop) > maxStops {
-		return p, badRequest("stop", "stop has %d strings; at most %d are allowed", len(c.stop), maxStops)
+	if len(c.Stop) > maxStops {
+		return p, badRequest("stop", "stop has %d strings; at most %d are allowed", len(c.Stop), maxStops)
 	}
-	for _, st := range c.stop {
+	for _, st := range c.Stop {
 		switch {
 		case st == "":
 			return p, badRequest("stop", "stop strings must not be empty")
@@ -137,7 +121,7 @@ func (c *common) params(limits Limits) (genParams, *APIError) {
 			return p, badRequest("stop", "stop strings must be valid UTF-8")
 		}
 	}
-	p.stop = c.stop
+	p.stop = c.Stop
 	return p, nil
 }
 
@@ -162,20 +146,14 @@ func (s *Server) validateChat(r *ChatRequest) (*chatRequest, *APIError) {
 	if err := s.checkModel(r.Model); err != nil {
 		return nil, err
 	}
-	c := common{
-		maxTokens: r.MaxTokens, maxTokensParam: "max_tokens",
-		temperature: r.Temperature, topP: r.TopP, seed: r.Seed, stop: r.Stop,
-		presencePenalty: r.PresencePenalty, frequencyPenalty: r.FrequencyPenalty,
-		n: r.N, stream: r.Stream, streamOptions: r.StreamOptions, logitBias: r.LogitBias,
-		Samplers: r.Samplers,
-	}
+	maxTokens, param := r.MaxTokens, "max_tokens"
 	if r.MaxCompletionTokens != nil {
 		if r.MaxTokens != nil && *r.MaxTokens != *r.MaxCompletionTokens {
 			return nil, badRequest("max_completion_tokens", "max_tokens and max_completion_tokens disagree; send one")
 		}
-		c.maxTokens, c.maxTokensParam = r.MaxCompletionTokens, "max_completion_tokens"
+		maxTokens, param = r.MaxCompletionTokens, "max_completion_tokens"
 	}
-	p, err := c.params(s.limits)
+	p, err := r.params(s.limits, maxTokens, param)
 	if err != nil {
 		return nil, err
 	}
@@ -254,19 +232,13 @@ func (s *Server) validateCompletion(r *CompletionRequest) (*completionRequest, *
 	if err := s.checkModel(r.Model); err != nil {
 		return nil, err
 	}
-	c := common{
-		maxTokens: r.MaxTokens, maxTokensParam: "max_tokens",
-		temperature: r.Temperature, topP: r.TopP, seed: r.Seed, stop: r.Stop,
-		presencePenalty: r.PresencePenalty, frequencyPenalty: r.FrequencyPenalty,
-		n: r.N, stream: r.Stream, streamOptions: r.StreamOptions, logitBias: r.LogitBias,
-		Samplers: r.Samplers,
-	}
-	if r.MaxTokens == nil {
+	maxTokens := r.MaxTokens
+	if maxTokens == nil {
 		// The completions API defaults to 16 tokens.
 		sixteen := min(16, s.limits.MaxTokens)
-		c.maxTokens = &sixteen
+		maxTokens = &sixteen
 	}
-	p, err := c.params(s.limits)
+	p, err := r.params(s.limits, maxTokens, "max_tokens")
 	if err != nil {
 		return nil, err
 	}
