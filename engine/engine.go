@@ -27,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/finserve/finserve/prefixcache"
 )
 
 // Tier is a request's latency class; lower values are served first.
@@ -132,6 +134,8 @@ type Options struct {
 	FlashAttention FlashAttention
 	// MaxQueue bounds the requests waiting for a sequence (default 1024).
 	MaxQueue int
+	// PrefixCache configures the prompt-prefix cache (on by default).
+	PrefixCache PrefixCache
 	// Logger for the engine's own messages (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -149,7 +153,8 @@ func (o *Options) fill(m *Model) error {
 	if o.Context < 16 {
 		return fmt.Errorf("engine options: context %d is below 16 tokens", o.Context)
 	}
-	if o.KVCells == 0 {
+	defaultCells := o.KVCells == 0
+	if defaultCells {
 		o.KVCells = o.Context * o.Parallel
 	}
 	if !o.UnifiedKV {
@@ -181,6 +186,71 @@ func (o *Options) fill(m *Model) error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if err := o.PrefixCache.fill(o, m); err != nil {
+		return err
+	}
+	if defaultCells && o.UnifiedKV {
+		// pinned prefixes hold their cells for good
+		for _, p := range o.PrefixCache.Pinned {
+			o.KVCells += len(p.Tokens)
+		}
+	}
+	return nil
+}
+
+// PrefixCache configures the prompt-prefix cache: sequences start from
+// the longest prefix of their prompt that the KV cache or the host tier
+// holds for their tenant, instead of computing it again.
+type PrefixCache struct {
+	// Disabled turns the cache off: every sequence starts empty and frees
+	// its cells when it ends.
+	Disabled bool
+	// BlockTokens is the block size of the hash chains that name prefixes
+	// (default 32). The host tier stores prefixes in whole blocks.
+	BlockTokens int
+	// HostBytes bounds the host tier in bytes; 0 leaves it out.
+	HostBytes int64
+	// Compress stores host-tier entries zstd-compressed.
+	Compress bool
+	// Pinned prefixes are computed when the engine starts and stay in
+	// slots of their own (beyond Parallel), so that the most common
+	// prefixes never pay prefill twice. With split KV streams each costs a
+	// stream of Context cells.
+	Pinned []PinnedPrefix
+}
+
+// PinnedPrefix is a prefix the cache always holds.
+type PinnedPrefix struct {
+	Tokens []Token
+	Tenant string // the tenant that may use it; "" for every tenant
+}
+
+func (p *PrefixCache) fill(o *Options, m *Model) error {
+	if p.BlockTokens == 0 {
+		p.BlockTokens = 32
+	}
+	if p.BlockTokens < 1 || p.BlockTokens > 4096 {
+		return fmt.Errorf("engine options: prefix cache block of %d tokens is outside 1..4096", p.BlockTokens)
+	}
+	if p.HostBytes < 0 {
+		return fmt.Errorf("engine options: prefix cache host tier of %d bytes", p.HostBytes)
+	}
+	if p.Disabled && len(p.Pinned) > 0 {
+		return errors.New("engine options: pinned prefixes need the prefix cache")
+	}
+	if o.Parallel+len(p.Pinned) > 256 {
+		return fmt.Errorf("engine options: %d sequences and %d pinned prefixes exceed llama.cpp's 256 sequences", o.Parallel, len(p.Pinned))
+	}
+	for i, pp := range p.Pinned {
+		if len(pp.Tokens) == 0 || len(pp.Tokens) >= o.Context {
+			return fmt.Errorf("engine options: pinned prefix %d has %d tokens; it needs 1 to %d", i, len(pp.Tokens), o.Context-1)
+		}
+		for _, t := range pp.Tokens {
+			if !m.ValidToken(t) {
+				return fmt.Errorf("engine options: pinned prefix %d: token %d is not in the vocabulary", i, t)
+			}
+		}
 	}
 	return nil
 }
@@ -287,6 +357,7 @@ type VariantScore struct {
 type ScoreResult struct {
 	Variants     []VariantScore
 	SharedPrefix int // tokens evaluated once for all variants
+	CachedTokens int // tokens of the shared prefix reused from the prefix cache
 	Timings      Timings
 }
 
@@ -298,10 +369,12 @@ type Stats struct {
 	Slots           int // sequence slots in all
 	KVCellsReserved int
 	KVCells         int
-	// SlotsWithMemory counts slots whose llama.cpp memory is not empty; it
-	// equals Sequences unless cells leaked.
+	// SlotsWithMemory counts slots (pinned ones included) whose llama.cpp
+	// memory is not empty; it equals Sequences + Prefix.Kept +
+	// Prefix.Pinned unless cells leaked.
 	SlotsWithMemory int
 	Steps           uint64 // llama_decode calls so far
+	Prefix          PrefixStats
 }
 
 // Engine serves generation and scoring requests on one model.
@@ -320,6 +393,7 @@ type Engine struct {
 	stop     chan struct{}
 	done     chan struct{}
 	waiting  atomic.Int64
+	host     *prefixcache.Host // nil without a host tier
 
 	closeOnce sync.Once
 }
@@ -338,12 +412,37 @@ func New(m *Model, opts Options) (*Engine, error) {
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
+	if pc := opts.PrefixCache; !pc.Disabled && pc.HostBytes > 0 {
+		h, err := prefixcache.NewHost(prefixcache.HostOptions{MaxBytes: pc.HostBytes, Compress: pc.Compress})
+		if err != nil {
+			return nil, err
+		}
+		e.host = h
+	}
 	ready := make(chan error, 1)
 	go e.run(ready)
 	if err := <-ready; err != nil {
+		if e.host != nil {
+			e.host.Close()
+		}
 		return nil, err
 	}
 	return e, nil
+}
+
+// prefixLookup returns the hash chain of prompt and, when the host tier
+// holds a prefix of it for tenant, that prefix. It runs on the caller's
+// goroutine, so that a decompression never stalls the loop.
+func (e *Engine) prefixLookup(prompt []Token, tenant string, limit int) (prefixcache.Chain, *prefixcache.Hit) {
+	pc := &e.opts.PrefixCache
+	if pc.Disabled {
+		return prefixcache.Chain{}, nil
+	}
+	chain := prefixcache.ChainOf(pc.BlockTokens, prompt)
+	if e.host == nil || limit <= 0 {
+		return chain, nil
+	}
+	return chain, e.host.Lookup(tenant, &chain, prompt, limit)
 }
 
 // Model returns the engine's model.
@@ -357,6 +456,9 @@ func (e *Engine) Options() Options { return e.opts }
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() { close(e.stop) })
 	<-e.done
+	if e.host != nil {
+		e.host.Close()
+	}
 	return nil
 }
 
@@ -374,11 +476,12 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	t := &genTask{
-		taskBase: taskBase{ctx: ctx, tier: req.Tier, submitted: time.Now()},
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: time.Now()},
 		req:      req,
 		stream:   newStream(cancel),
 		asm:      textAssembler{stops: req.Stop},
 	}
+	t.chain, t.hit = e.prefixLookup(req.Prompt, req.Tenant, len(req.Prompt)-1)
 	if err := e.enqueue(ctx, t); err != nil {
 		cancel()
 		return nil, err
@@ -448,6 +551,9 @@ func (e *Engine) Score(ctx context.Context, req ScoreRequest) (*ScoreResult, err
 		return nil, err
 	}
 	t := newScoreTask(ctx, req, e.opts.Parallel)
+	if t.prefixLen > 0 {
+		t.chain, t.hit = e.prefixLookup(req.Variants[0][:t.prefixLen], req.Tenant, t.cacheLimit(t.prefixLen))
+	}
 	if err := e.enqueue(ctx, t); err != nil {
 		return nil, err
 	}

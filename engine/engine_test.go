@@ -125,13 +125,7 @@ func TestCancelledRequestsLeaveNoTrace(t *testing.T) {
 	e := newEngine(t, tinyQ8, engine.Options{Parallel: 8, Batch: 64})
 	probe := engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[0]), MaxTokens: 32, IgnoreEOS: true}
 	before := generate(t, e, probe)
-	base, err := e.Stats(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if base.Sequences != 0 || base.SlotsWithMemory != 0 || base.KVCellsReserved != 0 {
-		t.Fatalf("idle engine is not empty: %+v", base)
-	}
+	checkIdle(t, e, "before")
 
 	const total = 1000
 	long := prompt(t, tinyQ8, "长提示 "+fmt.Sprint(make([]int, 60))) // a prompt that takes several 64-token chunks
@@ -189,13 +183,7 @@ func TestCancelledRequestsLeaveNoTrace(t *testing.T) {
 	wg.Wait()
 	t.Logf("outcomes: %v", outcomes)
 
-	after, err := e.Stats(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if after.Waiting != 0 || after.Running != 0 || after.Sequences != 0 || after.SlotsWithMemory != 0 || after.KVCellsReserved != 0 {
-		t.Fatalf("after %d cancellations the engine is not empty: %+v", total, after)
-	}
+	checkIdle(t, e, fmt.Sprintf("after %d cancellations", total))
 	again := generate(t, e, probe)
 	if !slices.Equal(again.tokens, before.tokens) {
 		t.Fatalf("output changed after the cancellations:\nbefore %v\nafter  %v", before.tokens, again.tokens)
@@ -476,10 +464,7 @@ func TestScoresBatchedEqualAlone(t *testing.T) {
 		}
 		compareScores(t, fmt.Sprintf("variant %d", i), all.Variants[i], alone.Variants[0], tolerance)
 	}
-	st, _ := e.Stats(context.Background())
-	if st.Sequences != 0 || st.SlotsWithMemory != 0 {
-		t.Fatalf("scoring left sequences behind: %+v", st)
-	}
+	checkIdle(t, e, "after scoring")
 }
 
 // TestScoreAgreesWithGeneration: the most likely next token reported by

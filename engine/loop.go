@@ -13,15 +13,23 @@ import (
 	"slices"
 	"time"
 	"unsafe"
+
+	"github.com/finserve/finserve/prefixcache"
 )
 
 // taskBase is what generation and scoring tasks share.
 type taskBase struct {
 	ctx       context.Context
 	tier      Tier
+	tenant    string
 	submitted time.Time
 	admitted  time.Time
 	order     uint64 // arrival order, for FIFO within a tier
+
+	// The hash chain of the prompt (or shared prefix) and what the host
+	// tier holds of it, found at submission.
+	chain prefixcache.Chain
+	hit   *prefixcache.Hit
 }
 
 func (t *taskBase) base() *taskBase { return t }
@@ -37,6 +45,7 @@ type genTask struct {
 	seq       *sequence
 	sampler   *C.struct_llama_sampler // nil: greedy fast path
 	generated int
+	cached    int // prompt tokens reused from the prefix cache
 	firstTok  time.Time
 }
 
@@ -56,7 +65,7 @@ type scoreTask struct {
 
 func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTask {
 	t := &scoreTask{
-		taskBase: taskBase{ctx: ctx, tier: req.Tier, submitted: time.Now()},
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: time.Now()},
 		req:      req,
 		result:   &ScoreResult{Variants: make([]VariantScore, len(req.Variants))},
 		done:     make(chan struct{}),
@@ -90,6 +99,16 @@ func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTas
 	return t
 }
 
+// cacheLimit is how many of a sequence's n tokens may come from the
+// prefix cache: none when every position's scores are wanted (cached
+// tokens have no logits), and never the last, whose logits are needed.
+func (t *scoreTask) cacheLimit(n int) int {
+	if t.req.Positions {
+		return 0
+	}
+	return n - 1
+}
+
 // sequence is one llama.cpp sequence: a slot in the KV cache and the
 // tokens it feeds, in order, at positions 0, 1, ...
 type sequence struct {
@@ -102,6 +121,8 @@ type sequence struct {
 	gen     *genTask
 	score   *scoreTask
 	variant int // index of the variant, or -1 for a shared prefix
+	tenant  string
+	chain   prefixcache.Chain // of tokens; may cover fewer or more than fed
 
 	// set while building a step
 	inBatch int // tokens of this sequence in the current batch
@@ -175,6 +196,15 @@ type loop struct {
 
 	prefillCap int // shrinks after a KV-full decode, recovers after success
 
+	// prompt-prefix cache (prefix.go)
+	pc struct {
+		on    bool
+		block int
+		host  *prefixcache.Host
+	}
+	kept   []*kept // by slot: cached cells of free and pinned slots
+	clock  uint64
+	pstats prefixCounters
 }
 
 func (e *Engine) run(ready chan<- error) {
@@ -200,8 +230,9 @@ func (e *Engine) newLoop() (*loop, error) {
 	if e.model.closed {
 		return nil, ErrModelClosed
 	}
+	slots := o.Parallel + len(o.PrefixCache.Pinned)
 	p := C.llama_context_default_params()
-	p.n_seq_max = C.uint32_t(o.Parallel)
+	p.n_seq_max = C.uint32_t(slots)
 	p.n_batch = C.uint32_t(o.Batch)
 	p.n_ubatch = C.uint32_t(o.UBatch)
 	p.n_threads = C.int32_t(o.Threads)
@@ -212,7 +243,7 @@ func (e *Engine) newLoop() (*loop, error) {
 	if !o.UnifiedKV {
 		// llama.cpp divides the cells evenly between the streams, rounding
 		// each down to its padding of 256: ask for whole multiples.
-		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * o.Parallel)
+		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * slots)
 	}
 	switch o.FlashAttention {
 	case FlashAttentionOn:
@@ -266,9 +297,18 @@ func (e *Engine) newLoop() (*loop, error) {
 	for i := o.Parallel - 1; i >= 0; i-- {
 		l.freeSlots = append(l.freeSlots, int32(i))
 	}
-	l.bySlot = make([]*sequence, o.Parallel)
+	l.bySlot = make([]*sequence, slots)
+	l.kept = make([]*kept, slots)
+	l.pc.on = !o.PrefixCache.Disabled
+	l.pc.block = o.PrefixCache.BlockTokens
+	l.pc.host = e.host
+	if err := l.prefillPinned(o.PrefixCache.Pinned); err != nil {
+		l.free()
+		return nil, err
+	}
 	e.log.Info("engine ready", "provider", Provider, "parallel", o.Parallel, "context", o.Context,
-		"kv_cells", l.kvTotal, "batch", o.Batch, "threads", o.Threads, "unified_kv", o.UnifiedKV)
+		"kv_cells", l.kvTotal, "batch", o.Batch, "threads", o.Threads, "unified_kv", o.UnifiedKV,
+		"prefix_cache", l.pc.on, "host_tier_bytes", o.PrefixCache.HostBytes, "pinned", len(o.PrefixCache.Pinned))
 	return l, nil
 }
 
@@ -353,11 +393,12 @@ func (l *loop) stats() Stats {
 		tasks[sq.owner()] = true
 	}
 	s.Running = len(tasks)
-	for slot := 0; slot < l.e.opts.Parallel; slot++ {
+	for slot := range l.bySlot {
 		if C.llama_memory_seq_pos_max(l.mem, C.llama_seq_id(slot)) >= 0 {
 			s.SlotsWithMemory++
 		}
 	}
+	s.Prefix = l.prefixStats()
 	return s
 }
 
@@ -420,16 +461,20 @@ func (l *loop) dropCancelled() {
 	})
 }
 
-// fits says whether cells more KV cells can be reserved now. With one
-// stream per sequence every slot has its own Context cells.
-func (l *loop) fits(cells int) bool {
-	return l.split || l.kvUsed+cells <= l.kvTotal
-}
+// admission is the outcome of trying to admit a task.
+type admission int
+
+const (
+	admitted admission = iota
+	noRoom             // not enough slots or cells: later tasks wait too
+	later              // its prefix is being computed: later tasks may go first
+)
 
 // admit starts variants of admitted score tasks, then waiting tasks in
-// priority order, while slots and KV cells last. Admission is strict FIFO
-// within the order: a task that does not fit stops it, so big requests
-// are not starved by small ones.
+// priority order, while slots and KV cells last. Admission is FIFO within
+// the order: a task that does not fit stops it, so big requests are not
+// starved by small ones. Only a task waiting for a prefix that another is
+// computing lets the next ones pass.
 func (l *loop) admit() {
 	for _, t := range l.scoring {
 		l.startVariants(t)
@@ -437,35 +482,36 @@ func (l *loop) admit() {
 	l.scoring = slices.DeleteFunc(l.scoring, func(t *scoreTask) bool { return t.next >= len(t.req.Variants) })
 
 	n := 0
+	stay := l.waiting[:0]
+	blocked := false
 	for _, t := range l.waiting {
-		if len(l.freeSlots) == 0 {
-			break
+		if blocked || len(l.freeSlots) == 0 {
+			blocked = true
+			stay = append(stay, t)
+			continue
 		}
-		ok := false
+		var r admission
 		switch t := t.(type) {
 		case *genTask:
-			ok = l.admitGen(t)
+			r = l.admitGen(t)
 		case *scoreTask:
-			ok = l.admitScore(t)
+			r = l.admitScore(t)
 		}
-		if !ok {
-			break
+		switch r {
+		case admitted:
+			n++
+		case noRoom:
+			blocked = true
+			stay = append(stay, t)
+		case later:
+			stay = append(stay, t)
 		}
-		n++
 	}
+	clear(l.waiting[len(stay):])
+	l.waiting = stay
 	if n > 0 {
 		l.e.waiting.Add(int64(-n))
-		l.waiting = slices.Delete(l.waiting, 0, n)
 	}
-}
-
-// takeSlot takes the lowest free slot. Keeping the used slots dense and
-// low matters with split KV streams: llama.cpp views the streams of a
-// micro-batch as one range.
-func (l *loop) takeSlot() int32 {
-	s := l.freeSlots[len(l.freeSlots)-1]
-	l.freeSlots = l.freeSlots[:len(l.freeSlots)-1]
-	return s
 }
 
 func (l *loop) releaseSlot(s int32) {
@@ -492,59 +538,85 @@ func (l *loop) addSeq(sq *sequence) {
 	l.running = slices.Insert(l.running, i, sq)
 }
 
-// removeSeq frees a sequence's cells, slot and reservation.
-func (l *loop) removeSeq(sq *sequence) {
+// removeSeq ends a sequence, freeing its slot and reservation. With
+// keepCells (and the prefix cache on) its cells stay in the slot for
+// later sequences to reuse; otherwise they are freed.
+func (l *loop) removeSeq(sq *sequence, keepCells bool) {
 	i := slices.Index(l.running, sq)
 	if i < 0 {
 		return
 	}
 	l.running = slices.Delete(l.running, i, i+1)
-	C.llama_memory_seq_rm(l.mem, C.llama_seq_id(sq.slot), -1, -1)
+	l.kvUsed -= sq.reserve
+	if keepCells && l.pc.on && sq.fed > 0 {
+		l.keep(sq)
+	} else {
+		C.llama_memory_seq_rm(l.mem, C.llama_seq_id(sq.slot), -1, -1)
+	}
 	l.bySlot[sq.slot] = nil
 	l.releaseSlot(sq.slot)
-	l.kvUsed -= sq.reserve
 }
 
-func (l *loop) admitGen(t *genTask) bool {
+func (l *loop) admitGen(t *genTask) admission {
 	need := len(t.req.Prompt) + t.req.MaxTokens
-	if !l.fits(need) {
-		return false
+	src, wait := l.findSource(t.req.Prompt, &t.chain, t.tenant, len(t.req.Prompt)-1, t.hit)
+	if wait {
+		return later
+	}
+	if !l.room(need, src) {
+		return noRoom
 	}
 	t.admitted = time.Now()
 	t.sampler = l.newSampler(&t.req.Sampling)
 	tokens := make([]Token, len(t.req.Prompt), len(t.req.Prompt)+t.req.MaxTokens)
 	copy(tokens, t.req.Prompt)
-	t.seq = &sequence{slot: l.takeSlot(), tokens: tokens, reserve: need, tier: t.tier, order: t.order, gen: t, variant: -1}
+	slot, fed := l.open(src)
+	t.cached = fed
+	t.hit = nil
+	t.seq = &sequence{slot: slot, tokens: tokens, fed: fed, reserve: need, tier: t.tier, order: t.order, gen: t, variant: -1,
+		tenant: t.tenant, chain: t.chain}
 	l.addSeq(t.seq)
-	return true
+	return admitted
 }
 
-func (l *loop) admitScore(t *scoreTask) bool {
-	if t.prefixLen > 0 {
-		// A shared prefix holds a slot until every variant is done: admit
-		// it only with room for a variant beside it, so that prefixes can
-		// never hold every slot (or every cell) while their variants wait.
-		maxSuffix := 0
-		for _, v := range t.req.Variants {
-			maxSuffix = max(maxSuffix, len(v)-t.prefixLen)
-		}
-		if len(l.freeSlots) < 2 || !l.fits(t.prefixLen+maxSuffix) {
-			return false
-		}
-		t.admitted = time.Now()
-		t.prefix = &sequence{slot: l.takeSlot(), tokens: t.req.Variants[0][:t.prefixLen], reserve: t.prefixLen,
-			tier: t.tier, order: t.order, score: t, variant: -1}
-		l.addSeq(t.prefix)
-	} else {
-		if !l.fits(len(t.req.Variants[0])) {
-			return false
+func (l *loop) admitScore(t *scoreTask) admission {
+	if t.prefixLen == 0 {
+		if !l.room(len(t.req.Variants[0]), source{}) {
+			return noRoom
 		}
 		t.admitted = time.Now()
 		t.prefixDone = true
 		l.startVariants(t)
+		l.scoring = append(l.scoring, t)
+		return admitted
 	}
+	// A shared prefix holds a slot until every variant is done: admit it
+	// only with room for a variant beside it, so that prefixes can never
+	// hold every slot (or every cell) while their variants wait.
+	maxSuffix := 0
+	for _, v := range t.req.Variants {
+		maxSuffix = max(maxSuffix, len(v)-t.prefixLen)
+	}
+	if len(l.freeSlots) < 2 {
+		return noRoom
+	}
+	prefix := t.req.Variants[0][:t.prefixLen]
+	src, wait := l.findSource(prefix, &t.chain, t.tenant, t.cacheLimit(t.prefixLen), t.hit)
+	if wait {
+		return later
+	}
+	if !l.room(t.prefixLen+maxSuffix, src) {
+		return noRoom
+	}
+	t.admitted = time.Now()
+	slot, fed := l.open(src)
+	t.hit = nil
+	t.result.CachedTokens = fed
+	t.prefix = &sequence{slot: slot, tokens: prefix, fed: fed, reserve: t.prefixLen,
+		tier: t.tier, order: t.order, score: t, variant: -1, tenant: t.tenant, chain: t.chain}
+	l.addSeq(t.prefix)
 	l.scoring = append(l.scoring, t)
-	return true
+	return admitted
 }
 
 // startVariants starts as many variants of t as slots and cells allow,
@@ -555,15 +627,24 @@ func (l *loop) startVariants(t *scoreTask) {
 	}
 	for t.next < len(t.req.Variants) && len(l.freeSlots) > 0 {
 		v := t.req.Variants[t.next]
-		need := len(v) - t.prefixLen
-		if !l.fits(need) {
-			return
-		}
-		sq := &sequence{slot: l.takeSlot(), tokens: v, fed: t.prefixLen, reserve: need,
-			tier: t.tier, order: t.order, score: t, variant: t.next}
+		sq := &sequence{tokens: v, fed: t.prefixLen, reserve: len(v) - t.prefixLen,
+			tier: t.tier, order: t.order, score: t, variant: t.next, tenant: t.tenant}
 		if t.prefixLen > 0 {
+			if !l.room(sq.reserve, source{}) {
+				return
+			}
 			// Share (unified cache) or copy (split streams) the prefix cells.
+			sq.slot = l.claimSlot()
 			C.llama_memory_seq_cp(l.mem, C.llama_seq_id(t.prefix.slot), C.llama_seq_id(sq.slot), -1, -1)
+		} else {
+			if l.pc.on {
+				sq.chain = prefixcache.ChainOf(l.pc.block, v)
+			}
+			src, _ := l.findSource(v, &sq.chain, t.tenant, t.cacheLimit(len(v)), nil)
+			if !l.room(sq.reserve, src) {
+				return
+			}
+			sq.slot, sq.fed = l.open(src)
 		}
 		l.addSeq(sq)
 		t.next++
@@ -747,7 +828,7 @@ func (l *loop) handleOutputs() {
 			i++
 			continue
 		}
-		l.removeSeq(sq)
+		l.removeSeq(sq, true)
 		t.active--
 		t.finished++
 		if t.finished == len(t.req.Variants) {
@@ -860,7 +941,7 @@ func (l *loop) scoreOutput(o output) {
 // finishGen ends a generation: its final event, then its resources.
 func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 	if t.seq != nil {
-		l.removeSeq(t.seq)
+		l.removeSeq(t.seq, reusable(err))
 		t.seq = nil
 	}
 	if t.sampler != nil {
@@ -868,7 +949,7 @@ func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 		t.sampler = nil
 	}
 	now := time.Now()
-	ev := Event{Token: -1, Done: true, Err: err, Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated}}
+	ev := Event{Token: -1, Done: true, Err: err, Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated, CachedTokens: t.cached}}
 	if err == nil {
 		ev.Finish = reason
 		ev.Text = t.asm.flush()
@@ -885,6 +966,12 @@ func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 	t.stream.cancel() // release the derived context
 }
 
+// reusable says whether the cells of a sequence that ended with err hold
+// what they should: after a failed decode or at shutdown they may not.
+func reusable(err error) bool {
+	return err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // finishScore ends a score task and frees all of its sequences.
 func (l *loop) finishScore(t *scoreTask, err error) {
 	select {
@@ -894,7 +981,7 @@ func (l *loop) finishScore(t *scoreTask, err error) {
 	}
 	for i := 0; i < len(l.running); {
 		if sq := l.running[i]; sq.score == t {
-			l.removeSeq(sq)
+			l.removeSeq(sq, reusable(err))
 			continue
 		}
 		i++

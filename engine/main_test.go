@@ -154,3 +154,20 @@ func waitStats(t testing.TB, e *engine.Engine, what string, cond func(engine.Sta
 }
 
 func isCancel(err error) bool { return errors.Is(err, context.Canceled) }
+
+// checkIdle fails unless the engine runs nothing and holds no cells
+// beyond what its prefix cache keeps: every slot with memory is a kept or
+// pinned one, and the reserved cells are exactly theirs.
+func checkIdle(t testing.TB, e *engine.Engine, what string) engine.Stats {
+	t.Helper()
+	s, err := e.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.Prefix
+	if s.Waiting != 0 || s.Running != 0 || s.Sequences != 0 || s.SlotsWithMemory != p.Kept+p.Pinned ||
+		s.KVCellsReserved != p.KeptTokens+p.PinnedTokens {
+		t.Fatalf("%s: the engine is not idle or cells leaked: %+v", what, s)
+	}
+	return s
+}

@@ -28,6 +28,7 @@ type TokenLogprob struct {
 type Usage struct {
 	PromptTokens     int
 	CompletionTokens int
+	CachedTokens     int // prompt tokens reused from the prefix cache, not computed
 }
 
 // Timings of one request, measured by the engine loop.
