@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
@@ -37,6 +38,15 @@ type Config struct {
 	// Prompt is the user message; request i appends " #i" so that no two
 	// prompts are equal.
 	Prompt string
+	// SystemWords > 0 sends every request the same system message of that
+	// many words (a bank's long system prompt): a workload for prefix
+	// caches. QuestionWords > 0 replaces Prompt with a distinct generated
+	// question of that many words per request and turn.
+	SystemWords, QuestionWords int
+	// Turns > 1 makes each request a conversation: turn k resends the
+	// whole history (system, questions and the server's answers) and asks
+	// one more question. Latencies are reported per turn too.
+	Turns int
 	// Timeout bounds each request (default 5 minutes).
 	Timeout time.Duration
 	// NoPromptCache asks llama-server not to reuse its slot's previous
@@ -61,14 +71,21 @@ type Result struct {
 	RequestsPS  float64
 	TTFT, TPOT  Dist
 	E2E         Dist
+	// CachedTokens is the prompt tokens the server reported as served from
+	// its prefix cache (usage.prompt_tokens_details.cached_tokens).
+	CachedTokens int
+	// TurnTTFT[k] is the TTFT of turn k+1 of every conversation (Turns > 1).
+	TurnTTFT    []Dist `json:",omitempty"`
 	FirstErrors []string
 }
 
-// sample is one request's measurements.
+// sample is one request's (or turn's) measurements.
 type sample struct {
-	ttft, e2e      time.Duration
-	prompt, output int
-	err            error
+	turn                   int
+	ttft, e2e              time.Duration
+	prompt, output, cached int
+	answer                 string
+	err                    error
 }
 
 // Run sends cfg.Requests streaming chat requests from cfg.Clients clients.
@@ -82,8 +99,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}}
 	defer client.CloseIdleConnections()
 
+	cfg.Turns = max(cfg.Turns, 1)
 	next := make(chan int)
-	samples := make([]sample, cfg.Requests)
+	samples := make([]sample, cfg.Requests*cfg.Turns)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range cfg.Clients {
@@ -91,7 +109,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				samples[i] = one(ctx, client, cfg, i)
+				converse(ctx, client, cfg, i, samples[i*cfg.Turns:(i+1)*cfg.Turns])
 			}
 		}()
 	}
@@ -115,6 +133,7 @@ feed:
 func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 	r := Result{Clients: cfg.Clients, Requests: len(samples), Wall: wall}
 	var ttft, tpot, e2e []float64
+	turns := make([][]float64, cfg.Turns)
 	for _, s := range samples {
 		if s.err != nil {
 			r.Failed++
@@ -125,7 +144,9 @@ func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 		}
 		r.PromptTokens += s.prompt
 		r.OutputTokens += s.output
+		r.CachedTokens += s.cached
 		ttft = append(ttft, s.ttft.Seconds())
+		turns[s.turn] = append(turns[s.turn], s.ttft.Seconds())
 		e2e = append(e2e, s.e2e.Seconds())
 		if s.output > 1 {
 			tpot = append(tpot, (s.e2e-s.ttft).Seconds()/float64(s.output-1))
@@ -134,7 +155,57 @@ func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 	r.OutputTPS = float64(r.OutputTokens) / wall.Seconds()
 	r.RequestsPS = float64(len(samples)-r.Failed) / wall.Seconds()
 	r.TTFT, r.TPOT, r.E2E = Summarize(ttft), Summarize(tpot), Summarize(e2e)
+	if cfg.Turns > 1 {
+		for _, xs := range turns {
+			r.TurnTTFT = append(r.TurnTTFT, Summarize(xs))
+		}
+	}
 	return r
+}
+
+// words is the vocabulary of generated prompts: common English words of
+// banking, most of them one token in common tokenizers.
+var words = strings.Fields(`the account bank money loan credit card transfer payment balance fund risk customer report
+rule score model compliance transaction cash wire deposit interest rate review alert case income debt please thank help
+service branch phone address open close limit fee charge statement policy office staff client check online mobile
+daily monthly annual customer savings business personal secure access verify identity document form request approve`)
+
+// text returns n words chosen by a generator seeded with seed.
+func text(n int, seed uint64) string {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(words[rng.IntN(len(words))])
+	}
+	return b.String()
+}
+
+// converse runs request i: one turn, or a conversation of cfg.Turns turns,
+// filling out with one sample per turn.
+func converse(ctx context.Context, client *http.Client, cfg Config, i int, out []sample) {
+	var msgs []map[string]string
+	if cfg.SystemWords > 0 {
+		msgs = append(msgs, map[string]string{"role": "system", "content": text(cfg.SystemWords, 0)})
+	}
+	for turn := range out {
+		q := fmt.Sprintf("%s #%d", cfg.Prompt, i)
+		if cfg.QuestionWords > 0 {
+			q = fmt.Sprintf("Question %d.%d: %s?", i, turn+1, text(cfg.QuestionWords, uint64(1+i*cfg.Turns+turn)))
+		}
+		msgs = append(msgs, map[string]string{"role": "user", "content": q})
+		out[turn] = one(ctx, client, cfg, i, msgs)
+		out[turn].turn = turn
+		if out[turn].err != nil {
+			for k := turn + 1; k < len(out); k++ {
+				out[k] = sample{turn: k, err: fmt.Errorf("turn %d not sent: %w", k+1, out[turn].err)}
+			}
+			return
+		}
+		msgs = append(msgs, map[string]string{"role": "assistant", "content": out[turn].answer})
+	}
 }
 
 // Summarize gives the mean and nearest-rank percentiles of xs (sorted in
@@ -155,13 +226,13 @@ func Summarize(xs []float64) Dist {
 	return Dist{Mean: sum / float64(len(xs)), P50: q(0.50), P90: q(0.90), P99: q(0.99)}
 }
 
-// one sends request i and reads its event stream.
-func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
+// one sends the messages of request i and reads the event stream.
+func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map[string]string) sample {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	fields := map[string]any{
 		"model":          cfg.Model,
-		"messages":       []map[string]string{{"role": "user", "content": fmt.Sprintf("%s #%d", cfg.Prompt, i)}},
+		"messages":       msgs,
 		"max_tokens":     cfg.MaxTokens,
 		"temperature":    0,
 		"stream":         true,
@@ -196,6 +267,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 		return sample{err: fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))}
 	}
 	var s sample
+	var answer strings.Builder
 	chunks := 0
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
@@ -209,6 +281,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 			if s.output == 0 {
 				s.output = chunks
 			}
+			s.answer = answer.String()
 			return s
 		}
 		var c struct {
@@ -218,8 +291,11 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 				} `json:"delta"`
 			} `json:"choices"`
 			Usage *struct {
-				PromptTokens     int `json:"prompt_tokens"`
-				CompletionTokens int `json:"completion_tokens"`
+				PromptTokens        int `json:"prompt_tokens"`
+				CompletionTokens    int `json:"completion_tokens"`
+				PromptTokensDetails struct {
+					CachedTokens int `json:"cached_tokens"`
+				} `json:"prompt_tokens_details"`
 			} `json:"usage"`
 		}
 		if err := json.Unmarshal([]byte(data), &c); err != nil {
@@ -227,6 +303,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 		}
 		for _, ch := range c.Choices {
 			if ch.Delta.Content != "" {
+				answer.WriteString(ch.Delta.Content)
 				if chunks == 0 {
 					s.ttft = time.Since(start)
 				}
@@ -235,6 +312,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int) sample {
 		}
 		if c.Usage != nil && c.Usage.CompletionTokens > 0 {
 			s.prompt, s.output = c.Usage.PromptTokens, c.Usage.CompletionTokens
+			s.cached = c.Usage.PromptTokensDetails.CachedTokens
 		}
 	}
 	if err := sc.Err(); err != nil {

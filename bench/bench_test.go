@@ -60,6 +60,20 @@ func TestRunAgainstServer(t *testing.T) {
 		t.Fatalf("latencies %+v", r)
 	}
 
+	// Conversations with a shared system prompt: every turn resends the
+	// history, and finserve serves most of it from its prefix cache.
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 2, Requests: 2,
+		MaxTokens: 8, IgnoreEOS: true, SystemWords: 40, QuestionWords: 10, Turns: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.Requests != 6 || len(r.TurnTTFT) != 3 || r.OutputTokens != 48 {
+		t.Fatalf("conversations: %+v", r)
+	}
+	if r.CachedTokens < r.PromptTokens/3 || r.CachedTokens >= r.PromptTokens {
+		t.Fatalf("conversations: %d of %d prompt tokens cached", r.CachedTokens, r.PromptTokens)
+	}
+
 	// A server that refuses is counted as failures, with the reason.
 	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "no-such-model", Clients: 2, Requests: 3, MaxTokens: 4})
 	if err != nil {

@@ -51,9 +51,9 @@ type srcKind int
 
 const (
 	srcNone srcKind = iota
-	srcKept        // take over a free slot's kept cells
-	srcCopy        // copy from a running sequence or a pinned prefix
-	srcHost        // restore from the host tier
+	srcKept         // take over a free slot's kept cells
+	srcCopy         // copy from a running sequence or a pinned prefix
+	srcHost         // restore from the host tier
 )
 
 // source is the best reusable prefix for a new sequence.

@@ -38,9 +38,9 @@ type Host struct {
 	mu       sync.RWMutex // guards closed against Puts racing Close
 	closed   bool
 
-	imu   sync.Mutex
-	index map[uint64]*entry // boundary key -> the latest entry holding that prefix
-	pending  atomic.Int64 // entries queued or being compressed
+	imu     sync.Mutex
+	index   map[uint64]*entry // boundary key -> the latest entry holding that prefix
+	pending atomic.Int64      // entries queued or being compressed
 
 	puts, dropped, hits, misses atomic.Uint64
 	rawIn, storedIn             atomic.Uint64 // bytes offered and bytes stored, for the compression ratio

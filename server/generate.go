@@ -43,7 +43,7 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, user: req.User, start: start})
+	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c), start: start})
 }
 
 func (s *Server) completions(c *fiber.Ctx) error {
@@ -64,7 +64,7 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, user: req.User, start: start})
+	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, tenant: s.tenant(c), start: start})
 }
 
 // job is one generation request: one engine stream per prompt.
@@ -74,7 +74,7 @@ type job struct {
 	b       *backend
 	p       genParams
 	prompts [][]engine.Token
-	user    string
+	tenant  string // whose prefixes the prompts may reuse (see Server.tenant)
 	start   time.Time
 
 	id       string
@@ -126,7 +126,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 			Logprobs:    j.p.logprobs,
 			TopLogprobs: j.p.topLogprobs,
 			Tier:        engine.TierRealtime,
-			Tenant:      j.user,
+			Tenant:      j.tenant,
 		})
 		if err != nil {
 			j.cancel()
@@ -368,6 +368,7 @@ func (j *job) usage() *Usage {
 	for i := range j.choices {
 		u.PromptTokens += j.choices[i].final.Usage.PromptTokens
 		u.CompletionTokens += j.choices[i].final.Usage.CompletionTokens
+		u.PromptTokensDetails.CachedTokens += j.choices[i].final.Usage.CachedTokens
 	}
 	u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	return u

@@ -127,15 +127,28 @@ type engineCollector struct{ s *Server }
 var (
 	descRunning = prometheus.NewDesc("finserve_num_requests_running", "Requests holding a sequence slot.", nil, nil)
 	descWaiting = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot.", nil, nil)
-	descKV      = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved (0 to 1).", nil, nil)
+	descKV      = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved by running requests (0 to 1); cells the prefix cache keeps are not counted.", nil, nil)
 	descReady   = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
+
+	descPrefixQueries = prometheus.NewDesc("finserve_prefix_cache_queries_total", "Sequences started with the prefix cache on.", nil, nil)
+	descPrefixHits    = prometheus.NewDesc("finserve_prefix_cache_hits_total", "Sequences that reused a cached prefix, by the tier it came from.", []string{"tier"}, nil)
+	descPrefixReused  = prometheus.NewDesc("finserve_prefix_cache_reused_tokens_total", "Prompt tokens served from the prefix cache instead of being computed.", nil, nil)
+	descPrefixWaits   = prometheus.NewDesc("finserve_prefix_cache_waits_total", "Admissions postponed to reuse a prefix another request was computing.", nil, nil)
+	descPrefixTokens  = prometheus.NewDesc("finserve_prefix_cache_resident_tokens", "Tokens whose KV cells the prefix cache holds, kept from ended requests or pinned.", []string{"kind"}, nil)
+	descPrefixEvict   = prometheus.NewDesc("finserve_prefix_cache_evictions_total", "Cached prefixes evicted for room, by tier.", []string{"tier"}, nil)
+	descPrefixSpills  = prometheus.NewDesc("finserve_prefix_cache_spills_total", "Prefixes evicted from the KV cache and saved to the host tier.", nil, nil)
+	descHostBytes     = prometheus.NewDesc("finserve_prefix_cache_host_bytes", "Bytes the host tier holds.", nil, nil)
+	descHostMaxBytes  = prometheus.NewDesc("finserve_prefix_cache_host_max_bytes", "The host tier's byte bound.", nil, nil)
+	descHostEntries   = prometheus.NewDesc("finserve_prefix_cache_host_entries", "Prefixes the host tier holds.", nil, nil)
+	descHostDropped   = prometheus.NewDesc("finserve_prefix_cache_host_dropped_total", "Prefixes offered to the host tier and not stored (refused by its admission policy or too big).", nil, nil)
 )
 
 func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descRunning
-	ch <- descWaiting
-	ch <- descKV
-	ch <- descReady
+	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descKV, descReady, descPrefixQueries, descPrefixHits,
+		descPrefixReused, descPrefixWaits, descPrefixTokens, descPrefixEvict, descPrefixSpills, descHostBytes,
+		descHostMaxBytes, descHostEntries, descHostDropped} {
+		ch <- d
+	}
 }
 
 func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
@@ -153,9 +166,35 @@ func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(st.Running))
 	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting))
+	p := st.Prefix
 	kv := 0.0
 	if st.KVCells > 0 {
-		kv = float64(st.KVCellsReserved) / float64(st.KVCells)
+		kv = float64(st.KVCellsReserved-p.KeptTokens-p.PinnedTokens) / float64(st.KVCells)
 	}
 	ch <- prometheus.MustNewConstMetric(descKV, prometheus.GaugeValue, kv)
+	if !p.Enabled {
+		return
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	counter(descPrefixQueries, p.Queries)
+	counter(descPrefixHits, p.Hits-p.HostHits, "resident")
+	counter(descPrefixHits, p.HostHits, "host")
+	counter(descPrefixReused, p.ReusedTokens)
+	counter(descPrefixWaits, p.Waits)
+	gauge(descPrefixTokens, int64(p.KeptTokens), "kept")
+	gauge(descPrefixTokens, int64(p.PinnedTokens), "pinned")
+	counter(descPrefixEvict, p.Evictions, "resident")
+	counter(descPrefixSpills, p.Spills)
+	if p.Host.MaxBytes > 0 {
+		counter(descPrefixEvict, p.Host.Evictions, "host")
+		gauge(descHostBytes, p.Host.Bytes)
+		gauge(descHostMaxBytes, p.Host.MaxBytes)
+		gauge(descHostEntries, p.Host.Entries)
+		counter(descHostDropped, p.Host.Dropped)
+	}
 }

@@ -17,7 +17,7 @@ import (
 // TestMetrics: after real requests, /metrics is valid Prometheus text that
 // passes the linter and counts what happened.
 func TestMetrics(t *testing.T) {
-	ts := startServer(t, Config{}, engine.Options{})
+	ts := startServer(t, Config{}, engine.Options{PrefixCache: engine.PrefixCache{HostBytes: 1 << 20}})
 	for range 3 {
 		if resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"ignore_eos":true}`); resp.StatusCode != 200 {
 			t.Fatalf("%d %s", resp.StatusCode, body)
@@ -101,8 +101,29 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	if got := value("finserve_prompt_tokens_total", nil); got < 4*3 {
-		t.Errorf("prompt tokens %v", got)
+	prompt := value("finserve_prompt_tokens_total", nil)
+	if prompt < 4*3 {
+		t.Errorf("prompt tokens %v", prompt)
+	}
+	// The same prompt four times: three reuse all of it but the last token.
+	prefix := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"finserve_prefix_cache_queries_total", nil, 4},
+		{"finserve_prefix_cache_hits_total", map[string]string{"tier": "resident"}, 3},
+		{"finserve_prefix_cache_hits_total", map[string]string{"tier": "host"}, 0},
+		{"finserve_prefix_cache_reused_tokens_total", nil, 3 * (prompt/4 - 1)},
+		{"finserve_prefix_cache_host_max_bytes", nil, 1 << 20},
+	}
+	for _, c := range prefix {
+		if got := value(c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if got := value("finserve_prefix_cache_resident_tokens", map[string]string{"kind": "kept"}); got < prompt/4 {
+		t.Errorf("kept tokens %v, want at least one prompt's %v", got, prompt/4)
 	}
 }
 

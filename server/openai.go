@@ -213,9 +213,17 @@ type EmbeddingRequest struct {
 
 // Usage counts the tokens of a request.
 type Usage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
+	PromptTokens        int                 `json:"prompt_tokens"`
+	CompletionTokens    int                 `json:"completion_tokens"`
+	TotalTokens         int                 `json:"total_tokens"`
+	PromptTokensDetails PromptTokensDetails `json:"prompt_tokens_details"`
+}
+
+// PromptTokensDetails breaks the prompt tokens down, as OpenAI does.
+type PromptTokensDetails struct {
+	// CachedTokens were served from the prompt-prefix cache instead of
+	// being computed.
+	CachedTokens int `json:"cached_tokens"`
 }
 
 // Timings is finserve's extension field with a response's own timings, in

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/finserve/finserve/engine"
@@ -41,6 +42,20 @@ func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, 
 		return nil, badRequest("messages", "%s", err.Error())
 	}
 	return toks, nil
+}
+
+// SystemPrefix returns the tokens that every chat prompt opening with the
+// system message text begins with, rendered by template ("" for the
+// model's own) as chat requests are: what a pinned system prompt holds.
+func SystemPrefix(m *engine.Model, template, text string) ([]engine.Token, error) {
+	if text == "" {
+		return nil, errors.New("the system prompt is empty")
+	}
+	rendered, err := m.ApplyChatTemplate(template, []engine.Message{{Role: "system", Content: text}}, false)
+	if err != nil {
+		return nil, fmt.Errorf("rendering the system prompt: %w", err)
+	}
+	return m.Tokenize(rendered, true, true)
 }
 
 // completionPrompts tokenizes the prompts of a completions request. Text

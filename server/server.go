@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -298,7 +299,21 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 	if match != 1 {
 		return errUnauthorized
 	}
+	// The key's tenant: a name derived from its hash, never from anything
+	// the client chooses, so that no request can claim another tenant's
+	// cached prefixes.
+	c.Locals(tenantKey{}, "key-"+hex.EncodeToString(sum[:8]))
 	return c.Next()
+}
+
+type tenantKey struct{}
+
+// tenant names the tenant of an authenticated request: the prompt-prefix
+// cache shares prefixes only within a tenant. Without API keys every
+// client is one tenant.
+func (s *Server) tenant(c *fiber.Ctx) string {
+	t, _ := c.Locals(tenantKey{}).(string)
+	return t
 }
 
 // checkModel accepts the served model's id, or an empty one.

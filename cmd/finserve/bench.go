@@ -48,12 +48,18 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 				return enc.Encode(results)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "clients\trequests\tfailed\toutput tok/s\treq/s\tTTFT p50 ms\tTTFT p99 ms\tTPOT p50 ms\tE2E p50 s\t")
+			fmt.Fprintln(tw, "clients\trequests\tfailed\toutput tok/s\treq/s\tTTFT p50 ms\tTTFT p90 ms\tTTFT p99 ms\tTPOT p50 ms\tE2E p50 s\tprompt tok\tcached tok\t")
 			for _, r := range results {
-				fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t\n", r.Clients, r.Requests, r.Failed,
-					r.OutputTPS, r.RequestsPS, 1000*r.TTFT.P50, 1000*r.TTFT.P99, 1000*r.TPOT.P50, r.E2E.P50)
+				fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%d\t%d\t\n", r.Clients, r.Requests, r.Failed,
+					r.OutputTPS, r.RequestsPS, 1000*r.TTFT.P50, 1000*r.TTFT.P90, 1000*r.TTFT.P99, 1000*r.TPOT.P50, r.E2E.P50,
+					r.PromptTokens, r.CachedTokens)
 			}
 			tw.Flush()
+			for _, r := range results {
+				for k, d := range r.TurnTTFT {
+					fmt.Fprintf(cmd.OutOrStdout(), "clients %d: turn %d TTFT p50 %.1f ms, p90 %.1f ms\n", r.Clients, k+1, 1000*d.P50, 1000*d.P90)
+				}
+			}
 			for _, r := range results {
 				for _, e := range r.FirstErrors {
 					fmt.Fprintf(cmd.ErrOrStderr(), "clients %d: error: %s\n", r.Clients, e)
@@ -73,6 +79,9 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 	f.StringVar(&cfg.Prompt, "prompt", "Summarise the bank's policy on overdraft fees for a new customer.", "user message")
 	f.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "per-request timeout")
 	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (llama-server's prompt reuse off)`)
+	f.IntVar(&cfg.SystemWords, "system-words", 0, "send every request the same generated system message of this many words (0: none)")
+	f.IntVar(&cfg.QuestionWords, "question-words", 0, "ask distinct generated questions of this many words instead of --prompt (0: --prompt)")
+	f.IntVar(&cfg.Turns, "turns", 1, "turns per conversation; each turn resends the history (TTFT is also reported per turn)")
 	f.BoolVar(&asJSON, "json", false, "print results as JSON")
 	return cmd
 }

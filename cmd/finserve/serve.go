@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,11 @@ type serveOptions struct {
 	readTimeout, writeTimeout, idleTimeout        time.Duration
 	shutdownGrace, keepAlive                      time.Duration
 	apiKeys                                       []string
+
+	prefixCache, prefixCompress bool
+	prefixHost                  string // a byte size
+	prefixBlock                 int
+	pinned                      []string // system prompts
 }
 
 func newServeCmd() *cobra.Command {
@@ -89,7 +95,12 @@ for --shutdown-grace, then cancels the rest.`,
 	f.DurationVar(&o.keepAlive, "sse-keep-alive", 10*time.Second, "interval of keep-alive comments on an idle event stream")
 	f.BoolVar(&o.compress, "compress", true, "compress JSON responses for clients that accept it (never event streams)")
 	f.IntVar(&o.goProcs, "go-procs", 0, "CPUs for Go code (HTTP, JSON); 0: the CPUs --threads leaves free, 1 to 4 (GOMAXPROCS in the environment wins)")
-	f.StringSliceVar(&o.apiKeys, "api-key", nil, "API keys clients must send as a bearer token (repeat or comma-separate; none: no authentication)")
+	f.StringSliceVar(&o.apiKeys, "api-key", nil, "API keys clients must send as a bearer token (repeat or comma-separate; none: no authentication); each key is a tenant of the prefix cache")
+	f.BoolVar(&o.prefixCache, "prefix-cache", true, "reuse the KV cells of prompt prefixes across requests of a tenant (false: compute every prompt in full)")
+	f.StringVar(&o.prefixHost, "prefix-cache-host", "1GiB", "host-RAM tier for prefixes evicted from the KV cache: a byte bound such as 512MiB or 2GB (0: none)")
+	f.BoolVar(&o.prefixCompress, "prefix-cache-compress", false, "zstd-compress host-tier entries (fits more in the bound, costs CPU per eviction and restore)")
+	f.IntVar(&o.prefixBlock, "prefix-cache-block", 32, "tokens per block of the hash chains that name prefixes; the host tier keeps whole blocks")
+	f.StringArrayVar(&o.pinned, "pin-system-prompt", nil, "a system prompt whose prefix is computed at start and always kept, for every tenant (repeatable; a YAML list in the config file)")
 	return cmd
 }
 
@@ -169,10 +180,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("loading model: %w", err)
 	}
 	defer m.Close()
+	pc, err := prefixCacheOptions(o, m)
+	if err != nil {
+		shutdown(srv, time.Second)
+		return err
+	}
 	e, err := engine.New(m, engine.Options{
 		Parallel: o.parallel, Context: o.ctx, Batch: o.batch, UBatch: o.ubatch,
 		Threads: o.threads, ThreadsBatch: o.threadsBatch, UnifiedKV: o.unifiedKV,
-		FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log,
+		FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log, PrefixCache: pc,
 	})
 	if err != nil {
 		shutdown(srv, time.Second)
@@ -188,6 +204,45 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	log.Info("shutting down", "grace", o.shutdownGrace)
 	return shutdown(srv, o.shutdownGrace)
+}
+
+// prefixCacheOptions turns the --prefix-cache settings into the engine's,
+// rendering pinned system prompts as chat prompts begin.
+func prefixCacheOptions(o serveOptions, m *engine.Model) (engine.PrefixCache, error) {
+	host, err := parseBytes(o.prefixHost)
+	if err != nil {
+		return engine.PrefixCache{}, fmt.Errorf("--prefix-cache-host: %w", err)
+	}
+	pc := engine.PrefixCache{Disabled: !o.prefixCache, BlockTokens: o.prefixBlock, HostBytes: host, Compress: o.prefixCompress}
+	if !o.prefixCache && len(o.pinned) > 0 {
+		return pc, errors.New("--pin-system-prompt needs --prefix-cache")
+	}
+	for i, text := range o.pinned {
+		toks, err := server.SystemPrefix(m, o.chatTemplate, text)
+		if err != nil {
+			return pc, fmt.Errorf("--pin-system-prompt %d: %w", i+1, err)
+		}
+		pc.Pinned = append(pc.Pinned, engine.PinnedPrefix{Tokens: toks})
+	}
+	return pc, nil
+}
+
+// parseBytes reads a byte size: a number with an optional unit (B, KB,
+// MB, GB, TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024).
+func parseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	mult := map[string]float64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+		"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}[strings.ToUpper(unit)]
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || mult == 0 || v < 0 || v*mult > 1<<50 {
+		return 0, fmt.Errorf("%q is not a byte size (examples: 0, 512MiB, 2GB, 1073741824)", s)
+	}
+	return int64(v * mult), nil
 }
 
 func shutdown(srv *server.Server, grace time.Duration) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -117,7 +118,11 @@ func TestServeCommand(t *testing.T) {
 	ln.Close()
 
 	cmd := newServeCmd()
-	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "2", "--shutdown-grace", "2s"})
+	// Long enough to be worth a copy (a block of 32 tokens at least), with
+	// commas that a comma-splitting flag would break.
+	system := strings.Repeat("You are a bank assistant, brief and polite. ", 8)
+	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "2", "--shutdown-grace", "2s",
+		"--pin-system-prompt", system, "--prefix-cache-host", "16MiB"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -139,14 +144,26 @@ func TestServeCommand(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	resp, err := http.Post(base+"/v1/chat/completions", "application/json",
-		strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`))
+		strings.NewReader(`{"model":"tiny","messages":[{"role":"system","content":"`+system+`"},{"role":"user","content":"hi"}],"max_tokens":4}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `"chat.completion"`) {
+	var chat struct {
+		Object string
+		Usage  struct {
+			PromptTokensDetails struct {
+				CachedTokens int `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+		}
+	}
+	if resp.StatusCode != 200 || json.Unmarshal(body, &chat) != nil || chat.Object != "chat.completion" {
 		t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+	// The pinned system prompt serves the very first request.
+	if chat.Usage.PromptTokensDetails.CachedTokens < 64 {
+		t.Errorf("the first request with the pinned system prompt reused %d tokens: %s", chat.Usage.PromptTokensDetails.CachedTokens, body)
 	}
 	cancel()
 	select {
@@ -156,5 +173,31 @@ func TestServeCommand(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"1073741824", 1 << 30, true},
+		{"1GiB", 1 << 30, true},
+		{"512MiB", 512 << 20, true},
+		{"2GB", 2e9, true},
+		{"1.5 gib", 3 << 29, true},
+		{"64kb", 64000, true},
+		{"", 0, false},
+		{"-1", 0, false},
+		{"1PB", 0, false},
+		{"lots", 0, false},
+		{"9999999TiB", 0, false},
+	} {
+		got, err := parseBytes(c.in)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d, ok %v", c.in, got, err, c.want, c.ok)
+		}
 	}
 }
