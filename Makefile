@@ -28,7 +28,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./engine -run '^$$' -fuzz FuzzTextAssembler -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)
 
 bench: headers ## engine micro-benchmarks (go test -bench)
 	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x
@@ -90,6 +91,9 @@ peer-bench: build ## finserve vs llama-bench / llama-batched-bench on the bench 
 
 serve-bench: build ## finserve serve vs llama-server: tokens/s and TTFT at 1 and 8 clients (needs the sid root)
 	scripts/serve-bench.sh
+
+prefix-bench: build ## prefix cache on/off vs llama-server: shared system prompt and multi-turn TTFT (needs the sid root)
+	scripts/prefix-bench.sh
 
 clean: ## remove build outputs, staged headers and generated models
 	rm -rf bin third_party/include $(MODELS)

@@ -49,9 +49,9 @@ type Config struct {
 	Turns int
 	// Timeout bounds each request (default 5 minutes).
 	Timeout time.Duration
-	// NoPromptCache asks llama-server not to reuse its slot's previous
-	// prompt ("cache_prompt": false), for comparisons with servers that
-	// have no prefix cache; finserve ignores the field.
+	// NoPromptCache sends "cache_prompt": false: llama-server then does
+	// not reuse its slot's previous prompt, and finserve reuses nothing
+	// from its prefix cache.
 	NoPromptCache bool
 }
 

@@ -9,6 +9,11 @@
 // join at any step, and a cancelled request leaves at the next one, freeing
 // its KV cells.
 //
+// With the prompt-prefix cache (on by default, see PrefixCache and
+// prefix.go) a sequence starts from the longest prefix of its prompt that
+// its tenant already computed: cells kept from ended sequences, copied from
+// running or pinned ones, or restored from the host tier.
+//
 // Everything that reaches llama.cpp is validated first: token ids, lengths
 // against the context, sampling parameters. Nothing a caller passes can trip
 // a llama.cpp assertion.
@@ -322,7 +327,12 @@ type Request struct {
 	Logprobs    bool
 	TopLogprobs int
 	Tier        Tier
-	Tenant      string
+	// Tenant owns the request's prefixes: the prefix cache reuses only
+	// what requests of the same tenant computed.
+	Tenant string
+	// NoCache computes the whole prompt, reusing nothing from the prefix
+	// cache (its cells are still kept for others afterwards).
+	NoCache bool
 }
 
 // MaxTopLogprobs is the most alternatives a request may ask for per token.
@@ -481,7 +491,9 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		stream:   newStream(cancel),
 		asm:      textAssembler{stops: req.Stop},
 	}
-	t.chain, t.hit = e.prefixLookup(req.Prompt, req.Tenant, len(req.Prompt)-1)
+	if !req.NoCache {
+		t.chain, t.hit = e.prefixLookup(req.Prompt, req.Tenant, len(req.Prompt)-1)
+	}
 	if err := e.enqueue(ctx, t); err != nil {
 		cancel()
 		return nil, err

@@ -559,7 +559,11 @@ func (l *loop) removeSeq(sq *sequence, keepCells bool) {
 
 func (l *loop) admitGen(t *genTask) admission {
 	need := len(t.req.Prompt) + t.req.MaxTokens
-	src, wait := l.findSource(t.req.Prompt, &t.chain, t.tenant, len(t.req.Prompt)-1, t.hit)
+	limit := len(t.req.Prompt) - 1
+	if t.req.NoCache {
+		limit = 0
+	}
+	src, wait := l.findSource(t.req.Prompt, &t.chain, t.tenant, limit, t.hit)
 	if wait {
 		return later
 	}

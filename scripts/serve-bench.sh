@@ -26,6 +26,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
 sid() { "$SID" run "$@"; }
+. scripts/servers.sh
 
 [ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
 sid make build-system >/dev/null
@@ -42,33 +43,18 @@ start() { # name: start that server in the background
       sid bin/finserve-system serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
         --addr 127.0.0.1:"$PORT" >"$OUT/finserve-system.log" 2>&1 & ;;
   esac
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "$1 did not become healthy" >&2
-  return 1
+  wait_healthy "$1"
 }
 
-stop() {
-  pkill -f -- "--port $PORT" 2>/dev/null || true
-  pkill -f -- "--addr 127.0.0.1:$PORT" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || break
-    sleep 0.1
-  done
-  sleep 1
-}
 trap stop EXIT
 
 for r in $(seq 1 "$ROUNDS"); do
   for s in llama-server bundled system; do
     echo "== round $r: $s"
     start "$s"
-    # one warm-up request, then the measured runs
-    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients 1 --requests-per-client 1 --max-tokens 8 >/dev/null
-    # llama-server reuses a slot's previous prompt; finserve has no prefix
-    # cache yet: measure with that reuse off (like for like) and on.
+    warm_up
+    # Prompt reuse off ("cache_prompt": false, honoured by both), then on
+    # (both servers' default; make prefix-bench measures it in depth).
     bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
       --max-tokens "$MAX_TOKENS" --no-prompt-cache --json >"$OUT/$s-$r.json"
     bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
@@ -81,7 +67,7 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 med = statistics.median
-for variant, title in (("", "llama-server prompt reuse off (cache_prompt: false)"), ("-cached", "llama-server prompt reuse on (its default)")):
+for variant, title in (("", "prompt reuse off (cache_prompt: false)"), ("-cached", "prompt reuse on (the default of both)")):
   R = {s: [json.load(open(f"{out}/{s}-{r}{variant}.json")) for r in range(1, rounds + 1)] for s in ("llama-server", "bundled", "system")}
   print(f"\n{title}: medians of {rounds} interleaved rounds; ratio = median of per-round finserve/llama-server")
   print(f"{'clients':>7} {'metric':16} {'llama-server':>12} {'system':>9} {'ratio':>6} {'bundled':>9} {'ratio':>6}")

@@ -127,6 +127,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 			TopLogprobs: j.p.topLogprobs,
 			Tier:        engine.TierRealtime,
 			Tenant:      j.tenant,
+			NoCache:     j.p.noCache,
 		})
 		if err != nil {
 			j.cancel()
@@ -283,7 +284,7 @@ func (s *Server) ended(j *job) {
 		}
 	}
 	s.log.Info("request", "id", j.id, "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
-		"prompt_tokens", u.PromptTokens, "completion_tokens", u.CompletionTokens,
+		"prompt_tokens", u.PromptTokens, "cached_tokens", u.PromptTokensDetails.CachedTokens, "completion_tokens", u.CompletionTokens,
 		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS)
 }
 

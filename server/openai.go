@@ -53,6 +53,9 @@ type Samplers struct {
 	// IgnoreEOS keeps generating past end-of-generation tokens; benchmarks
 	// use it to generate a fixed number of tokens.
 	IgnoreEOS bool `json:"ignore_eos"`
+	// CachePrompt false computes the whole prompt, reusing nothing from
+	// the prefix cache (llama.cpp's extension; default true).
+	CachePrompt *bool `json:"cache_prompt"`
 }
 
 // StreamOptions are the options of a streamed response.

@@ -43,6 +43,17 @@ func TestPrefixCacheTenantsOverHTTP(t *testing.T) {
 			n, second.PromptTokens)
 	}
 
+	// "cache_prompt": false (llama.cpp's field) opts one request out.
+	noCache := chatParams(4, openai.SystemMessage(system), openai.UserMessage("How do I block my card?"))
+	noCache.SetExtraFields(map[string]any{"cache_prompt": false})
+	resp, err := alpha.Chat.Completions.New(context.Background(), noCache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := resp.Usage.PromptTokensDetails.CachedTokens; n != 0 {
+		t.Errorf("cache_prompt false, yet %d cached tokens", n)
+	}
+
 	off := startServer(t, Config{}, engine.Options{PrefixCache: engine.PrefixCache{Disabled: true}})
 	for range 2 {
 		if u := ask(off.client(), "What is my balance?"); u.PromptTokensDetails.CachedTokens != 0 {

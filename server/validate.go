@@ -25,6 +25,7 @@ type genParams struct {
 	logprobs     bool
 	topLogprobs  int
 	ignoreEOS    bool
+	noCache      bool // cache_prompt: false
 	stream       bool
 	includeUsage bool
 }
@@ -33,7 +34,7 @@ type genParams struct {
 // defaults apply where a field is absent: temperature 1, top_p 1.
 // maxTokens is the request's token limit and param the field it came from.
 func (c *GenerationParams) params(limits Limits, maxTokens *int, param string) (genParams, *APIError) {
-	p := genParams{stream: c.Stream, ignoreEOS: c.IgnoreEOS}
+	p := genParams{stream: c.Stream, ignoreEOS: c.IgnoreEOS, noCache: c.CachePrompt != nil && !*c.CachePrompt}
 	if c.N != nil && *c.N != 1 {
 		return p, unsupported("n", "n must be 1: this server returns one choice per prompt")
 	}

@@ -78,7 +78,7 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 	f.BoolVar(&cfg.IgnoreEOS, "ignore-eos", true, "generate exactly --max-tokens (llama.cpp's ignore_eos)")
 	f.StringVar(&cfg.Prompt, "prompt", "Summarise the bank's policy on overdraft fees for a new customer.", "user message")
 	f.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "per-request timeout")
-	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (llama-server's prompt reuse off)`)
+	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (no prompt reuse in llama-server or finserve)`)
 	f.IntVar(&cfg.SystemWords, "system-words", 0, "send every request the same generated system message of this many words (0: none)")
 	f.IntVar(&cfg.QuestionWords, "question-words", 0, "ask distinct generated questions of this many words instead of --prompt (0: --prompt)")
 	f.IntVar(&cfg.Turns, "turns", 1, "turns per conversation; each turn resends the history (TTFT is also reported per turn)")
