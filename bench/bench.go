@@ -67,10 +67,10 @@ type Result struct {
 	PromptTokens              int
 	OutputTokens              int
 	// OutputTPS is aggregate output tokens per second of wall time.
-	OutputTPS   float64
-	RequestsPS  float64
-	TTFT, TPOT  Dist
-	E2E         Dist
+	OutputTPS  float64
+	RequestsPS float64
+	TTFT, TPOT Dist
+	E2E        Dist
 	// CachedTokens is the prompt tokens the server reported as served from
 	// its prefix cache (usage.prompt_tokens_details.cached_tokens).
 	CachedTokens int
