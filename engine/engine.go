@@ -373,10 +373,13 @@ type ScoreResult struct {
 
 // Stats is a snapshot of the engine's state, taken by its loop.
 type Stats struct {
-	Waiting         int // requests not yet admitted
-	Running         int // requests with at least one sequence
-	Sequences       int // sequence slots in use
-	Slots           int // sequence slots in all
+	Waiting   int // requests not yet admitted
+	Running   int // requests with at least one sequence
+	Sequences int // sequence slots in use
+	Slots     int // sequence slots in all
+	// KVCellsReserved counts the cells running sequences may fill, plus
+	// those the prefix cache holds (Prefix.KeptTokens, evictable, and
+	// Prefix.PinnedTokens), of KVCells.
 	KVCellsReserved int
 	KVCells         int
 	// SlotsWithMemory counts slots (pinned ones included) whose llama.cpp

@@ -166,6 +166,9 @@ func (h *Host) unindex(e *entry) {
 // tenant. The host tier takes ownership of state. Storing is asynchronous
 // and may be refused; a later Lookup finds the entry if it was kept.
 func (h *Host) Put(tenant string, tokens []int32, chain *Chain, state []byte) {
+	if chain.block < 1 || len(state) == 0 {
+		return
+	}
 	n := len(tokens) / chain.block
 	if n == 0 || n > chain.Len() || n*chain.block != len(tokens) {
 		return
@@ -230,6 +233,9 @@ type Hit struct {
 // Lookup finds the longest stored prefix of tokens for tenant that is at
 // most limit tokens long. chain is the hash chain of tokens.
 func (h *Host) Lookup(tenant string, chain *Chain, tokens []int32, limit int) *Hit {
+	if chain.block < 1 {
+		return nil
+	}
 	for i := min(chain.Len(), limit/chain.block, len(tokens)/chain.block) - 1; i >= 0; i-- {
 		n := (i + 1) * chain.block
 		h.imu.Lock()

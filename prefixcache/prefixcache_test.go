@@ -226,6 +226,11 @@ func TestHostRefusesOversizeAndClosed(t *testing.T) {
 	if st := h.Stats(); st.Entries != 0 || st.Dropped != 1 {
 		t.Fatalf("an entry over the bound: %+v", st)
 	}
+	var zero Chain
+	h.Put("t", toks, &zero, make([]byte, 10)) // ignored, not a panic
+	if h.Lookup("t", &zero, toks, 32) != nil {
+		t.Error("a zero chain found something")
+	}
 	h.Close()
 	h.Put("t", toks, &c, make([]byte, 10)) // must not panic
 	if _, err := NewHost(HostOptions{}); err == nil {
