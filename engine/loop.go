@@ -565,6 +565,7 @@ func (l *loop) admitGen(t *genTask) admission {
 	}
 	src, wait := l.findSource(t.req.Prompt, &t.chain, t.tenant, limit, t.hit)
 	if wait {
+		l.pstats.waits++
 		return later
 	}
 	if !l.room(need, src) {
@@ -607,6 +608,7 @@ func (l *loop) admitScore(t *scoreTask) admission {
 	prefix := t.req.Variants[0][:t.prefixLen]
 	src, wait := l.findSource(prefix, &t.chain, t.tenant, t.cacheLimit(t.prefixLen), t.hit)
 	if wait {
+		l.pstats.waits++
 		return later
 	}
 	if !l.room(t.prefixLen+maxSuffix, src) {

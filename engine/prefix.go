@@ -145,7 +145,6 @@ func (l *loop) findSource(tokens []Token, chain *prefixcache.Chain, tenant strin
 		consider(source{kind: srcHost, n: min(len(hit.Tokens), limit), hit: hit}, copyCost)
 	}
 	if potential-best.n >= 2*l.pc.block {
-		l.pstats.waits++
 		return source{}, true
 	}
 	return best, false
