@@ -96,16 +96,7 @@ func checkBatchedEqualsAlone(t *testing.T, e *engine.Engine, m *engine.Model, ma
 		alone[i] = generate(t, e, reqs[i])
 	}
 	// All eight at once: the engine admits them in one step.
-	streams := make([]*engine.Stream, len(reqs))
-	for i, r := range reqs {
-		st, err := e.Generate(context.Background(), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		streams[i] = st
-	}
-	for i, st := range streams {
-		got := collect(t, st)
+	for i, got := range generateAll(t, e, reqs, true) {
 		if !slices.Equal(got.tokens, alone[i].tokens) {
 			t.Errorf("request %d (%q): batched tokens differ from alone\nalone:   %v\nbatched: %v", i, testPrompts[i], alone[i].tokens, got.tokens)
 		}

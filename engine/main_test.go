@@ -133,6 +133,34 @@ func generate(t testing.TB, e *engine.Engine, req engine.Request) result {
 	return r
 }
 
+// generateAll runs reqs, concurrently when together is set, and returns
+// their results in order.
+func generateAll(t *testing.T, e *engine.Engine, reqs []engine.Request, together bool) []result {
+	t.Helper()
+	out := make([]result, len(reqs))
+	if !together {
+		for i, r := range reqs {
+			out[i] = generate(t, e, r)
+		}
+		return out
+	}
+	streams := make([]*engine.Stream, len(reqs))
+	for i, r := range reqs {
+		st, err := e.Generate(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams[i] = st
+	}
+	for i, st := range streams {
+		out[i] = collect(t, st)
+		if out[i].final.Err != nil {
+			t.Fatalf("request %d: %v", i, out[i].final.Err)
+		}
+	}
+	return out
+}
+
 // waitStats polls the engine's loop until cond holds (the loop answers
 // between steps, so each poll is a fresh snapshot).
 func waitStats(t testing.TB, e *engine.Engine, what string, cond func(engine.Stats) bool) engine.Stats {

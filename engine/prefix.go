@@ -219,16 +219,22 @@ func (l *loop) takeFree(slot int32) {
 // open claims a slot for a new sequence and fills it from src. It returns
 // the slot and how many tokens its memory already holds.
 func (l *loop) open(src source) (int32, int) {
+	slot, n := l.fill(src)
 	if l.pc.on {
 		l.pstats.queries++
 	}
-	if src.n > 0 {
+	if n > 0 {
 		l.pstats.hits++
-		l.pstats.reused += uint64(src.n)
+		l.pstats.reused += uint64(n)
 		if src.kind == srcHost {
 			l.pstats.hostHits++
 		}
 	}
+	return slot, n
+}
+
+// fill does open's work.
+func (l *loop) fill(src source) (int32, int) {
 	if src.kind == srcKept {
 		l.takeFree(src.slot)
 		l.dropKept(src.slot, src.n)
@@ -248,9 +254,6 @@ func (l *loop) open(src source) (int32, int) {
 		if int(got) != len(st) {
 			l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "bytes", len(st), "read", int(got))
 			C.llama_memory_seq_rm(l.mem, id, -1, -1)
-			l.pstats.hits--
-			l.pstats.hostHits--
-			l.pstats.reused -= uint64(src.n)
 			return slot, 0
 		}
 		C.llama_memory_seq_rm(l.mem, id, C.llama_pos(src.n), -1)

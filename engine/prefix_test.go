@@ -38,34 +38,6 @@ func greedyReq(p []engine.Token, tenant string) engine.Request {
 	return engine.Request{Prompt: p, MaxTokens: 12, IgnoreEOS: true, Logprobs: true, TopLogprobs: 5, Tenant: tenant}
 }
 
-// generateAll runs reqs, concurrently when together is set, and returns
-// their results in order.
-func generateAll(t *testing.T, e *engine.Engine, reqs []engine.Request, together bool) []result {
-	t.Helper()
-	out := make([]result, len(reqs))
-	if !together {
-		for i, r := range reqs {
-			out[i] = generate(t, e, r)
-		}
-		return out
-	}
-	streams := make([]*engine.Stream, len(reqs))
-	for i, r := range reqs {
-		st, err := e.Generate(context.Background(), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		streams[i] = st
-	}
-	for i, st := range streams {
-		out[i] = collect(t, st)
-		if out[i].final.Err != nil {
-			t.Fatalf("request %d: %v", i, out[i].final.Err)
-		}
-	}
-	return out
-}
-
 // maxLogprobDiff compares the log-probabilities of two runs' tokens up to
 // the first token where they differ.
 func maxLogprobDiff(a, b result) float64 {
