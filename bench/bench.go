@@ -8,6 +8,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,6 +54,21 @@ type Config struct {
 	// not reuse its slot's previous prompt, and finserve reuses nothing
 	// from its prefix cache.
 	NoPromptCache bool
+	// Background > 0 runs that many closed-loop streaming clients beside
+	// the measured requests, from before the first of them (once every
+	// background client has its first token) until the last ends: a load
+	// to measure under, such as batch-tier analysis (finserve:
+	// BackgroundURL http://host/tiers/batch/v1) beside realtime chat
+	// (BaseURL http://host/tiers/realtime/v1). Each background request
+	// asks a distinct question of BackgroundWords words (default 200) for
+	// BackgroundMaxTokens tokens (default 256), at BackgroundURL (default
+	// BaseURL). Requests cut off at the end are not counted.
+	Background          int
+	BackgroundURL       string
+	BackgroundWords     int
+	BackgroundMaxTokens int
+
+	firstToken func() // called at a request's first token (background)
 }
 
 // Dist summarises a latency distribution, in seconds.
@@ -77,6 +93,9 @@ type Result struct {
 	// TurnTTFT[k] is the TTFT of turn k+1 of every conversation (Turns > 1).
 	TurnTTFT    []Dist `json:",omitempty"`
 	FirstErrors []string
+	// Background summarises the background requests that completed
+	// while the measured ones ran (Config.Background > 0).
+	Background *Result `json:",omitempty"`
 }
 
 // sample is one request's (or turn's) measurements.
@@ -98,6 +117,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}}
 	defer client.CloseIdleConnections()
+	var bg *background
+	if cfg.Background > 0 {
+		var err error
+		if bg, err = startBackground(ctx, cfg); err != nil {
+			return Result{}, err
+		}
+	}
 
 	cfg.Turns = max(cfg.Turns, 1)
 	next := make(chan int)
@@ -124,10 +150,83 @@ feed:
 	close(next)
 	wg.Wait()
 	wall := time.Since(start)
+	var bgResult *Result
+	if bg != nil {
+		bgResult = bg.stop()
+	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	return summarise(cfg, samples, wall), nil
+	r := summarise(cfg, samples, wall)
+	r.Background = bgResult
+	return r, nil
+}
+
+// background is the load Config.Background describes.
+type background struct {
+	cfg     Config // of the background requests
+	clients int
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	start   time.Time
+	mu      sync.Mutex
+	samples []sample
+}
+
+// startBackground starts the background clients and returns once each
+// has its first token.
+func startBackground(ctx context.Context, cfg Config) (*background, error) {
+	b := &background{cfg: cfg, clients: cfg.Background}
+	c := &b.cfg
+	c.BaseURL = cmp.Or(cfg.BackgroundURL, cfg.BaseURL)
+	c.QuestionWords = cmp.Or(cfg.BackgroundWords, 200)
+	c.MaxTokens = cmp.Or(cfg.BackgroundMaxTokens, 256)
+	c.SystemWords, c.Turns, c.Background = 0, 1, 0
+	started := make(chan struct{}, cfg.Background)
+	once := make([]sync.Once, cfg.Background)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Background, MaxConnsPerHost: cfg.Background}}
+	ctx, b.cancel = context.WithCancel(ctx)
+	for k := range cfg.Background {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			defer client.CloseIdleConnections()
+			cc := *c
+			cc.firstToken = func() { once[k].Do(func() { started <- struct{}{} }) }
+			for i := k; ctx.Err() == nil; i += cfg.Background {
+				var s [1]sample
+				// distinct from the measured requests' questions
+				converse(ctx, client, cc, 1_000_000+i, s[:])
+				if ctx.Err() == nil {
+					b.mu.Lock()
+					b.samples = append(b.samples, s[0])
+					b.mu.Unlock()
+				}
+			}
+		}()
+	}
+	for range cfg.Background {
+		select {
+		case <-started:
+		case <-ctx.Done():
+			b.stop()
+			return nil, fmt.Errorf("bench: background load did not start: %w", ctx.Err())
+		}
+	}
+	b.mu.Lock()
+	b.samples, b.start = nil, time.Now() // count what completes from here
+	b.mu.Unlock()
+	return b, nil
+}
+
+// stop ends the background load and summarises what completed.
+func (b *background) stop() *Result {
+	wall := time.Since(b.start)
+	b.cancel()
+	b.wg.Wait()
+	r := summarise(b.cfg, b.samples, wall)
+	r.Clients = b.clients
+	return &r
 }
 
 func summarise(cfg Config, samples []sample, wall time.Duration) Result {
@@ -306,6 +405,9 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 				answer.WriteString(ch.Delta.Content)
 				if chunks == 0 {
 					s.ttft = time.Since(start)
+					if cfg.firstToken != nil {
+						cfg.firstToken()
+					}
 				}
 				chunks++
 			}

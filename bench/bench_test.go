@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,7 +35,10 @@ func TestRunAgainstServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	srv := server.New(server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := server.New(server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv.SetEngine(e, "tiny")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -72,6 +76,23 @@ func TestRunAgainstServer(t *testing.T) {
 	}
 	if r.CachedTokens < r.PromptTokens/3 || r.CachedTokens >= r.PromptTokens {
 		t.Fatalf("conversations: %d of %d prompt tokens cached", r.CachedTokens, r.PromptTokens)
+	}
+
+	// Realtime requests beside a batch-tier background load: both through
+	// their tiers' base URLs; the background keeps running until the
+	// measured requests are done, and what completed is reported.
+	tiers := strings.TrimSuffix(base, "/v1") + "/tiers/"
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: tiers + "realtime/v1", Model: "tiny", Clients: 1, Requests: 6,
+		MaxTokens: 8, IgnoreEOS: true, QuestionWords: 12,
+		Background: 4, BackgroundURL: tiers + "batch/v1", BackgroundWords: 20, BackgroundMaxTokens: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.Requests != 6 || r.OutputTokens != 48 || r.Background == nil {
+		t.Fatalf("with a background load: %+v", r)
+	}
+	if b := r.Background; b.Clients != 4 || b.Failed != 0 || b.Requests == 0 || b.OutputTokens != 16*b.Requests {
+		t.Fatalf("background: %+v", b)
 	}
 
 	// A server that refuses is counted as failures, with the reason.

@@ -36,14 +36,15 @@ import (
 	"github.com/finserve/finserve/prefixcache"
 )
 
-// Tier is a request's latency class; lower values are served first.
+// Tier is a request's latency class; Options.Tiers says how each is
+// scheduled (tier.go).
 type Tier int
 
-// Tiers, highest priority first.
+// The tiers, highest default priority first.
 const (
 	TierRealtime Tier = iota // interactive chat
 	TierStandard             // scoring
-	TierBatch                // analysis; first to wait
+	TierBatch                // analysis; first to wait, preemptible
 )
 
 func (t Tier) String() string {
@@ -139,6 +140,12 @@ type Options struct {
 	FlashAttention FlashAttention
 	// MaxQueue bounds the requests waiting for a sequence (default 1024).
 	MaxQueue int
+	// Tiers are the scheduling policies of the latency tiers (default
+	// DefaultTiers, when left zero).
+	Tiers [NumTiers]TierPolicy
+	// Aging is how long a request must be held back by higher priorities
+	// to gain one priority level (default DefaultAging; negative: never).
+	Aging time.Duration
 	// PrefixCache configures the prompt-prefix cache (on by default).
 	PrefixCache PrefixCache
 	// Logger for the engine's own messages (default slog.Default()).
@@ -191,6 +198,9 @@ func (o *Options) fill(m *Model) error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if err := o.fillTiers(); err != nil {
+		return err
 	}
 	if err := o.PrefixCache.fill(o, m); err != nil {
 		return err
@@ -388,6 +398,7 @@ type Stats struct {
 	SlotsWithMemory int
 	Steps           uint64 // llama_decode calls so far
 	Prefix          PrefixStats
+	Tiers           [NumTiers]TierStats
 }
 
 // Engine serves generation and scoring requests on one model.
@@ -405,8 +416,13 @@ type Engine struct {
 	wake     chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
-	waiting  atomic.Int64
 	host     *prefixcache.Host // nil without a host tier
+
+	// Queue counts, kept by enqueue and the loop and read by both.
+	waiting     atomic.Int64
+	tierWaiting [NumTiers]atomic.Int64
+	rejected    [NumTiers]atomic.Uint64
+	service     [NumTiers]atomic.Int64 // mean time admitted, in ns (served)
 
 	closeOnce sync.Once
 }
@@ -608,19 +624,35 @@ func (e *Engine) validateScore(req *ScoreRequest) error {
 	return validTier(req.Tier)
 }
 
-func (e *Engine) enqueue(ctx context.Context, t any) error {
+func (e *Engine) enqueue(ctx context.Context, t task) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if e.waiting.Add(1) > int64(e.opts.MaxQueue) {
-		e.waiting.Add(-1)
-		return ErrQueueFull
+	tier := t.base().tier
+	n := e.tierWaiting[tier].Add(1)
+	all := e.waiting.Add(1)
+	if limit := int64(e.opts.Tiers[tier].MaxQueued); all > int64(e.opts.MaxQueue) || limit > 0 && n > limit {
+		e.queued(tier, -1)
+		e.rejected[tier].Add(1)
+		return &QueueFullError{Tier: tier, Waiting: int(n - 1), RetryAfter: e.retryAfter(tier)}
 	}
+	// A cancelled request must leave the queue even while the loop
+	// sleeps (when nothing waiting can start).
+	t.base().unwatch = context.AfterFunc(ctx, e.wakeUp)
 	if !e.post(t) {
-		e.waiting.Add(-1)
+		t.base().ended()
+		e.queued(tier, -1)
 		return ErrStopped
 	}
 	return nil
+}
+
+// wakeUp makes the loop look at its requests again.
+func (e *Engine) wakeUp() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
 }
 
 // post hands v to the loop; false if the engine is closed.
@@ -632,10 +664,7 @@ func (e *Engine) post(v any) bool {
 	}
 	e.incoming = append(e.incoming, v)
 	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
+	e.wakeUp()
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -23,8 +24,16 @@ type taskBase struct {
 	tier      Tier
 	tenant    string
 	submitted time.Time
-	admitted  time.Time
-	order     uint64 // arrival order, for FIFO within a tier
+	admitted  time.Time // first admission
+	arrival   uint64    // l.steps when the loop took it in
+	waitSteps uint64    // steps it waited before its first admission
+	order     uint64    // arrival order, for FIFO within a priority
+	// held is how long higher priorities held the task back (aging);
+	// heldAt the step it was last credited for a pause.
+	held   time.Duration
+	heldAt uint64
+	// unwatch stops the wake-up of the loop when ctx is cancelled.
+	unwatch func() bool
 
 	// The hash chain of the prompt (or shared prefix) and what the host
 	// tier holds of it, found at submission.
@@ -33,6 +42,13 @@ type taskBase struct {
 }
 
 func (t *taskBase) base() *taskBase { return t }
+
+// ended releases what the task holds outside the loop.
+func (t *taskBase) ended() {
+	if t.unwatch != nil {
+		t.unwatch()
+	}
+}
 
 // task is a *genTask or a *scoreTask.
 type task interface{ base() *taskBase }
@@ -47,6 +63,19 @@ type genTask struct {
 	generated int
 	cached    int // prompt tokens reused from the prefix cache
 	firstTok  time.Time
+	// resume holds the tokens (prompt and output so far) of a preempted
+	// generation, which it continues from when it is admitted again.
+	resume      []Token
+	lookedUp    bool // the host tier was searched for resume
+	preemptions int
+}
+
+// tokens is what the task's sequence starts from.
+func (t *genTask) tokens() []Token {
+	if t.resume != nil {
+		return t.resume
+	}
+	return t.req.Prompt
 }
 
 type scoreTask struct {
@@ -125,7 +154,8 @@ type sequence struct {
 	chain   prefixcache.Chain // of tokens; may cover fewer or more than fed
 
 	// set while building a step
-	inBatch int // tokens of this sequence in the current batch
+	inBatch int  // tokens of this sequence in the current batch
+	paused  bool // sat the step out for a higher-priority prefill
 }
 
 func (s *sequence) remaining() int { return len(s.tokens) - s.fed }
@@ -205,6 +235,13 @@ type loop struct {
 	kept   []*kept // by slot: cached cells of free and pinned slots
 	clock  uint64
 	pstats prefixCounters
+
+	// latency tiers (tier.go)
+	topPrio  int    // the highest tier priority: aging stops there
+	requeued []task // preempted during admission, waiting from the next
+	tstats   [NumTiers]tierCounters
+	lastAged time.Time
+	perToken time.Duration // measured cost of a prompt token in a step
 }
 
 func (e *Engine) run(ready chan<- error) {
@@ -299,6 +336,11 @@ func (e *Engine) newLoop() (*loop, error) {
 	}
 	l.bySlot = make([]*sequence, slots)
 	l.kept = make([]*kept, slots)
+	l.topPrio = o.Tiers[0].Priority
+	for _, tp := range o.Tiers {
+		l.topPrio = max(l.topPrio, tp.Priority)
+	}
+	l.lastAged = time.Now()
 	l.pc.on = !o.PrefixCache.Disabled
 	l.pc.block = o.PrefixCache.BlockTokens
 	l.pc.host = e.host
@@ -335,26 +377,41 @@ func (l *loop) free() {
 func (l *loop) serve() {
 	e := l.e
 	for {
-		idle := len(l.running) == 0 && len(l.waiting) == 0 && len(l.scoring) == 0
-		if idle {
-			select {
-			case <-e.wake:
-			case <-e.stop:
-				l.shutdown()
-				return
-			}
-		} else {
-			select {
-			case <-e.stop:
-				l.shutdown()
-				return
-			default:
-			}
+		select {
+		case <-e.stop:
+			l.shutdown()
+			return
+		default:
 		}
 		l.intake(e.take(false))
+		now := time.Now()
 		l.dropCancelled()
+		l.expired(now)
 		l.admit()
-		l.step()
+		stepped := l.step()
+		l.age(time.Now())
+		if stepped || len(l.running) > 0 || len(l.scoring) > 0 {
+			continue
+		}
+		// Nothing was computed, nothing runs, and nothing waiting could
+		// start: sleep until a request arrives or one is cancelled (both
+		// wake the loop), or a waiting one's queue timeout falls.
+		var timeout <-chan time.Time
+		var timer *time.Timer
+		if d := l.nextDeadline(); !d.IsZero() {
+			timer = time.NewTimer(time.Until(d))
+			timeout = timer.C
+		}
+		select {
+		case <-e.wake:
+		case <-timeout:
+		case <-e.stop:
+			l.shutdown()
+			return
+		}
+		if timer != nil {
+			timer.Stop()
+		}
 	}
 }
 
@@ -365,18 +422,33 @@ func (l *loop) intake(items []any) {
 			v <- l.stats()
 		case task:
 			b := v.base()
+			b.arrival = l.steps
 			b.order = l.nextNo
 			l.nextNo++
 			l.waiting = append(l.waiting, v)
 		}
 	}
-	// Highest tier first, then arrival order.
-	slices.SortStableFunc(l.waiting, func(a, b task) int {
-		if d := int(a.base().tier) - int(b.base().tier); d != 0 {
+}
+
+// sortWaiting orders the queue: highest effective priority first, then
+// arrival.
+func (l *loop) sortWaiting() {
+	slices.SortFunc(l.waiting, func(a, b task) int {
+		if d := l.prio(b.base()) - l.prio(a.base()); d != 0 {
 			return d
 		}
-		return int(a.base().order) - int(b.base().order)
+		return cmpOrder(a.base().order, b.base().order)
 	})
+}
+
+func cmpOrder(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 func (l *loop) stats() Stats {
@@ -387,6 +459,7 @@ func (l *loop) stats() Stats {
 		KVCellsReserved: l.kvUsed,
 		KVCells:         l.kvTotal,
 		Steps:           l.steps,
+		Tiers:           l.tierStats(),
 	}
 	tasks := map[task]bool{}
 	for _, sq := range l.running {
@@ -416,7 +489,7 @@ func (l *loop) shutdown() {
 		}
 	}
 	for _, t := range l.waiting {
-		l.e.waiting.Add(-1)
+		l.e.queued(t.base().tier, -1)
 		l.end(t, ErrStopped)
 	}
 	l.waiting = nil
@@ -455,7 +528,7 @@ func (l *loop) dropCancelled() {
 		if err == nil {
 			return false
 		}
-		l.e.waiting.Add(-1)
+		l.e.queued(t.base().tier, -1)
 		l.end(t, err)
 		return true
 	})
@@ -471,22 +544,22 @@ const (
 )
 
 // admit starts variants of admitted score tasks, then waiting tasks in
-// priority order, while slots and KV cells last. Admission is FIFO within
-// the order: a task that does not fit stops it, so big requests are not
+// priority order, while slots and KV cells last, preempting lower tiers
+// where their policies allow (tier.go). Admission is FIFO within the
+// order: a task that does not fit stops it, so big requests are not
 // starved by small ones. Only a task waiting for a prefix that another is
-// computing lets the next ones pass.
+// computing, or whose tier runs all it may, lets the next ones pass.
 func (l *loop) admit() {
 	for _, t := range l.scoring {
 		l.startVariants(t)
 	}
 	l.scoring = slices.DeleteFunc(l.scoring, func(t *scoreTask) bool { return t.next >= len(t.req.Variants) })
 
-	n := 0
+	l.sortWaiting()
 	stay := l.waiting[:0]
 	blocked := false
 	for _, t := range l.waiting {
-		if blocked || len(l.freeSlots) == 0 {
-			blocked = true
+		if blocked || l.tierFull(t.base()) {
 			stay = append(stay, t)
 			continue
 		}
@@ -499,7 +572,7 @@ func (l *loop) admit() {
 		}
 		switch r {
 		case admitted:
-			n++
+			l.e.queued(t.base().tier, -1)
 		case noRoom:
 			blocked = true
 			stay = append(stay, t)
@@ -508,10 +581,20 @@ func (l *loop) admit() {
 		}
 	}
 	clear(l.waiting[len(stay):])
-	l.waiting = stay
-	if n > 0 {
-		l.e.waiting.Add(int64(-n))
+	l.waiting = append(stay, l.requeued...)
+	clear(l.requeued)
+	l.requeued = l.requeued[:0]
+}
+
+// freeSlot makes sure a slot is free for a task of priority p, preempting
+// a lower tier if need be.
+func (l *loop) freeSlot(p, slots int) bool {
+	for len(l.freeSlots) < slots {
+		if !l.preemptFor(p) {
+			return false
+		}
 	}
+	return true
 }
 
 func (l *loop) releaseSlot(s int32) {
@@ -519,21 +602,16 @@ func (l *loop) releaseSlot(s int32) {
 	l.freeSlots = slices.Insert(l.freeSlots, i, s)
 }
 
-// addSeq registers a sequence, keeping running sorted by tier then order.
+// addSeq registers a sequence, keeping running sorted by tier priority
+// (highest first), then arrival.
 func (l *loop) addSeq(sq *sequence) {
 	l.kvUsed += sq.reserve
 	l.bySlot[sq.slot] = sq
 	i, _ := slices.BinarySearchFunc(l.running, sq, func(a, b *sequence) int {
-		if d := int(a.tier) - int(b.tier); d != 0 {
+		if d := l.policy(b.tier).Priority - l.policy(a.tier).Priority; d != 0 {
 			return d
 		}
-		if a.order < b.order {
-			return -1
-		}
-		if a.order > b.order {
-			return 1
-		}
-		return 0
+		return cmpOrder(a.order, b.order)
 	})
 	l.running = slices.Insert(l.running, i, sq)
 }
@@ -558,26 +636,51 @@ func (l *loop) removeSeq(sq *sequence, keepCells bool) {
 }
 
 func (l *loop) admitGen(t *genTask) admission {
-	need := len(t.req.Prompt) + t.req.MaxTokens
-	limit := len(t.req.Prompt) - 1
+	prompt := t.tokens()
+	need := len(prompt) + t.req.MaxTokens - t.generated
+	limit := len(prompt) - 1
 	if t.req.NoCache {
 		limit = 0
 	}
-	src, wait := l.findSource(t.req.Prompt, &t.chain, t.tenant, limit, t.hit)
+	if t.resume != nil && l.pc.on && limit > 0 && !t.lookedUp {
+		// A preempted generation: its own cells are kept, or were spilled
+		// to the host tier when its slot was taken. Look them up here, on
+		// the loop: it is rare, and a lookup is a map probe (plus a
+		// decompression with zstd on).
+		t.lookedUp = true
+		if t.chain.Block() != l.pc.block {
+			t.chain = prefixcache.NewChain(l.pc.block)
+		}
+		t.chain.Extend(prompt)
+		if l.pc.host != nil {
+			t.hit = l.pc.host.Lookup(t.tenant, &t.chain, prompt, limit)
+		}
+	}
+	src, wait := l.findSource(prompt, &t.chain, t.tenant, limit, t.hit)
 	if wait {
 		l.pstats.waits++
 		return later
 	}
-	if !l.room(need, src) {
-		return noRoom
+	// Preempt for a slot, then for cells; a victim may have been the
+	// source (it is then a kept slot), so look again after each.
+	p := l.prio(&t.taskBase)
+	for len(l.freeSlots) == 0 || !l.room(need, src) {
+		if !l.preemptFor(p) {
+			return noRoom
+		}
+		src, _ = l.findSource(prompt, &t.chain, t.tenant, limit, t.hit)
 	}
-	t.admitted = time.Now()
-	t.sampler = l.newSampler(&t.req.Sampling)
-	tokens := make([]Token, len(t.req.Prompt), len(t.req.Prompt)+t.req.MaxTokens)
-	copy(tokens, t.req.Prompt)
 	slot, fed := l.open(src)
-	t.cached = fed
 	t.hit = nil
+	if t.resume == nil {
+		t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
+		t.sampler = l.newSampler(&t.req.Sampling)
+		t.cached = fed
+		t.stream.admit()
+	}
+	tokens := make([]Token, len(prompt), len(prompt)+t.req.MaxTokens-t.generated)
+	copy(tokens, prompt)
+	t.resume = nil
 	t.seq = &sequence{slot: slot, tokens: tokens, fed: fed, reserve: need, tier: t.tier, order: t.order, gen: t, variant: -1,
 		tenant: t.tenant, chain: t.chain}
 	l.addSeq(t.seq)
@@ -586,10 +689,10 @@ func (l *loop) admitGen(t *genTask) admission {
 
 func (l *loop) admitScore(t *scoreTask) admission {
 	if t.prefixLen == 0 {
-		if !l.room(len(t.req.Variants[0]), source{}) {
+		if !l.freeSlot(l.prio(&t.taskBase), 1) || !l.room(len(t.req.Variants[0]), source{}) {
 			return noRoom
 		}
-		t.admitted = time.Now()
+		t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
 		t.prefixDone = true
 		l.startVariants(t)
 		l.scoring = append(l.scoring, t)
@@ -602,7 +705,7 @@ func (l *loop) admitScore(t *scoreTask) admission {
 	for _, v := range t.req.Variants {
 		maxSuffix = max(maxSuffix, len(v)-t.prefixLen)
 	}
-	if len(l.freeSlots) < 2 {
+	if !l.freeSlot(l.prio(&t.taskBase), 2) {
 		return noRoom
 	}
 	prefix := t.req.Variants[0][:t.prefixLen]
@@ -614,7 +717,7 @@ func (l *loop) admitScore(t *scoreTask) admission {
 	if !l.room(t.prefixLen+maxSuffix, src) {
 		return noRoom
 	}
-	t.admitted = time.Now()
+	t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
 	slot, fed := l.open(src)
 	t.hit = nil
 	t.result.CachedTokens = fed
@@ -631,7 +734,7 @@ func (l *loop) startVariants(t *scoreTask) {
 	if !t.prefixDone {
 		return
 	}
-	for t.next < len(t.req.Variants) && len(l.freeSlots) > 0 {
+	for t.next < len(t.req.Variants) && l.freeSlot(l.prio(&t.taskBase), 1) {
 		v := t.req.Variants[t.next]
 		sq := &sequence{tokens: v, fed: t.prefixLen, reserve: len(v) - t.prefixLen,
 			tier: t.tier, order: t.order, score: t, variant: t.next, tenant: t.tenant}
@@ -700,10 +803,11 @@ func (l *loop) newSampler(s *Sampling) *C.struct_llama_sampler {
 	return chain
 }
 
-// step builds one batch, decodes it and handles its outputs.
-func (l *loop) step() {
+// step builds one batch, decodes it and handles its outputs. It reports
+// whether it decoded anything.
+func (l *loop) step() bool {
 	if len(l.running) == 0 {
-		return
+		return false
 	}
 	n := 0
 	l.outs = l.outs[:0]
@@ -722,25 +826,38 @@ func (l *loop) step() {
 		}
 		sq.inBatch = k
 	}
-	// Decode tokens first, one per generating sequence in slot order (all
-	// of them go in, so priority does not matter here, and split KV streams
+	// While a prompt is prefilled, preemptible sequences of lower priority
+	// sit the step out, so that it is no longer than on an idle engine.
+	// Then decode tokens, one per generating sequence in slot order (all of
+	// them go in, so priority does not matter here, and split KV streams
 	// are viewed fastest in order), then prompt chunks in priority order
-	// with the rest of the budget.
+	// with the rest of the budget, lower tiers' chunks cut to keep the step
+	// short for the tiers above (chunkCap).
+	top := math.MinInt // the highest tier priority with a prompt to prefill
 	for _, sq := range l.running {
-		sq.inBatch = 0
+		sq.inBatch, sq.paused = 0, false
+		if sq.remaining() > 1 {
+			top = max(top, l.policy(sq.tier).Priority)
+		}
+	}
+	for _, sq := range l.running {
+		if l.preemptible(sq, top) {
+			sq.paused = true
+			l.tstats[sq.tier].paused++
+		}
 	}
 	for _, sq := range l.bySlot {
-		if sq != nil && sq.remaining() == 1 {
+		if sq != nil && !sq.paused && sq.remaining() == 1 {
 			add(sq, 1)
 		}
 	}
 	budget := l.nBatch
 	prefill := 0
 	for _, sq := range l.running {
-		if sq.inBatch > 0 || sq.remaining() == 0 {
+		if sq.inBatch > 0 || sq.paused || sq.remaining() == 0 {
 			continue
 		}
-		k := min(sq.remaining(), budget-n, l.prefillCap-prefill)
+		k := min(sq.remaining(), budget-n, l.prefillCap-prefill, l.chunkCap(l.prio(sq.owner().base()), n))
 		if k <= 0 {
 			break
 		}
@@ -748,20 +865,23 @@ func (l *loop) step() {
 		prefill += k
 	}
 	if n == 0 {
-		return
+		return false
 	}
 	l.batch.n_tokens = C.int32_t(n)
+	start := time.Now()
 	rc := C.llama_decode(l.ctx, l.batch)
 	l.steps++
 	if rc != 0 {
 		l.decodeFailed(int(rc), prefill)
-		return
+		return true
 	}
+	l.measureStep(n, time.Since(start))
 	l.prefillCap = min(l.nBatch, l.prefillCap*2)
 	for _, sq := range l.running {
 		sq.fed += sq.inBatch
 	}
 	l.handleOutputs()
+	return true
 }
 
 // decodeFailed recovers from a failed llama_decode without losing the
@@ -954,14 +1074,17 @@ func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 		C.llama_sampler_free(t.sampler)
 		t.sampler = nil
 	}
+	t.ended()
 	now := time.Now()
-	ev := Event{Token: -1, Done: true, Err: err, Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated, CachedTokens: t.cached}}
+	ev := Event{Token: -1, Done: true, Err: err, Preemptions: t.preemptions,
+		Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated, CachedTokens: t.cached}}
 	if err == nil {
 		ev.Finish = reason
 		ev.Text = t.asm.flush()
 	}
 	if !t.admitted.IsZero() {
-		ev.Timings.Queue = t.admitted.Sub(t.submitted)
+		l.e.served(t.tier, now.Sub(t.admitted))
+		ev.Timings.Queue, ev.Timings.QueueSteps = t.admitted.Sub(t.submitted), t.waitSteps
 		if !t.firstTok.IsZero() {
 			ev.Timings.Prefill = t.firstTok.Sub(t.admitted)
 			ev.Timings.Decode = now.Sub(t.firstTok)
@@ -993,12 +1116,15 @@ func (l *loop) finishScore(t *scoreTask, err error) {
 		i++
 	}
 	t.prefix = nil
+	t.ended()
 	l.scoring = slices.DeleteFunc(l.scoring, func(x *scoreTask) bool { return x == t })
 	if err != nil {
 		t.err, t.result = err, nil
 	} else {
 		now := time.Now()
-		t.result.Timings = Timings{Queue: t.admitted.Sub(t.submitted), Prefill: now.Sub(t.admitted), FirstByte: now.Sub(t.submitted)}
+		l.e.served(t.tier, now.Sub(t.admitted))
+		t.result.Timings = Timings{Queue: t.admitted.Sub(t.submitted), Prefill: now.Sub(t.admitted), FirstByte: now.Sub(t.submitted),
+			QueueSteps: t.waitSteps}
 	}
 	close(t.done)
 }

@@ -37,6 +37,10 @@ type Timings struct {
 	Prefill   time.Duration // admitted until the first token was sampled
 	Decode    time.Duration // first token until the end
 	FirstByte time.Duration // submitted until the first token (TTFT)
+	// QueueSteps counts the engine steps that ran while the request
+	// waited for admission: 0 when it was admitted at the first step
+	// boundary after it arrived.
+	QueueSteps uint64
 }
 
 // Event is one step of a generation: normally one token. The last event of
@@ -57,6 +61,9 @@ type Event struct {
 	Err     error
 	Usage   Usage   // set when Done
 	Timings Timings // set when Done
+	// Preemptions counts the times a higher tier preempted the generation
+	// (set when Done); it resumed each time where it was.
+	Preemptions int
 }
 
 // Stream delivers the events of one generation. The engine never waits
@@ -68,10 +75,26 @@ type Stream struct {
 	drained bool // the final event has been returned
 	signal  chan struct{}
 	cancel  func()
+
+	// started is closed when the request is admitted or ends; startErr is
+	// the error it ended with, if it ended first.
+	started  chan struct{}
+	admitted bool
+	startErr error
 }
 
 func newStream(cancel func()) *Stream {
-	return &Stream{signal: make(chan struct{}, 1), cancel: cancel}
+	return &Stream{signal: make(chan struct{}, 1), cancel: cancel, started: make(chan struct{})}
+}
+
+// admit marks the request admitted into a sequence.
+func (s *Stream) admit() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.admitted && !s.ended {
+		s.admitted = true
+		close(s.started)
+	}
 }
 
 func (s *Stream) push(ev Event) {
@@ -82,6 +105,10 @@ func (s *Stream) push(ev Event) {
 	}
 	s.queue = append(s.queue, ev)
 	s.ended = ev.Done
+	if s.ended && !s.admitted {
+		s.startErr = ev.Err
+		close(s.started)
+	}
 	s.mu.Unlock()
 	select {
 	case s.signal <- struct{}{}:
@@ -140,6 +167,24 @@ func (s *Stream) RecvWithin(d time.Duration) (ev Event, ok bool, err error) {
 			return Event{}, false, nil
 		}
 	}
+}
+
+// AwaitStart waits up to d for the request to be admitted. It returns
+// the error the request ended with if it ended before that (a queue
+// timeout, a cancellation), and nil when it was admitted or d passed. The
+// events stay in the stream either way. A server uses it to answer queue
+// errors with an HTTP status before it commits to a 200 event stream.
+func (s *Stream) AwaitStart(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.started:
+	case <-t.C:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.startErr
 }
 
 // Close cancels the generation if it is still running. It does not wait.

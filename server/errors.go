@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -66,7 +67,18 @@ func modelNotFound(id string) *APIError {
 func fromEngine(err error) *APIError {
 	var tooLong *engine.PromptTooLongError
 	var invalid *engine.InvalidRequestError
+	var full *engine.QueueFullError
+	var timeout *engine.QueueTimeoutError
 	switch {
+	case errors.As(err, &full):
+		return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "queue_full",
+			Message:    fmt.Sprintf("the %s tier's queue is full (%d requests waiting); retry later", full.Tier, full.Waiting),
+			RetryAfter: seconds(full.RetryAfter)}
+	case errors.As(err, &timeout):
+		return &APIError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "queue_timeout",
+			Message: fmt.Sprintf("the request waited %s in the %s tier's queue, its limit, without starting; retry later",
+				timeout.Waited.Round(time.Millisecond), timeout.Tier),
+			RetryAfter: seconds(timeout.RetryAfter)}
 	case errors.As(err, &tooLong):
 		return &APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "messages",
 			Code: "context_length_exceeded",
@@ -87,6 +99,11 @@ func fromEngine(err error) *APIError {
 			Message: "the request ran past its deadline"}
 	}
 	return &APIError{Status: http.StatusInternalServerError, Type: "server_error", Message: "internal error while generating"}
+}
+
+// seconds rounds a retry delay up to whole seconds, at least one.
+func seconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // fromFiber translates fiber's own errors (routing, body limit, timeouts)

@@ -5,11 +5,16 @@ import (
 	"log/slog"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/finserve/finserve/engine"
 )
 
 // fuzzServer validates requests against the tiny model without serving.
 func fuzzServer() (*Server, *backend) {
-	s := New(Config{Limits: Limits{MaxTokens: 512}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := New(Config{Limits: Limits{MaxTokens: 512}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		panic(err)
+	}
 	b := &backend{model: tiny, id: "tiny"}
 	s.backend.Store(b)
 	return s, b
@@ -41,12 +46,13 @@ func FuzzChatRequest(f *testing.F) {
 		if err := decodeJSON(body, &req); err != nil {
 			return
 		}
-		v, apiErr := s.validateChat(&req)
+		tier := engine.Tier(len(body) % engine.NumTiers)
+		v, apiErr := s.validateChat(&req, tier)
 		if apiErr != nil {
 			checkAPIError(t, apiErr)
 			return
 		}
-		checkParams(t, v.genParams, s.limits)
+		checkParams(t, v.genParams, s.limitsOf(tier))
 		if len(v.messages) == 0 {
 			t.Fatal("accepted a chat without messages")
 		}
@@ -79,12 +85,13 @@ func FuzzCompletionRequest(f *testing.F) {
 		if err := decodeJSON(body, &req); err != nil {
 			return
 		}
-		v, apiErr := s.validateCompletion(&req)
+		tier := engine.Tier(len(body) % engine.NumTiers)
+		v, apiErr := s.validateCompletion(&req, tier)
 		if apiErr != nil {
 			checkAPIError(t, apiErr)
 			return
 		}
-		checkParams(t, v.genParams, s.limits)
+		checkParams(t, v.genParams, s.limitsOf(tier))
 		prompts, apiErr := completionPrompts(b, v.prompts)
 		if apiErr != nil {
 			checkAPIError(t, apiErr)
@@ -110,11 +117,11 @@ func checkAPIError(t *testing.T, e *APIError) {
 	}
 }
 
-func checkParams(t *testing.T, p genParams, l Limits) {
+func checkParams(t *testing.T, p genParams, l limits) {
 	t.Helper()
 	s := p.sampling
 	switch {
-	case p.maxTokens < 1 || p.maxTokens > l.MaxTokens:
+	case p.maxTokens < 1 || p.maxTokens > l.maxTokens:
 		t.Fatalf("max tokens %d accepted", p.maxTokens)
 	case s.Temperature < 0 || s.Temperature > 2 || s.TopP < 0 || s.TopP > 1 || s.MinP < 0 || s.MinP > 1:
 		t.Fatalf("sampling %+v accepted", s)

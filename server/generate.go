@@ -35,7 +35,8 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if err := decodeJSON(c.Body(), &req); err != nil {
 		return badRequest("", "%s", err.Error())
 	}
-	v, apiErr := s.validateChat(&req)
+	tier := s.tier(c)
+	v, apiErr := s.validateChat(&req, tier)
 	if apiErr != nil {
 		return apiErr
 	}
@@ -43,7 +44,8 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c), start: start})
+	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c),
+		tier: tier, start: start})
 }
 
 func (s *Server) completions(c *fiber.Ctx) error {
@@ -56,7 +58,8 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if err := decodeJSON(c.Body(), &req); err != nil {
 		return badRequest("", "%s", err.Error())
 	}
-	v, apiErr := s.validateCompletion(&req)
+	tier := s.tier(c)
+	v, apiErr := s.validateCompletion(&req, tier)
 	if apiErr != nil {
 		return apiErr
 	}
@@ -64,7 +67,8 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, tenant: s.tenant(c), start: start})
+	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, tenant: s.tenant(c),
+		tier: tier, start: start})
 }
 
 // job is one generation request: one engine stream per prompt.
@@ -75,6 +79,7 @@ type job struct {
 	p       genParams
 	prompts [][]engine.Token
 	tenant  string // whose prefixes the prompts may reuse (see Server.tenant)
+	tier    engine.Tier
 	start   time.Time
 
 	id       string
@@ -125,7 +130,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 			IgnoreEOS:   j.p.ignoreEOS,
 			Logprobs:    j.p.logprobs,
 			TopLogprobs: j.p.topLogprobs,
-			Tier:        engine.TierRealtime,
+			Tier:        j.tier,
 			Tenant:      j.tenant,
 			NoCache:     j.p.noCache,
 		})
@@ -148,21 +153,18 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	s.begin()
 	conn := c.Context().Conn()
 	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
+	if j.p.stream {
+		if err := s.awaitStart(j); err != nil {
+			stopWatch()
+			s.done()
+			return err
+		}
+	}
 	if !j.p.stream {
 		defer s.done()
 		defer stopWatch()
 		defer j.finish()
-		// Streams queue their events without waiting for a reader, so
-		// reading them one after another needs no goroutines.
-		for i, st := range j.streams {
-			for {
-				ev, err := st.Recv()
-				if err != nil {
-					break
-				}
-				j.add(item{i: i, ev: ev, at: time.Now()})
-			}
-		}
+		j.drain()
 		s.ended(j)
 		if err := j.err(); err != nil {
 			if j.ctx.Err() != nil {
@@ -192,6 +194,49 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		s.ended(j)
 	})
 	return nil
+}
+
+// awaitStart holds a stream's response back until its requests are
+// admitted, when the tier's queue timeout is short enough (at most the
+// keep-alive interval): a queue timeout or a full engine is then answered
+// with its HTTP status rather than inside a 200 event stream. Longer waits
+// start the stream at once and keep it alive with comments instead.
+func (s *Server) awaitStart(j *job) *APIError {
+	limit := j.b.eng.Options().Tiers[j.tier].QueueTimeout
+	if limit <= 0 || limit > s.cfg.KeepAlive {
+		return nil
+	}
+	var failed error
+	for _, st := range j.streams {
+		if err := st.AwaitStart(limit + time.Second); err != nil {
+			failed = err
+			break
+		}
+	}
+	if failed == nil {
+		return nil
+	}
+	// Cancel the others and collect every final event, for the log and
+	// the metrics.
+	j.finish()
+	j.drain()
+	s.ended(j)
+	return fromEngine(failed)
+}
+
+// drain reads every stream of the job to its end. Streams queue their
+// events without waiting for a reader, so reading them one after another
+// needs no goroutines.
+func (j *job) drain() {
+	for i, st := range j.streams {
+		for {
+			ev, err := st.Recv()
+			if err != nil {
+				break
+			}
+			j.add(item{i: i, ev: ev, at: time.Now()})
+		}
+	}
 }
 
 // eventSource yields a job's events in arrival order.
@@ -283,9 +328,13 @@ func (s *Server) ended(j *job) {
 			outcome = "cancelled"
 		}
 	}
-	s.log.Info("request", "id", j.id, "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
+	preemptions := 0
+	for i := range j.choices {
+		preemptions += j.choices[i].final.Preemptions
+	}
+	s.log.Info("request", "id", j.id, "tier", j.tier.String(), "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
 		"prompt_tokens", u.PromptTokens, "cached_tokens", u.PromptTokensDetails.CachedTokens, "completion_tokens", u.CompletionTokens,
-		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS)
+		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS, "preemptions", preemptions)
 }
 
 // finish ends the response: streams still running are cancelled.

@@ -100,7 +100,10 @@ func startLoading(t testing.TB, cfg Config) *testServer {
 	if cfg.DisconnectPoll == 0 {
 		cfg.DisconnectPoll = 5 * time.Millisecond
 	}
-	srv := New(cfg)
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +131,14 @@ func (ts *testServer) client(opts ...option.RequestOption) *openai.Client {
 // post sends a raw JSON body and returns the response and its body.
 func (ts *testServer) post(t testing.TB, path, body string, header ...string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, ts.url+path, strings.NewReader(body))
+	return sendTo(t, ts.url, path, body, header...)
+}
+
+// sendTo posts a raw JSON body to path under base (an API base URL such
+// as a tier's) with header pairs.
+func sendTo(t testing.TB, base, path, body string, header ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/finserve/finserve/engine"
 )
 
 // metrics holds the Prometheus series. Names follow vLLM's set, spelled
@@ -19,7 +21,8 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	success  *prometheus.CounterVec
 
-	ttft, itl, e2e, queue, prefill, decode prometheus.Histogram
+	ttft, e2e, queue     *prometheus.HistogramVec // by tier
+	itl, prefill, decode prometheus.Histogram
 
 	promptTokens, generationTokens prometheus.Counter
 	disconnects                    prometheus.Counter
@@ -52,10 +55,15 @@ func newMetrics(s *Server) *metrics {
 	m.success = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_request_success_total",
 		Help: "Generations that ended, by finish reason (stop, length, abort, error)."}, []string{"finished_reason"})
 	m.reg.MustRegister(m.requests, m.success)
-	m.ttft = hist("time_to_first_token_seconds", "Time from request arrival to its first generated token.", latencyBuckets)
+	byTier := func(name, help string, buckets []float64) *prometheus.HistogramVec {
+		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "finserve_" + name, Help: help, Buckets: buckets}, []string{"tier"})
+		m.reg.MustRegister(h)
+		return h
+	}
+	m.ttft = byTier("time_to_first_token_seconds", "Time from request arrival to its first generated token, by tier.", latencyBuckets)
 	m.itl = hist("inter_token_latency_seconds", "Time between consecutive generated tokens of one sequence.", tokenBuckets)
-	m.e2e = hist("e2e_request_latency_seconds", "Time from request arrival to its last token.", requestBuckets)
-	m.queue = hist("request_queue_time_seconds", "Time a request waited for a sequence slot.", requestBuckets)
+	m.e2e = byTier("e2e_request_latency_seconds", "Time from request arrival to its last token, by tier.", requestBuckets)
+	m.queue = byTier("request_queue_time_seconds", "Time a request waited for a sequence slot, by tier.", requestBuckets)
 	m.prefill = hist("request_prefill_time_seconds", "Time from admission to the first token (prompt processing).", requestBuckets)
 	m.decode = hist("request_decode_time_seconds", "Time from the first token to the last.", requestBuckets)
 	m.promptTokens = counter("prompt_tokens_total", "Prompt tokens processed.")
@@ -97,6 +105,7 @@ func (m *metrics) started(j *job) {
 // finished records a job's latencies once all its choices have ended.
 func (m *metrics) finished(j *job) {
 	seconds := func(d time.Duration) float64 { return d.Seconds() }
+	tier := j.tier.String()
 	for i := range j.choices {
 		ch := &j.choices[i]
 		reason := "error"
@@ -109,16 +118,18 @@ func (m *metrics) finished(j *job) {
 		m.success.WithLabelValues(reason).Inc()
 		m.generationTokens.Add(float64(ch.tokens))
 		if ch.tokens > 0 {
-			m.ttft.Observe(seconds(ch.firstAt.Sub(j.start)))
+			m.ttft.WithLabelValues(tier).Observe(seconds(ch.firstAt.Sub(j.start)))
 		}
 		if ch.done {
 			t := ch.final.Timings
-			m.queue.Observe(seconds(t.Queue))
+			if ch.final.Err == nil || t.Queue > 0 {
+				m.queue.WithLabelValues(tier).Observe(seconds(t.Queue))
+			}
 			m.prefill.Observe(seconds(t.Prefill))
 			m.decode.Observe(seconds(t.Decode))
 		}
 	}
-	m.e2e.Observe(time.Since(j.start).Seconds())
+	m.e2e.WithLabelValues(tier).Observe(time.Since(j.start).Seconds())
 }
 
 // engineCollector reports the engine's state at scrape time.
@@ -126,7 +137,10 @@ type engineCollector struct{ s *Server }
 
 var (
 	descRunning = prometheus.NewDesc("finserve_num_requests_running", "Requests holding a sequence slot.", nil, nil)
-	descWaiting = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot.", nil, nil)
+	descWaiting = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot (preempted ones included), by tier.", []string{"tier"}, nil)
+	descPreempt = prometheus.NewDesc("finserve_tier_preemptions_total", "Generations preempted for a higher tier, by tier.", []string{"tier"}, nil)
+	descPaused  = prometheus.NewDesc("finserve_tier_paused_steps_total", "Sequence steps sat out for a higher tier's prefill, by tier.", []string{"tier"}, nil)
+	descReject  = prometheus.NewDesc("finserve_tier_rejections_total", "Requests refused, by tier and reason: queue_full (429) or queue_timeout (503).", []string{"tier", "reason"}, nil)
 	descKV      = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved by running requests (0 to 1); cells the prefix cache keeps are not counted.", nil, nil)
 	descReady   = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
 
@@ -144,7 +158,8 @@ var (
 )
 
 func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descKV, descReady, descPrefixQueries, descPrefixHits,
+	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descPreempt, descPaused, descReject, descKV, descReady,
+		descPrefixQueries, descPrefixHits,
 		descPrefixReused, descPrefixWaits, descPrefixTokens, descPrefixEvict, descPrefixSpills, descHostBytes,
 		descHostMaxBytes, descHostEntries, descHostDropped} {
 		ch <- d
@@ -165,7 +180,14 @@ func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(st.Running))
-	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(st.Waiting))
+	for t, ts := range st.Tiers {
+		name := engine.Tier(t).String()
+		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(ts.Waiting), name)
+		ch <- prometheus.MustNewConstMetric(descPreempt, prometheus.CounterValue, float64(ts.Preemptions), name)
+		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.CounterValue, float64(ts.PausedSteps), name)
+		ch <- prometheus.MustNewConstMetric(descReject, prometheus.CounterValue, float64(ts.Rejected), name, "queue_full")
+		ch <- prometheus.MustNewConstMetric(descReject, prometheus.CounterValue, float64(ts.TimedOut), name, "queue_timeout")
+	}
 	p := st.Prefix
 	kv := 0.0
 	if st.KVCells > 0 {

@@ -49,8 +49,16 @@ type Config struct {
 	// is off (0) by default.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	// APIKeys, when set, are required as "Authorization: Bearer <key>" on
-	// every route but /health. Only their SHA-256 hashes are kept.
+	// every route but /health. Only their SHA-256 hashes are kept. An entry
+	// "TIER:KEY" limits the key to that tier and those below it, and makes
+	// it the key's tier on /v1.
 	APIKeys []string
+	// Tiers are the request limits of each latency tier (default
+	// DefaultTierLimits, when left zero).
+	Tiers [engine.NumTiers]TierLimits
+	// DefaultTier serves /v1 requests whose key declares no tier (default
+	// "standard").
+	DefaultTier string
 	// Compress enables gzip/brotli/deflate for JSON responses that accept
 	// it (never for event streams).
 	Compress bool
@@ -63,7 +71,21 @@ type Config struct {
 	Logger         *slog.Logger
 }
 
-func (c *Config) fill() {
+func (c *Config) fill() error {
+	if c.Tiers == ([engine.NumTiers]TierLimits{}) {
+		c.Tiers = DefaultTierLimits()
+	}
+	if c.DefaultTier == "" {
+		c.DefaultTier = engine.TierStandard.String()
+	}
+	if _, err := engine.ParseTier(c.DefaultTier); err != nil {
+		return fmt.Errorf("server config: default tier: %w", err)
+	}
+	for t, tl := range c.Tiers {
+		if tl.MaxTokens < 0 || tl.DefaultMaxTokens < 0 {
+			return fmt.Errorf("server config: tier %s: token limits must not be negative", engine.Tier(t))
+		}
+	}
 	if c.Limits.MaxTokens <= 0 {
 		c.Limits.MaxTokens = 4096
 	}
@@ -85,6 +107,7 @@ func (c *Config) fill() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	return nil
 }
 
 // backend is what serves requests once the model is loaded.
@@ -103,7 +126,9 @@ type Server struct {
 	limits Limits
 	log    *slog.Logger
 	app    *fiber.App
-	keys   [][sha256.Size]byte
+	keys   []apiKey
+
+	defaultTier engine.Tier
 
 	backend  atomic.Pointer[backend]
 	draining atomic.Bool
@@ -120,12 +145,19 @@ type Server struct {
 }
 
 // New builds a server from cfg.
-func New(cfg Config) *Server {
-	cfg.fill()
+func New(cfg Config) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger}
+	s.defaultTier, _ = engine.ParseTier(cfg.DefaultTier)
 	s.base, s.cancelAll = context.WithCancel(context.Background())
-	for _, k := range cfg.APIKeys {
-		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	for _, entry := range cfg.APIKeys {
+		key, tier, hasTier := parseKey(entry)
+		if key == "" {
+			return nil, errors.New("server config: an API key is empty")
+		}
+		s.keys = append(s.keys, apiKey{sum: sha256.Sum256([]byte(key)), tier: tier, hasTier: hasTier})
 	}
 	s.metrics = newMetrics(s)
 	s.app = fiber.New(fiber.Config{
@@ -140,7 +172,7 @@ func New(cfg Config) *Server {
 		JSONDecoder:           json.Unmarshal,
 	})
 	s.routes()
-	return s
+	return s, nil
 }
 
 func (s *Server) routes() {
@@ -152,12 +184,15 @@ func (s *Server) routes() {
 	app.Get("/health", s.health)
 	app.Use(s.authenticate)
 	app.Get("/metrics", s.metrics.handler)
-	v1 := app.Group("/v1")
-	v1.Get("/models", s.listModels)
-	v1.Get("/models/+", s.getModel)
-	v1.Post("/chat/completions", s.chatCompletions)
-	v1.Post("/completions", s.completions)
-	v1.Post("/embeddings", s.embeddings)
+	// The OpenAI API, once per tier (tier.go).
+	for _, prefix := range []string{"/v1", "/tiers/:tier/v1"} {
+		api := app.Group(prefix, s.resolveTier)
+		api.Get("/models", s.listModels)
+		api.Get("/models/+", s.getModel)
+		api.Post("/chat/completions", s.chatCompletions)
+		api.Post("/completions", s.completions)
+		api.Post("/embeddings", s.embeddings)
+	}
 }
 
 // SetEngine makes the server ready: requests are served by e from now on.
@@ -292,12 +327,18 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 		return errUnauthorized
 	}
 	sum := sha256.Sum256([]byte(key))
-	match := 0
+	found := -1
 	for i := range s.keys {
-		match |= subtle.ConstantTimeCompare(sum[:], s.keys[i][:])
+		// every key is compared, whichever matches
+		if subtle.ConstantTimeCompare(sum[:], s.keys[i].sum[:]) == 1 {
+			found = i
+		}
 	}
-	if match != 1 {
+	if found < 0 {
 		return errUnauthorized
+	}
+	if k := s.keys[found]; k.hasTier {
+		c.Locals(keyTierLocal{}, k.tier)
 	}
 	// The key's tenant: a name derived from its hash, never from anything
 	// the client chooses, so that no request can claim another tenant's

@@ -30,10 +30,11 @@ type genParams struct {
 	includeUsage bool
 }
 
-// params validates the shared fields against the server's limits. OpenAI's
-// defaults apply where a field is absent: temperature 1, top_p 1.
-// maxTokens is the request's token limit and param the field it came from.
-func (c *GenerationParams) params(limits Limits, maxTokens *int, param string) (genParams, *APIError) {
+// params validates the shared fields against the tier's limits. OpenAI's
+// defaults apply where a field is absent: temperature 1 (0 in a
+// deterministic tier), top_p 1. maxTokens is the request's token limit
+// and param the field it came from.
+func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genParams, *APIError) {
 	p := genParams{stream: c.Stream, ignoreEOS: c.IgnoreEOS, noCache: c.CachePrompt != nil && !*c.CachePrompt}
 	if c.N != nil && *c.N != 1 {
 		return p, unsupported("n", "n must be 1: this server returns one choice per prompt")
@@ -48,13 +49,13 @@ func (c *GenerationParams) params(limits Limits, maxTokens *int, param string) (
 		return p, unsupported("logit_bias", "logit_bias is not supported")
 	}
 
-	p.maxTokens = limits.MaxTokens
+	p.maxTokens = l.defaultMaxTokens
 	if maxTokens != nil {
 		switch n := *maxTokens; {
 		case n < 1:
 			return p, badRequest(param, "%s must be at least 1", param)
-		case n > limits.MaxTokens:
-			return p, badRequest(param, "%s is %d; this server allows at most %d", param, n, limits.MaxTokens)
+		case n > l.maxTokens:
+			return p, badRequest(param, "%s is %d; this tier allows at most %d", param, n, l.maxTokens)
 		default:
 			p.maxTokens = n
 		}
@@ -62,6 +63,9 @@ func (c *GenerationParams) params(limits Limits, maxTokens *int, param string) (
 
 	s := &p.sampling
 	s.Temperature = 1
+	if l.deterministic {
+		s.Temperature = 0
+	}
 	if v, err := number("temperature", c.Temperature, 0, 2); err != nil {
 		return p, err
 	} else if v != nil {
@@ -143,7 +147,7 @@ type chatRequest struct {
 	messages []engine.Message
 }
 
-func (s *Server) validateChat(r *ChatRequest) (*chatRequest, *APIError) {
+func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *APIError) {
 	if err := s.checkModel(r.Model); err != nil {
 		return nil, err
 	}
@@ -154,7 +158,7 @@ func (s *Server) validateChat(r *ChatRequest) (*chatRequest, *APIError) {
 		}
 		maxTokens, param = r.MaxCompletionTokens, "max_completion_tokens"
 	}
-	p, err := r.params(s.limits, maxTokens, param)
+	p, err := r.params(s.limitsOf(tier), maxTokens, param)
 	if err != nil {
 		return nil, err
 	}
@@ -229,17 +233,18 @@ type completionRequest struct {
 	prompts PromptList
 }
 
-func (s *Server) validateCompletion(r *CompletionRequest) (*completionRequest, *APIError) {
+func (s *Server) validateCompletion(r *CompletionRequest, tier engine.Tier) (*completionRequest, *APIError) {
 	if err := s.checkModel(r.Model); err != nil {
 		return nil, err
 	}
+	l := s.limitsOf(tier)
 	maxTokens := r.MaxTokens
 	if maxTokens == nil {
 		// The completions API defaults to 16 tokens.
-		sixteen := min(16, s.limits.MaxTokens)
+		sixteen := min(16, l.maxTokens)
 		maxTokens = &sixteen
 	}
-	p, err := r.params(s.limits, maxTokens, "max_tokens")
+	p, err := r.params(l, maxTokens, "max_tokens")
 	if err != nil {
 		return nil, err
 	}

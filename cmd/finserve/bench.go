@@ -56,6 +56,10 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 			}
 			tw.Flush()
 			for _, r := range results {
+				if b := r.Background; b != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "clients %d: background of %d clients: %d requests completed, %d failed, %.1f output tok/s, TTFT p50 %.1f ms\n",
+						r.Clients, b.Clients, b.Requests-b.Failed, b.Failed, b.OutputTPS, 1000*b.TTFT.P50)
+				}
 				for k, d := range r.TurnTTFT {
 					fmt.Fprintf(cmd.OutOrStdout(), "clients %d: turn %d TTFT p50 %.1f ms, p90 %.1f ms\n", r.Clients, k+1, 1000*d.P50, 1000*d.P90)
 				}
@@ -82,6 +86,10 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 	f.IntVar(&cfg.SystemWords, "system-words", 0, "send every request the same generated system message of this many words (0: none)")
 	f.IntVar(&cfg.QuestionWords, "question-words", 0, "ask distinct generated questions of this many words instead of --prompt (0: --prompt)")
 	f.IntVar(&cfg.Turns, "turns", 1, "turns per conversation; each turn resends the history (TTFT is also reported per turn)")
+	f.IntVar(&cfg.Background, "background", 0, "closed-loop streaming clients to run beside the measured ones, as a load (0: none)")
+	f.StringVar(&cfg.BackgroundURL, "background-url", "", "API base URL of the background load (default --url), e.g. http://127.0.0.1:8080/tiers/batch/v1")
+	f.IntVar(&cfg.BackgroundWords, "background-words", 200, "words of each background request's question")
+	f.IntVar(&cfg.BackgroundMaxTokens, "background-max-tokens", 256, "tokens per background request")
 	f.BoolVar(&asJSON, "json", false, "print results as JSON")
 	return cmd
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -28,6 +29,13 @@ func readConfig(path string, lookup func(string) *pflag.Flag) (map[string][]stri
 			return nil, fmt.Errorf("config %s: unknown setting %q (the keys are the flags of `finserve serve --help`)", path, key)
 		}
 		switch v := v.(type) {
+		case map[string]any:
+			// a --tier-NAME mapping: key=value pairs, in key order
+			s, err := pairs(v)
+			if err != nil {
+				return nil, fmt.Errorf("config %s: %s: %w", path, key, err)
+			}
+			out[name] = []string{s}
 		case []any:
 			for _, e := range v {
 				s, err := scalar(e)
@@ -45,6 +53,26 @@ func readConfig(path string, lookup func(string) *pflag.Flag) (map[string][]stri
 		}
 	}
 	return out, nil
+}
+
+func pairs(m map[string]any) (string, error) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		s, err := scalar(m[k])
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", k, err)
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strings.ReplaceAll(k, "_", "-") + "=" + s)
+	}
+	return b.String(), nil
 }
 
 func scalar(v any) (string, error) {

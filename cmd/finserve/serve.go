@@ -36,6 +36,10 @@ type serveOptions struct {
 	prefixHost                  string // a byte size
 	prefixBlock                 int
 	pinned                      []string // system prompts
+
+	tierSpecs   [engine.NumTiers]string // --tier-NAME: key=value,...
+	defaultTier string
+	tierAging   time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -95,12 +99,22 @@ for --shutdown-grace, then cancels the rest.`,
 	f.DurationVar(&o.keepAlive, "sse-keep-alive", 10*time.Second, "interval of keep-alive comments on an idle event stream")
 	f.BoolVar(&o.compress, "compress", true, "compress JSON responses for clients that accept it (never event streams)")
 	f.IntVar(&o.goProcs, "go-procs", 0, "CPUs for Go code (HTTP, JSON); 0: the CPUs --threads leaves free, 1 to 4 (GOMAXPROCS in the environment wins)")
-	f.StringSliceVar(&o.apiKeys, "api-key", nil, "API keys clients must send as a bearer token (repeat or comma-separate; none: no authentication); each key is a tenant of the prefix cache")
+	f.StringSliceVar(&o.apiKeys, "api-key", nil, "API keys clients must send as a bearer token (repeat or comma-separate; none: no authentication); each key is a tenant of the prefix cache; TIER:KEY limits a key to that tier and those below")
 	f.BoolVar(&o.prefixCache, "prefix-cache", true, "reuse the KV cells of prompt prefixes across requests of a tenant (false: compute every prompt in full)")
 	f.StringVar(&o.prefixHost, "prefix-cache-host", "1GiB", "host-RAM tier for prefixes evicted from the KV cache: a byte bound such as 512MiB or 2GB (0: none)")
 	f.BoolVar(&o.prefixCompress, "prefix-cache-compress", false, "zstd-compress host-tier entries (fits more in the bound, costs CPU per eviction and restore)")
 	f.IntVar(&o.prefixBlock, "prefix-cache-block", 32, "tokens per block of the hash chains that name prefixes; the host tier keeps whole blocks")
 	f.StringArrayVar(&o.pinned, "pin-system-prompt", nil, "a system prompt whose prefix is computed at start and always kept, for every tenant (repeatable; a YAML list in the config file)")
+	f.StringVar(&o.defaultTier, "default-tier", "standard", "tier of /v1 requests whose API key declares none: realtime, standard or batch")
+	f.DurationVar(&o.tierAging, "tier-aging", engine.DefaultAging, "a request held back by higher tiers gains one priority level per this much waiting (0: no aging)")
+	defaults := defaultTierSettings()
+	for t := range engine.Tier(engine.NumTiers) {
+		d := defaults[t]
+		f.StringVar(&o.tierSpecs[t], "tier-"+t.String(), "", fmt.Sprintf(
+			"%s tier settings as key=value,... over its defaults priority=%d, max-queued=%d, max-running=%d (0: --parallel), queue-timeout=%s, "+
+				"preemptible=%t, ttft-target=%s, max-tokens=%d (0: --max-tokens), default-max-tokens=%d, deterministic=%t (a YAML mapping in the config file)",
+			t, d.Priority, d.MaxQueued, d.MaxRunning, d.QueueTimeout, d.Preemptible, d.TTFTTarget, d.MaxTokens, d.DefaultMaxTokens, d.Deterministic))
+	}
 	return cmd
 }
 
@@ -148,15 +162,27 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if id == "" {
 		id = strings.TrimSuffix(filepath.Base(o.model), ".gguf")
 	}
+	policies, tierLimits, err := tiers(o.tierSpecs)
+	if err != nil {
+		return err
+	}
+	aging := o.tierAging
+	if aging == 0 {
+		aging = -1 // the engine's "never"
+	}
 	log := slog.Default()
 	setGoProcs(o.goProcs, o.threads, log)
-	srv := server.New(server.Config{
+	srv, err := server.New(server.Config{
 		ModelID: id, ChatTemplate: o.chatTemplate,
 		Limits:      server.Limits{MaxTokens: o.maxTokens},
 		BodyLimit:   o.bodyLimitKiB << 10,
 		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTimeout, IdleTimeout: o.idleTimeout,
 		APIKeys: o.apiKeys, Compress: o.compress, KeepAlive: o.keepAlive, Logger: log,
+		Tiers: tierLimits, DefaultTier: o.defaultTier,
 	})
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.addr, err)
@@ -189,6 +215,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		Parallel: o.parallel, Context: o.ctx, Batch: o.batch, UBatch: o.ubatch,
 		Threads: o.threads, ThreadsBatch: o.threadsBatch, UnifiedKV: o.unifiedKV,
 		FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log, PrefixCache: pc,
+		Tiers: policies, Aging: aging,
 	})
 	if err != nil {
 		shutdown(srv, time.Second)

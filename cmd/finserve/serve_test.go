@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/models"
 )
 
@@ -198,6 +199,57 @@ func TestParseBytes(t *testing.T) {
 		got, err := parseBytes(c.in)
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("parseBytes(%q) = %d, %v; want %d, ok %v", c.in, got, err, c.want, c.ok)
+		}
+	}
+}
+
+// TestTierSettings: --tier-NAME settings, from a flag or a YAML mapping,
+// change only the keys they name; bad ones are refused with the flag's
+// name.
+func TestTierSettings(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "tiers.yaml")
+	yaml := "tier-batch:\n  max_running: 2\n  queue-timeout: 30m\ntier_standard: {deterministic: false, max-tokens: 800}\n"
+	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newServeCmd()
+	if err := cmd.ParseFlags([]string{"--tier-realtime", "max-queued=8, ttft-target=150ms,preemptible=false"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applySettings(cmd, conf, func(string) (string, bool) { return "", false }); err != nil {
+		t.Fatal(err)
+	}
+	var specs [engine.NumTiers]string
+	for tier := range engine.Tier(engine.NumTiers) {
+		specs[tier] = cmd.Flags().Lookup("tier-" + tier.String()).Value.String()
+	}
+	policies, limits, err := tiers(specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := defaultTierSettings()
+	rt, std, batch := policies[engine.TierRealtime], policies[engine.TierStandard], policies[engine.TierBatch]
+	switch {
+	case rt.MaxQueued != 8 || rt.TTFTTarget != 150*time.Millisecond || rt.QueueTimeout != def[engine.TierRealtime].QueueTimeout:
+		t.Errorf("realtime %+v", rt)
+	case batch.MaxRunning != 2 || batch.QueueTimeout != 30*time.Minute || !batch.Preemptible:
+		t.Errorf("batch %+v", batch)
+	case std != def[engine.TierStandard].TierPolicy:
+		t.Errorf("standard policy changed: %+v", std)
+	case limits[engine.TierStandard].Deterministic || limits[engine.TierStandard].MaxTokens != 800 ||
+		limits[engine.TierRealtime] != def[engine.TierRealtime].TierLimits:
+		t.Errorf("limits %+v", limits)
+	}
+	for _, bad := range []struct{ spec, want string }{
+		{"max-queued=-1", "--tier-realtime: max-queued"},
+		{"speed=11", `unknown key "speed"`},
+		{"queue-timeout", "not key=value"},
+		{"queue-timeout=soon", "queue-timeout"},
+		{"preemptible=perhaps", "preemptible"},
+	} {
+		if _, _, err := tiers([engine.NumTiers]string{bad.spec}); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v, want an error with %q", bad.spec, err, bad.want)
 		}
 	}
 }
