@@ -28,7 +28,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ serve-bench: build ## finserve serve vs llama-server: tokens/s and TTFT at 1 and
 
 prefix-bench: build ## prefix cache on/off vs llama-server: shared system prompt and multi-turn TTFT (needs the sid root)
 	scripts/prefix-bench.sh
+
+tier-bench: build ## realtime TTFT idle and beside 16 batch streams, finserve tiers vs llama-server (needs the sid root)
+	scripts/tier-bench.sh
 
 clean: ## remove build outputs, staged headers and generated models
 	rm -rf bin third_party/include $(MODELS)

@@ -44,6 +44,10 @@ type Config struct {
 	// caches. QuestionWords > 0 replaces Prompt with a distinct generated
 	// question of that many words per request and turn.
 	SystemWords, QuestionWords int
+	// Seed varies the generated questions: runs with different seeds ask
+	// different ones, so that a prefix cache cannot serve one run's
+	// prompts from another's.
+	Seed uint64
 	// Turns > 1 makes each request a conversation: turn k resends the
 	// whole history (system, questions and the server's answers) and asks
 	// one more question. Latencies are reported per turn too.
@@ -55,8 +59,9 @@ type Config struct {
 	// from its prefix cache.
 	NoPromptCache bool
 	// Background > 0 runs that many closed-loop streaming clients beside
-	// the measured requests, from before the first of them (once every
-	// background client has its first token) until the last ends: a load
+	// the measured requests, from before the first of them (once the
+	// first background token arrived: every client has sent its request
+	// by then, filling the slots and the queue) until the last ends: a load
 	// to measure under, such as batch-tier analysis (finserve:
 	// BackgroundURL http://host/tiers/batch/v1) beside realtime chat
 	// (BaseURL http://host/tiers/realtime/v1). Each background request
@@ -173,8 +178,8 @@ type background struct {
 	samples []sample
 }
 
-// startBackground starts the background clients and returns once each
-// has its first token.
+// startBackground starts the background clients and returns once the
+// first of them has its first token.
 func startBackground(ctx context.Context, cfg Config) (*background, error) {
 	b := &background{cfg: cfg, clients: cfg.Background}
 	c := &b.cfg
@@ -182,8 +187,8 @@ func startBackground(ctx context.Context, cfg Config) (*background, error) {
 	c.QuestionWords = cmp.Or(cfg.BackgroundWords, 200)
 	c.MaxTokens = cmp.Or(cfg.BackgroundMaxTokens, 256)
 	c.SystemWords, c.Turns, c.Background = 0, 1, 0
-	started := make(chan struct{}, cfg.Background)
-	once := make([]sync.Once, cfg.Background)
+	started := make(chan struct{})
+	var once sync.Once
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Background, MaxConnsPerHost: cfg.Background}}
 	ctx, b.cancel = context.WithCancel(ctx)
 	for k := range cfg.Background {
@@ -192,26 +197,32 @@ func startBackground(ctx context.Context, cfg Config) (*background, error) {
 			defer b.wg.Done()
 			defer client.CloseIdleConnections()
 			cc := *c
-			cc.firstToken = func() { once[k].Do(func() { started <- struct{}{} }) }
+			cc.firstToken = func() { once.Do(func() { close(started) }) }
 			for i := k; ctx.Err() == nil; i += cfg.Background {
 				var s [1]sample
 				// distinct from the measured requests' questions
 				converse(ctx, client, cc, 1_000_000+i, s[:])
-				if ctx.Err() == nil {
-					b.mu.Lock()
-					b.samples = append(b.samples, s[0])
-					b.mu.Unlock()
+				cc.firstToken() // a request that failed before any token starts the run too
+				if ctx.Err() != nil {
+					break
+				}
+				b.mu.Lock()
+				b.samples = append(b.samples, s[0])
+				b.mu.Unlock()
+				if s[0].err != nil {
+					select { // a refusing server is not hammered
+					case <-time.After(100 * time.Millisecond):
+					case <-ctx.Done():
+					}
 				}
 			}
 		}()
 	}
-	for range cfg.Background {
-		select {
-		case <-started:
-		case <-ctx.Done():
-			b.stop()
-			return nil, fmt.Errorf("bench: background load did not start: %w", ctx.Err())
-		}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		b.stop()
+		return nil, fmt.Errorf("bench: background load did not start: %w", ctx.Err())
 	}
 	b.mu.Lock()
 	b.samples, b.start = nil, time.Now() // count what completes from here
@@ -292,7 +303,7 @@ func converse(ctx context.Context, client *http.Client, cfg Config, i int, out [
 	for turn := range out {
 		q := fmt.Sprintf("%s #%d", cfg.Prompt, i)
 		if cfg.QuestionWords > 0 {
-			q = fmt.Sprintf("Question %d.%d: %s?", i, turn+1, text(cfg.QuestionWords, uint64(1+i*cfg.Turns+turn)))
+			q = fmt.Sprintf("Question %d.%d: %s?", i, turn+1, text(cfg.QuestionWords, cfg.Seed<<32+uint64(1+i*cfg.Turns+turn)))
 		}
 		msgs = append(msgs, map[string]string{"role": "user", "content": q})
 		out[turn] = one(ctx, client, cfg, i, msgs)

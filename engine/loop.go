@@ -241,7 +241,7 @@ type loop struct {
 	requeued []task // preempted during admission, waiting from the next
 	tstats   [NumTiers]tierCounters
 	lastAged time.Time
-	perToken time.Duration // measured cost of a prompt token in a step
+	stepTime stepModel // measured step durations, for chunkCap
 }
 
 func (e *Engine) run(ready chan<- error) {
@@ -852,14 +852,20 @@ func (l *loop) step() bool {
 		}
 	}
 	budget := l.nBatch
-	prefill := 0
+	prefill, capped := 0, false
 	for _, sq := range l.running {
 		if sq.inBatch > 0 || sq.paused || sq.remaining() == 0 {
 			continue
 		}
-		k := min(sq.remaining(), budget-n, l.prefillCap-prefill, l.chunkCap(l.prio(sq.owner().base()), n))
+		k := min(sq.remaining(), budget-n, l.prefillCap-prefill)
 		if k <= 0 {
-			break
+			break // the budget is spent
+		}
+		if c, ok := l.chunkCap(l.prio(sq.owner().base()), n, capped); ok {
+			k, capped = min(k, c), true
+		}
+		if k <= 0 {
+			continue // an aged sequence further on may be uncapped
 		}
 		add(sq, k)
 		prefill += k
@@ -875,7 +881,7 @@ func (l *loop) step() bool {
 		l.decodeFailed(int(rc), prefill)
 		return true
 	}
-	l.measureStep(n, time.Since(start))
+	l.stepTime.add(n, time.Since(start))
 	l.prefillCap = min(l.nBatch, l.prefillCap*2)
 	for _, sq := range l.running {
 		sq.fed += sq.inBatch

@@ -24,14 +24,15 @@ import (
 //     sequences of lower priority sit the step out, so that the prefill
 //     step is as short as it would be on an idle engine.
 //   - step length: a tier's prompt chunks are cut so that one step stays
-//     within a quarter of the smallest TTFTTarget of the tiers above it: a
+//     within 1/stepShare of the smallest TTFTTarget of the tiers above it: a
 //     request arriving during a step waits at most that long to start.
 //   - aging: a request held back by higher priorities (the first waiting
-//     request of its tier, a preempted one, or a paused sequence, while a
-//     higher priority runs) gains one priority level per Options.Aging it
-//     is held back, up to the top. It is then admitted ahead of later
-//     higher-tier requests and never paused or preempted by them: every
-//     tier keeps making progress under any sustained load.
+//     request of its tier, unless its tier is at MaxRunning, or a paused
+//     sequence, while a higher priority runs) gains one priority level
+//     per Options.Aging it is held back, up to the top. It is then
+//     admitted ahead of later higher-tier requests and never paused or
+//     preempted by them: every tier keeps making progress under any
+//     sustained load.
 
 // NumTiers is the number of latency tiers.
 const NumTiers = 3
@@ -54,7 +55,8 @@ type TierPolicy struct {
 	// MaxQueued bounds the tier's waiting requests; more are refused with
 	// a *QueueFullError (0: only Options.MaxQueue bounds them).
 	MaxQueued int
-	// MaxRunning bounds the sequences the tier runs at once (0: Parallel).
+	// MaxRunning bounds the sequences the tier runs at once (0: Parallel;
+	// negative: Parallel less that many, slots kept for other tiers).
 	MaxRunning int
 	// QueueTimeout ends a request that was not admitted within it with a
 	// *QueueTimeoutError (0: it waits as long as its context allows).
@@ -65,7 +67,7 @@ type TierPolicy struct {
 	Preemptible bool
 	// TTFTTarget is the tier's time-to-first-token objective (0: none).
 	// Lower tiers' prompt chunks are cut so that a step lasts at most a
-	// quarter of it.
+	// sixth of it.
 	TTFTTarget time.Duration
 }
 
@@ -90,14 +92,18 @@ func (o *Options) fillTiers() error {
 	if o.Aging == 0 {
 		o.Aging = DefaultAging
 	}
-	for t, p := range o.Tiers {
+	for t := range o.Tiers {
+		p := &o.Tiers[t]
 		switch {
-		case p.MaxQueued < 0 || p.MaxRunning < 0 || p.QueueTimeout < 0 || p.TTFTTarget < 0:
+		case p.MaxQueued < 0 || p.QueueTimeout < 0 || p.TTFTTarget < 0:
 			return fmt.Errorf("engine options: tier %s: limits must not be negative", Tier(t))
-		case p.MaxRunning > o.Parallel:
-			return fmt.Errorf("engine options: tier %s: max running %d exceeds parallel %d", Tier(t), p.MaxRunning, o.Parallel)
+		case p.MaxRunning > o.Parallel || p.MaxRunning <= -o.Parallel:
+			return fmt.Errorf("engine options: tier %s: max running %d must be between %d and parallel, %d", Tier(t), p.MaxRunning, 1-o.Parallel, o.Parallel)
 		case p.Priority < -1000 || p.Priority > 1000:
 			return fmt.Errorf("engine options: tier %s: priority %d is outside -1000..1000", Tier(t), p.Priority)
+		}
+		if p.MaxRunning < 0 {
+			p.MaxRunning += o.Parallel
 		}
 	}
 	return nil
@@ -212,9 +218,9 @@ func (l *loop) tierFull(t *taskBase) bool {
 }
 
 // age credits the time since the last call to every task held back by a
-// higher priority: the first waiting task of each tier and the tasks of
-// sequences paused in the last step, while something of higher priority
-// runs.
+// higher priority: the first waiting task of each tier (unless its tier
+// runs all it may) and the tasks of sequences paused in the last step,
+// while something of higher priority runs.
 func (l *loop) age(now time.Time) {
 	dt := now.Sub(l.lastAged)
 	l.lastAged = now
@@ -232,7 +238,8 @@ func (l *loop) age(now time.Time) {
 		b := t.base()
 		if !seen[b.tier] {
 			seen[b.tier] = true
-			if l.prio(b) < top {
+			// A tier at its own MaxRunning is not held back by others.
+			if l.prio(b) < top && !l.tierFull(b) {
 				b.held += dt
 			}
 		}
@@ -280,36 +287,74 @@ func (l *loop) nextDeadline() time.Time {
 	return next
 }
 
-// chunkCap is how many prompt tokens sequences of priority p may add to a
-// step that already holds n tokens: enough to keep the step within a
-// quarter of the smallest TTFT target above p, at the measured cost per
-// token, and at least minChunk. Without a target above p, or before the
-// first measurement, it is unbounded.
-func (l *loop) chunkCap(p, n int) int {
+// stepShare is the fraction of a TTFT target (1/stepShare) that one step
+// of lower-tier work may take. A request arriving mid-step waits for the
+// step, then for its own prefill: under a saturating lower-tier load, a
+// sixth kept its p99 TTFT at 1.17x of an idle engine's (a quarter: 1.59x;
+// scripts/tier-bench.sh, 2 CPU threads), at the cost of smaller, less
+// efficient prompt chunks for the lower tiers.
+const stepShare = 6
+
+// chunkCap is how many prompt tokens a sequence of priority p may add to
+// a step that already holds n tokens, and whether it is bounded at all:
+// as many as keep the step within 1/stepShare of the smallest TTFT target
+// above p, by the step-time model. The first capped sequence of a step
+// gets at least minChunk, so that lower tiers always progress; with
+// capped set (one already did) the rest get only what fits.
+func (l *loop) chunkCap(p, n int, capped bool) (int, bool) {
 	var target time.Duration
 	for _, tp := range l.e.opts.Tiers {
 		if tp.Priority > p && tp.TTFTTarget > 0 && (target == 0 || tp.TTFTTarget < target) {
 			target = tp.TTFTTarget
 		}
 	}
-	if target == 0 || l.perToken <= 0 {
-		return math.MaxInt
+	if target == 0 {
+		return 0, false
+	}
+	fit, ok := l.stepTime.tokensWithin(target / stepShare)
+	if !ok {
+		return 0, false // nothing measured yet
 	}
 	const minChunk = 16
-	return max(minChunk, int(target/4/l.perToken)-n)
+	if capped {
+		return max(0, fit-n), true
+	}
+	return max(minChunk, fit-n), true
 }
 
-// measureStep updates the cost per token from a step of n tokens.
-func (l *loop) measureStep(n int, d time.Duration) {
-	if n < 32 {
-		return // mostly decode: the fixed cost of a step dominates
+// stepModel predicts a step's duration from its token count, d = base +
+// per*n, by least squares over recent steps (exponentially forgotten):
+// the fixed cost of a step (reading the weights, attention over long
+// contexts) matters as much as the cost per token on a CPU.
+type stepModel struct {
+	w, x, y, xx, xy float64 // decayed sums of 1, n, d, n², n·d (d in seconds)
+}
+
+func (m *stepModel) add(n int, d time.Duration) {
+	const keep = 0.98 // about the last 50 steps
+	x, y := float64(n), d.Seconds()
+	m.w = m.w*keep + 1
+	m.x = m.x*keep + x
+	m.y = m.y*keep + y
+	m.xx = m.xx*keep + x*x
+	m.xy = m.xy*keep + x*y
+}
+
+// tokensWithin is how many tokens a step may hold to last at most d; ok
+// is false before any step was measured.
+func (m *stepModel) tokensWithin(d time.Duration) (int, bool) {
+	if m.w == 0 || m.x == 0 {
+		return 0, false
 	}
-	per := d / time.Duration(n)
-	if l.perToken == 0 {
-		l.perToken = per
-		return
+	mx, my := m.x/m.w, m.y/m.w
+	varX := m.xx/m.w - mx*mx
+	per, base := my/mx, 0.0 // without spread in n: the mean cost per token
+	if varX >= 1 {
+		if slope := (m.xy/m.w - mx*my) / varX; slope > 0 {
+			per, base = slope, max(0, my-slope*mx)
+		}
 	}
-	l.perToken += (per - l.perToken) / 4
+	return int(min((d.Seconds()-base)/per, 1<<20)), true
 }
 
 // tierStats is the tiers' part of Stats.

@@ -93,6 +93,33 @@ func TestRealtimeAdmittedWhileBatchSaturates(t *testing.T) {
 	}
 }
 
+// TestTierMaxRunning: a tier at its MaxRunning leaves the other slots to
+// the other tiers (here batch keeps one free, as the server's defaults
+// do): a realtime request starts at once without preempting anything.
+func TestTierMaxRunning(t *testing.T) {
+	tiers := engine.DefaultTiers()
+	tiers[engine.TierBatch].MaxRunning = -1 // all slots but one
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 3, Tiers: tiers})
+	_, stop := hogs(t, e, 4, engine.TierBatch)
+	defer stop()
+	waitStats(t, e, "two batch streams running", func(s engine.Stats) bool { return s.Sequences == 2 })
+	s, err := e.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Tiers[engine.TierBatch].Sequences != 2 || s.Tiers[engine.TierBatch].Waiting != 2 {
+		t.Fatalf("batch tier: %+v; want 2 running (3 slots less 1) and 2 waiting", s.Tiers[engine.TierBatch])
+	}
+	r := generate(t, e, engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[3]), MaxTokens: 4, IgnoreEOS: true})
+	if s, err = e.Stats(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r.final.Timings.QueueSteps != 0 || r.final.Preemptions != 0 || s.Tiers[engine.TierBatch].Preemptions != 0 {
+		t.Fatalf("realtime request waited %d steps; %d batch preemptions; want neither", r.final.Timings.QueueSteps,
+			s.Tiers[engine.TierBatch].Preemptions)
+	}
+}
+
 // TestPreemptedOutputIsExact: a batch generation preempted mid-way by a
 // realtime request resumes where it was and gives exactly the tokens and
 // log-probabilities it gives alone, whether its cells come back from the
@@ -284,6 +311,7 @@ func TestTierOptions(t *testing.T) {
 	for name, mod := range map[string]func(*[engine.NumTiers]engine.TierPolicy){
 		"negative queue":   func(p *[engine.NumTiers]engine.TierPolicy) { p[0].MaxQueued = -1 },
 		"running > slots":  func(p *[engine.NumTiers]engine.TierPolicy) { p[1].MaxRunning = 5 },
+		"running < 1":      func(p *[engine.NumTiers]engine.TierPolicy) { p[1].MaxRunning = -4 },
 		"negative timeout": func(p *[engine.NumTiers]engine.TierPolicy) { p[2].QueueTimeout = -time.Second },
 		"absurd priority":  func(p *[engine.NumTiers]engine.TierPolicy) { p[2].Priority = 1 << 20 },
 		"negative ttft":    func(p *[engine.NumTiers]engine.TierPolicy) { p[0].TTFTTarget = -1 },

@@ -26,25 +26,15 @@ QUESTION_WORDS=${QUESTION_WORDS:-32}
 MAX_TOKENS=${MAX_TOKENS:-32}
 CONVERSATIONS=${CONVERSATIONS:-8}
 PORT=${PORT:-18183}
-SID=${SID_ROOT_SH:-../shared/peers/sid-root.sh}
-OUT=bench-results/prefix
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json
 
 . scripts/servers.sh
-[ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
+prepare bench-results/prefix
 
 start() { # name: start that server in the background
   case $1 in
-    llama-server)
-      "$SID" run llama-server -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c $((CTX * PARALLEL)) \
-        --host 127.0.0.1 --port "$PORT" --no-webui >"$OUT/llama-server.log" 2>&1 & ;;
-    cache-on)
-      bin/finserve serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
-        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-on.log" 2>&1 & ;;
-    cache-off)
-      bin/finserve serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" --prefix-cache=false \
-        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-off.log" 2>&1 & ;;
+    llama-server) start_llama_server llama-server.log ;;
+    cache-on) start_finserve finserve-on.log ;;
+    cache-off) start_finserve finserve-off.log -- --prefix-cache=false ;;
   esac
   wait_healthy "$1"
 }

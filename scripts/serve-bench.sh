@@ -20,28 +20,18 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 PER_CLIENT=${PER_CLIENT:-4}
 CLIENTS=${CLIENTS:-1,8}
 PORT=${PORT:-18181}
-SID=${SID_ROOT_SH:-../shared/peers/sid-root.sh}
-OUT=bench-results/serve
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json
 
 sid() { "$SID" run "$@"; }
 . scripts/servers.sh
+prepare bench-results/serve
 
-[ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
 sid make build-system >/dev/null
 
 start() { # name: start that server in the background
   case $1 in
-    llama-server)
-      sid llama-server -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c $((CTX * PARALLEL)) \
-        --host 127.0.0.1 --port "$PORT" --no-webui >"$OUT/llama-server.log" 2>&1 & ;;
-    bundled)
-      bin/finserve serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
-        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-bundled.log" 2>&1 & ;;
-    system)
-      sid bin/finserve-system serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
-        --addr 127.0.0.1:"$PORT" >"$OUT/finserve-system.log" 2>&1 & ;;
+    llama-server) start_llama_server llama-server.log ;;
+    bundled) start_finserve finserve-bundled.log ;;
+    system) start_finserve finserve-system.log "$SID" run bin/finserve-system ;;
   esac
   wait_healthy "$1"
 }

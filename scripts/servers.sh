@@ -1,5 +1,15 @@
-# Shared by the side-by-side benchmarks (sourced): waiting for the server
-# on 127.0.0.1:$PORT to be healthy, and stopping it.
+# Shared by the side-by-side benchmarks (sourced): their results
+# directory, starting the servers, waiting for the one on 127.0.0.1:$PORT
+# to be healthy, and stopping it.
+
+SID=${SID_ROOT_SH:-../shared/peers/sid-root.sh}
+
+prepare() { # DIR: the results directory, emptied of old results; generates $MODEL if missing
+  OUT=$1
+  mkdir -p "$OUT"
+  rm -f "$OUT"/*.json "$OUT"/*.txt
+  [ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
+}
 
 wait_healthy() { # name
   for _ in $(seq 1 600); do
@@ -22,4 +32,21 @@ stop() {
 
 warm_up() { # one short request, so that the first measured one finds the weights in memory
   bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients 1 --requests-per-client 1 --max-tokens 8 >/dev/null
+}
+
+# Starting a server in the background, logging to $OUT/LOG; the caller sets
+# MODEL, THREADS, PARALLEL, CTX (per sequence), PORT, OUT and SID.
+start_llama_server() { # LOG
+  "$SID" run llama-server -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$PARALLEL" -c $((CTX * PARALLEL)) \
+    --host 127.0.0.1 --port "$PORT" --no-webui >"$OUT/$1" 2>&1 &
+}
+
+start_finserve() { # LOG [BINARY-PREFIX...] -- [SERVE-FLAGS...]: e.g. start_finserve f.log -- --prefix-cache=false
+  local log=$1 cmd=()
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do cmd+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  [ ${#cmd[@]} -gt 0 ] || cmd=(bin/finserve)
+  "${cmd[@]}" serve --model "$MODEL" --threads "$THREADS" --parallel "$PARALLEL" --ctx "$CTX" \
+    --addr 127.0.0.1:"$PORT" "$@" >"$OUT/$log" 2>&1 &
 }

@@ -85,6 +85,7 @@ latency and aggregate output tokens/s. Point it at loopback servers only.`,
 	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (no prompt reuse in llama-server or finserve)`)
 	f.IntVar(&cfg.SystemWords, "system-words", 0, "send every request the same generated system message of this many words (0: none)")
 	f.IntVar(&cfg.QuestionWords, "question-words", 0, "ask distinct generated questions of this many words instead of --prompt (0: --prompt)")
+	f.Uint64Var(&cfg.Seed, "seed", 0, "vary the generated questions (runs with different seeds ask different ones)")
 	f.IntVar(&cfg.Turns, "turns", 1, "turns per conversation; each turn resends the history (TTFT is also reported per turn)")
 	f.IntVar(&cfg.Background, "background", 0, "closed-loop streaming clients to run beside the measured ones, as a load (0: none)")
 	f.StringVar(&cfg.BackgroundURL, "background-url", "", "API base URL of the background load (default --url), e.g. http://127.0.0.1:8080/tiers/batch/v1")

@@ -111,7 +111,7 @@ for --shutdown-grace, then cancels the rest.`,
 	for t := range engine.Tier(engine.NumTiers) {
 		d := defaults[t]
 		f.StringVar(&o.tierSpecs[t], "tier-"+t.String(), "", fmt.Sprintf(
-			"%s tier settings as key=value,... over its defaults priority=%d, max-queued=%d, max-running=%d (0: --parallel), queue-timeout=%s, "+
+			"%s tier settings as key=value,... over its defaults priority=%d, max-queued=%d, max-running=%d (0: --parallel, -N: --parallel less N), queue-timeout=%s, "+
 				"preemptible=%t, ttft-target=%s, max-tokens=%d (0: --max-tokens), default-max-tokens=%d, deterministic=%t (a YAML mapping in the config file)",
 			t, d.Priority, d.MaxQueued, d.MaxRunning, d.QueueTimeout, d.Preemptible, d.TTFTTarget, d.MaxTokens, d.DefaultMaxTokens, d.Deterministic))
 	}

@@ -20,7 +20,8 @@ type tierSettings struct {
 
 // defaultTierSettings are the product's tiers (DESIGN.md): realtime chat
 // with a short queue that fails fast and a 300 ms TTFT target; standard
-// scoring, deterministic; batch analysis, preemptible, never timed out.
+// scoring, deterministic; batch analysis, preemptible, never timed out,
+// in all slots but one.
 func defaultTierSettings() [engine.NumTiers]tierSettings {
 	policies := engine.DefaultTiers()
 	limits := server.DefaultTierLimits()
@@ -31,7 +32,10 @@ func defaultTierSettings() [engine.NumTiers]tierSettings {
 	rt, std, batch := &s[engine.TierRealtime], &s[engine.TierStandard], &s[engine.TierBatch]
 	rt.MaxQueued, rt.QueueTimeout, rt.TTFTTarget = 64, 5*time.Second, 300*time.Millisecond
 	std.MaxQueued, std.QueueTimeout, std.TTFTTarget = 256, time.Minute, 2*time.Second
-	batch.MaxQueued = 1024
+	// One slot stays free of batch work for the tiers above: a realtime
+	// request then starts at the next step without preempting anything
+	// (preemption, which moves a sequence's cells out, is for bursts).
+	batch.MaxQueued, batch.MaxRunning = 1024, -1
 	return s
 }
 
@@ -57,7 +61,7 @@ func (s *tierSettings) apply(spec string) error {
 		case "max-queued":
 			s.MaxQueued, err = atoiMin(v, 0)
 		case "max-running":
-			s.MaxRunning, err = atoiMin(v, 0)
+			s.MaxRunning, err = strconv.Atoi(v)
 		case "max-tokens":
 			s.MaxTokens, err = atoiMin(v, 0)
 		case "default-max-tokens":
