@@ -154,7 +154,7 @@ type tierCounters struct {
 	preemptions, paused, timedOut uint64
 }
 
-// tierOf is the policy of tier t.
+// policy is the scheduling policy of tier t.
 func (l *loop) policy(t Tier) *TierPolicy { return &l.e.opts.Tiers[t] }
 
 // prio is a task's effective priority: its tier's, raised by aging.
