@@ -58,7 +58,7 @@ build-system: ## build bin/finserve-system against pkg-config llama
 test-system: ## run the engine and model tests against pkg-config llama
 	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
 	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
-		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/...
+		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/... ./quality/...
 
 DEMO_PRESET ?= tiny
 DEMO_ADDR ?= 127.0.0.1:8080

@@ -361,9 +361,20 @@ type ScoreRequest struct {
 	// Positions reports, for each variant, the log-probability of every
 	// token given those before it.
 	Positions bool
-	Tier      Tier
-	Tenant    string
+	// Distributions reports, for a single variant, the whole next-token
+	// distribution (log-probabilities over the vocabulary) after each of
+	// its tokens from index DistributionsFrom to the last but one: what
+	// comparing two models' predictions needs. It costs a vocabulary-sized
+	// row per position, so the rows are bounded (MaxDistributionValues).
+	Distributions     bool
+	DistributionsFrom int
+	Tier              Tier
+	Tenant            string
 }
+
+// MaxDistributionValues bounds the log-probabilities one Distributions
+// request may return (rows times the vocabulary): 512 MiB of float32.
+const MaxDistributionValues = 1 << 27
 
 // VariantScore is the scoring result of one variant.
 type VariantScore struct {
@@ -371,6 +382,9 @@ type VariantScore struct {
 	Top     []TokenLogprob // the TopK most likely next tokens
 	// Positions[i] is log p(variant[i+1] | variant[:i+1]); len(variant)-1 values.
 	Positions []float32
+	// Dists[k] is the log-softmax over the vocabulary after token
+	// DistributionsFrom+k, predicting token DistributionsFrom+k+1.
+	Dists [][]float32
 }
 
 // ScoreResult holds the scores of every variant, in request order.
@@ -620,6 +634,17 @@ func (e *Engine) validateScore(req *ScoreRequest) error {
 	}
 	if req.TopK < 0 || req.TopK > 100 {
 		return invalid("top_k", "must be between 0 and 100")
+	}
+	if req.Distributions {
+		n := len(req.Variants[0])
+		switch {
+		case len(req.Variants) != 1:
+			return invalid("distributions", "need exactly one variant")
+		case req.DistributionsFrom < 0 || req.DistributionsFrom > n-2:
+			return invalid("distributions_from", "must be between 0 and %d for a variant of %d tokens", n-2, n)
+		case (n-1-req.DistributionsFrom)*e.model.info.VocabSize > MaxDistributionValues:
+			return invalid("distributions", "%d rows of %d exceed %d values", n-1-req.DistributionsFrom, e.model.info.VocabSize, MaxDistributionValues)
+		}
 	}
 	return validTier(req.Tier)
 }

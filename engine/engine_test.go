@@ -343,6 +343,9 @@ func TestInvalidRequests(t *testing.T) {
 		{"variants", engine.ScoreRequest{Variants: [][]engine.Token{{vocab + 5}}}},
 		{"targets", engine.ScoreRequest{Variants: [][]engine.Token{good}, Targets: []engine.Token{-2}}},
 		{"top_k", engine.ScoreRequest{Variants: [][]engine.Token{good}, TopK: 101}},
+		{"distributions", engine.ScoreRequest{Variants: [][]engine.Token{good, good}, Distributions: true}},
+		{"distributions_from", engine.ScoreRequest{Variants: [][]engine.Token{good}, Distributions: true, DistributionsFrom: len(good) - 1}},
+		{"distributions_from", engine.ScoreRequest{Variants: [][]engine.Token{good}, Distributions: true, DistributionsFrom: -1}},
 	}
 	for _, tc := range score {
 		_, err := e.Score(context.Background(), tc.req)

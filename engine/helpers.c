@@ -33,9 +33,8 @@ void fs_sample_batch(struct llama_context * ctx, int32_t n_vocab, int32_t n,
     }
 }
 
-void fs_logprobs(const float * logits, int32_t n_vocab,
-                 const int32_t * targets, int32_t n_targets, float * target_lp,
-                 int32_t k, int32_t * top_ids, float * top_lp) {
+// log_sum_exp is log(sum(exp(logits))), computed stably.
+static float log_sum_exp(const float * logits, int32_t n_vocab) {
     float mx = logits[0];
     for (int32_t i = 1; i < n_vocab; i++) {
         mx = logits[i] > mx ? logits[i] : mx;
@@ -44,7 +43,20 @@ void fs_logprobs(const float * logits, int32_t n_vocab,
     for (int32_t i = 0; i < n_vocab; i++) {
         sum += exp((double) (logits[i] - mx));
     }
-    const float lse = mx + (float) log(sum);
+    return mx + (float) log(sum);
+}
+
+void fs_log_softmax(const float * logits, int32_t n_vocab, float * out) {
+    const float lse = log_sum_exp(logits, n_vocab);
+    for (int32_t i = 0; i < n_vocab; i++) {
+        out[i] = logits[i] - lse;
+    }
+}
+
+void fs_logprobs(const float * logits, int32_t n_vocab,
+                 const int32_t * targets, int32_t n_targets, float * target_lp,
+                 int32_t k, int32_t * top_ids, float * top_lp) {
+    const float lse = log_sum_exp(logits, n_vocab);
     for (int32_t t = 0; t < n_targets; t++) {
         const int32_t id = targets[t];
         target_lp[t] = (id >= 0 && id < n_vocab) ? logits[id] - lse : -INFINITY;

@@ -18,6 +18,9 @@ void fs_logprobs(const float * logits, int32_t n_vocab,
                  const int32_t * targets, int32_t n_targets, float * target_lp,
                  int32_t k, int32_t * top_ids, float * top_lp);
 
+// fs_log_softmax writes the log-softmax of one row of n_vocab logits.
+void fs_log_softmax(const float * logits, int32_t n_vocab, float * out);
+
 // fs_threadpool_new creates a ggml CPU thread pool through the CPU backend's
 // registry (the only way that works when the backend is a loadable module),
 // attaches it to ctx and returns it; NULL if the backend does not offer one.

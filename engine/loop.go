@@ -123,6 +123,9 @@ func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTas
 		if req.Positions {
 			t.result.Variants[i].Positions = make([]float32, len(v)-1)
 		}
+		if req.Distributions {
+			t.result.Variants[i].Dists = make([][]float32, len(v)-1-req.DistributionsFrom)
+		}
 	}
 	t.result.SharedPrefix = t.prefixLen
 	return t
@@ -132,8 +135,11 @@ func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTas
 // prefix cache: none when every position's scores are wanted (cached
 // tokens have no logits), and never the last, whose logits are needed.
 func (t *scoreTask) cacheLimit(n int) int {
-	if t.req.Positions {
+	switch {
+	case t.req.Positions:
 		return 0
+	case t.req.Distributions:
+		return min(t.req.DistributionsFrom, n-1)
 	}
 	return n - 1
 }
@@ -175,7 +181,8 @@ func (s *sequence) wantsLogits(i int) bool {
 	case s.gen != nil:
 		return last
 	case s.variant >= 0:
-		return last || s.score.req.Positions
+		r := &s.score.req
+		return last || r.Positions || r.Distributions && i >= r.DistributionsFrom
 	default: // shared prefix: only position scores need its logits
 		return s.score.req.Positions
 	}
@@ -1063,8 +1070,15 @@ func (l *loop) scoreOutput(o output) {
 	}
 	vs := &t.result.Variants[sq.variant]
 	if o.index < len(sq.tokens)-1 {
-		lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
-		vs.Positions[o.index] = lp[0]
+		if req.Positions {
+			lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
+			vs.Positions[o.index] = lp[0]
+		}
+		if k := o.index - req.DistributionsFrom; req.Distributions && k >= 0 {
+			row := make([]float32, l.nVocab)
+			C.fs_log_softmax((*C.float)(l.logits(o.batch)), C.int32_t(l.nVocab), (*C.float)(unsafe.Pointer(&row[0])))
+			vs.Dists[k] = row
+		}
 		return
 	}
 	vs.Targets, vs.Top = l.logprobs(o.batch, req.Targets, req.TopK)

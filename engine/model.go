@@ -69,6 +69,9 @@ func goLog(level C.int, text *C.char, _ C.uintptr_t) {
 			break
 		}
 		if line := strings.TrimSpace(string(logLine[:i])); line != "" {
+			if quantProgress != nil {
+				quantProgress(line)
+			}
 			l := logger.Load()
 			if l == nil {
 				l = slog.Default()

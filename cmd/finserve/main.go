@@ -46,7 +46,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
-	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd())
 	return root
 }
 
