@@ -81,6 +81,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)
+	$(GO) test ./bench -run '^$$' -fuzz FuzzParseTarget -fuzztime $(FUZZTIME)
 
 bench: headers ## engine micro-benchmarks (go test -bench)
 	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x
@@ -89,7 +90,7 @@ bench: headers ## engine micro-benchmarks (go test -bench)
 peer-bench: build ## finserve vs llama-bench / llama-batched-bench on the bench model (needs the sid root)
 	scripts/peer-bench.sh
 
-serve-bench: build ## finserve serve vs llama-server: tokens/s and TTFT at 1 and 8 clients (needs the sid root)
+serve-bench: build ## finserve (both providers) vs llama-server, q8_0 and Q4_K_M, concurrency 1-16 and chat: writes bench/RESULTS.md (needs the sid root)
 	scripts/serve-bench.sh
 
 prefix-bench: build ## prefix cache on/off vs llama-server: shared system prompt and multi-turn TTFT (needs the sid root)

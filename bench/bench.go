@@ -17,9 +17,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -29,9 +32,24 @@ type Config struct {
 	BaseURL string
 	Model   string
 	APIKey  string
-	// Clients is the number of concurrent clients; Requests the total
-	// number of requests, spread over them.
+	// Clients is the number of concurrent clients (closed loop: each sends
+	// its next request when the last ended); Requests the total number of
+	// requests (conversations with Turns > 1), spread over them.
 	Clients, Requests int
+	// Rate > 0 sends requests open loop instead, at that many per second
+	// on average, however many are in flight: arrival gaps are drawn from
+	// a gamma distribution of shape Burstiness (default 1: Poisson
+	// arrivals; below 1 burstier, above 1 more regular), seeded by Seed.
+	Rate, Burstiness float64
+	// Duration > 0 stops sending new requests after that long (requests
+	// in flight finish); with it Requests may be 0 (no count limit).
+	Duration time.Duration
+	// API is "chat" (default: /chat/completions) or "completions"
+	// (/completions, the chat's messages joined as a plain prompt).
+	API string
+	// SLOTTFT and SLOTPOT, when set, are the service-level objectives
+	// goodput counts requests against.
+	SLOTTFT, SLOTPOT time.Duration
 	// MaxTokens per request; with IgnoreEOS each request generates exactly
 	// that many (a llama.cpp extension finserve and llama-server honour).
 	MaxTokens int
@@ -74,6 +92,7 @@ type Config struct {
 	BackgroundMaxTokens int
 
 	firstToken func() // called at a request's first token (background)
+	done       func() // called when a measured request (or turn) ends
 }
 
 // Dist summarises a latency distribution, in seconds.
@@ -81,17 +100,34 @@ type Dist struct {
 	Mean, P50, P90, P99 float64
 }
 
+// Metric definitions follow vLLM's serving benchmark: TTFT from sending a
+// request to its first streamed token; TPOT (E2E - TTFT) / (output tokens
+// - 1) per request; ITL every gap between consecutive streamed chunks;
+// E2E from sending to the end of the stream.
+
 // Result is what one run measured.
 type Result struct {
 	Clients, Requests, Failed int
 	Wall                      time.Duration
 	PromptTokens              int
 	OutputTokens              int
-	// OutputTPS is aggregate output tokens per second of wall time.
-	OutputTPS  float64
-	RequestsPS float64
-	TTFT, TPOT Dist
-	E2E        Dist
+	// OutputTPS is aggregate output tokens per second of wall time;
+	// TotalTPS counts prompt tokens too.
+	OutputTPS, TotalTPS float64
+	RequestsPS          float64
+	TTFT, TPOT, ITL     Dist
+	E2E                 Dist
+	// Goodput is requests per second that met every SLO set (SLOMet of
+	// them); without SLOs every successful request counts.
+	Goodput float64
+	SLOMet  int
+	// Errors counts failed requests by HTTP status ("429", "503"), or
+	// "transport" and "stream" for failures outside HTTP statuses.
+	Errors map[string]int `json:",omitempty"`
+	// ClientCPU is the CPU time the load generator itself used, as a
+	// fraction of one core over the wall time: it must stay small beside
+	// the servers it measures.
+	ClientCPU float64
 	// CachedTokens is the prompt tokens the server reported as served from
 	// its prefix cache (usage.prompt_tokens_details.cached_tokens).
 	CachedTokens int
@@ -107,20 +143,36 @@ type Result struct {
 type sample struct {
 	turn                   int
 	ttft, e2e              time.Duration
+	itls                   []time.Duration
 	prompt, output, cached int
 	answer                 string
+	status                 int // HTTP status of a refused request; 0 otherwise
 	err                    error
 }
 
-// Run sends cfg.Requests streaming chat requests from cfg.Clients clients.
+// Run sends the requests cfg describes and measures them.
 func Run(ctx context.Context, cfg Config) (Result, error) {
-	if cfg.BaseURL == "" || cfg.Clients < 1 || cfg.Requests < 1 || cfg.MaxTokens < 1 {
-		return Result{}, errors.New("bench: a base URL, at least one client, one request and one token are required")
+	switch {
+	case cfg.BaseURL == "" || cfg.MaxTokens < 1:
+		return Result{}, errors.New("bench: a base URL and at least one token per request are required")
+	case cfg.Rate <= 0 && cfg.Clients < 1:
+		return Result{}, errors.New("bench: at least one client, or a request rate, is required")
+	case cfg.Requests < 1 && cfg.Duration <= 0:
+		return Result{}, errors.New("bench: a number of requests or a duration is required")
+	case cfg.API != "" && cfg.API != "chat" && cfg.API != "completions":
+		return Result{}, fmt.Errorf("bench: API %q is neither chat nor completions", cfg.API)
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Minute
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}}
+	if cfg.Burstiness <= 0 {
+		cfg.Burstiness = 1
+	}
+	conns := cfg.Clients
+	if cfg.Rate > 0 {
+		conns = 0 // open loop: as many as are in flight
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: max(conns, 64), MaxConnsPerHost: conns}}
 	defer client.CloseIdleConnections()
 	var bg *background
 	if cfg.Background > 0 {
@@ -131,28 +183,34 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	cfg.Turns = max(cfg.Turns, 1)
-	next := make(chan int)
-	samples := make([]sample, cfg.Requests*cfg.Turns)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range cfg.Clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				converse(ctx, client, cfg, i, samples[i*cfg.Turns:(i+1)*cfg.Turns])
+	var mu sync.Mutex
+	var samples []sample
+	send := func(i int) {
+		out := make([]sample, cfg.Turns)
+		converse(ctx, client, cfg, i, out)
+		for range out {
+			if cfg.done != nil {
+				cfg.done()
 			}
-		}()
-	}
-feed:
-	for i := range cfg.Requests {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
 		}
+		mu.Lock()
+		samples = append(samples, out...)
+		mu.Unlock()
 	}
-	close(next)
+	cpu0 := cpuTime()
+	start := time.Now()
+	var stop <-chan time.Time
+	if cfg.Duration > 0 {
+		t := time.NewTimer(cfg.Duration)
+		defer t.Stop()
+		stop = t.C
+	}
+	var wg sync.WaitGroup
+	if cfg.Rate > 0 {
+		openLoop(ctx, cfg, stop, &wg, send)
+	} else {
+		closedLoop(ctx, cfg, stop, &wg, send)
+	}
 	wg.Wait()
 	wall := time.Since(start)
 	var bgResult *Result
@@ -163,8 +221,93 @@ feed:
 		return Result{}, err
 	}
 	r := summarise(cfg, samples, wall)
+	r.ClientCPU = (cpuTime() - cpu0).Seconds() / wall.Seconds()
 	r.Background = bgResult
 	return r, nil
+}
+
+// closedLoop runs cfg.Clients clients, each sending its next request when
+// the last ended, until cfg.Requests are sent or stop fires.
+func closedLoop(ctx context.Context, cfg Config, stop <-chan time.Time, wg *sync.WaitGroup, send func(int)) {
+	next := make(chan int)
+	for range cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				send(i)
+			}
+		}()
+	}
+	defer close(next)
+	for i := 0; cfg.Requests == 0 || i < cfg.Requests; i++ {
+		select {
+		case next <- i:
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// openLoop sends requests at gamma-distributed arrival times, whatever is
+// in flight, until cfg.Requests are sent or stop fires.
+func openLoop(ctx context.Context, cfg Config, stop <-chan time.Time, wg *sync.WaitGroup, send func(int)) {
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0xa771))
+	at := time.Now()
+	for i := 0; cfg.Requests == 0 || i < cfg.Requests; i++ {
+		if i > 0 {
+			// mean 1/Rate: shape k, scale 1/(k·Rate)
+			at = at.Add(time.Duration(Gamma(rng, cfg.Burstiness) / (cfg.Burstiness * cfg.Rate) * float64(time.Second)))
+		}
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-t.C:
+		case <-stop:
+			t.Stop()
+			return
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			send(i)
+		}()
+	}
+}
+
+// Gamma draws from a gamma distribution of shape k and scale 1 (mean k;
+// Marsaglia and Tsang, shapes below 1 by the boost k+1, U^(1/k)).
+func Gamma(rng *rand.Rand, k float64) float64 {
+	if k < 1 {
+		return Gamma(rng, k+1) * math.Pow(rng.Float64(), 1/k)
+	}
+	d := k - 1.0/3
+	c := 1 / math.Sqrt(9*d)
+	for {
+		x := rng.NormFloat64()
+		v := 1 + c*x
+		if v <= 0 {
+			continue
+		}
+		v = v * v * v
+		u := rng.Float64()
+		if math.Log(u) < 0.5*x*x+d-d*v+d*math.Log(v) {
+			return d * v
+		}
+	}
+}
+
+// cpuTime is the CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // background is the load Config.Background describes.
@@ -242,11 +385,15 @@ func (b *background) stop() *Result {
 
 func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 	r := Result{Clients: cfg.Clients, Requests: len(samples), Wall: wall}
-	var ttft, tpot, e2e []float64
+	var ttft, tpot, itl, e2e []float64
 	turns := make([][]float64, cfg.Turns)
 	for _, s := range samples {
 		if s.err != nil {
 			r.Failed++
+			if r.Errors == nil {
+				r.Errors = map[string]int{}
+			}
+			r.Errors[errorKind(s)]++
 			if len(r.FirstErrors) < 3 {
 				r.FirstErrors = append(r.FirstErrors, s.err.Error())
 			}
@@ -258,19 +405,42 @@ func summarise(cfg Config, samples []sample, wall time.Duration) Result {
 		ttft = append(ttft, s.ttft.Seconds())
 		turns[s.turn] = append(turns[s.turn], s.ttft.Seconds())
 		e2e = append(e2e, s.e2e.Seconds())
+		for _, g := range s.itls {
+			itl = append(itl, g.Seconds())
+		}
+		ok := cfg.SLOTTFT <= 0 || s.ttft <= cfg.SLOTTFT
 		if s.output > 1 {
-			tpot = append(tpot, (s.e2e-s.ttft).Seconds()/float64(s.output-1))
+			per := (s.e2e - s.ttft) / time.Duration(s.output-1)
+			tpot = append(tpot, per.Seconds())
+			ok = ok && (cfg.SLOTPOT <= 0 || per <= cfg.SLOTPOT)
+		}
+		if ok {
+			r.SLOMet++
 		}
 	}
 	r.OutputTPS = float64(r.OutputTokens) / wall.Seconds()
+	r.TotalTPS = float64(r.OutputTokens+r.PromptTokens) / wall.Seconds()
 	r.RequestsPS = float64(len(samples)-r.Failed) / wall.Seconds()
-	r.TTFT, r.TPOT, r.E2E = Summarize(ttft), Summarize(tpot), Summarize(e2e)
+	r.Goodput = float64(r.SLOMet) / wall.Seconds()
+	r.TTFT, r.TPOT, r.ITL, r.E2E = Summarize(ttft), Summarize(tpot), Summarize(itl), Summarize(e2e)
 	if cfg.Turns > 1 {
 		for _, xs := range turns {
 			r.TurnTTFT = append(r.TurnTTFT, Summarize(xs))
 		}
 	}
 	return r
+}
+
+// errorKind names what made s fail, for Result.Errors.
+func errorKind(s sample) string {
+	var ue *url.Error
+	switch {
+	case s.status != 0:
+		return strconv.Itoa(s.status)
+	case errors.As(s.err, &ue):
+		return "transport"
+	}
+	return "stream"
 }
 
 // words is the vocabulary of generated prompts: common English words of
@@ -342,7 +512,6 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	defer cancel()
 	fields := map[string]any{
 		"model":          cfg.Model,
-		"messages":       msgs,
 		"max_tokens":     cfg.MaxTokens,
 		"temperature":    0,
 		"stream":         true,
@@ -352,9 +521,21 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	if cfg.NoPromptCache {
 		fields["cache_prompt"] = false
 	}
+	path := "/chat/completions"
+	if cfg.API == "completions" {
+		path = "/completions"
+		var prompt strings.Builder
+		for _, m := range msgs {
+			prompt.WriteString(m["content"])
+			prompt.WriteString("\n")
+		}
+		fields["prompt"] = prompt.String()
+	} else {
+		fields["messages"] = msgs
+	}
 	body, _ := json.Marshal(fields)
 	start0 := time.Now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(cfg.BaseURL, "/")+"/chat/completions", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(cfg.BaseURL, "/")+path, bytes.NewReader(body))
 	if err != nil {
 		return sample{err: err}
 	}
@@ -374,11 +555,12 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return sample{err: fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))}
+		return sample{status: resp.StatusCode, err: fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))}
 	}
 	var s sample
 	var answer strings.Builder
 	chunks := 0
+	var last time.Time
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
@@ -399,6 +581,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 				Delta struct {
 					Content string `json:"content"`
 				} `json:"delta"`
+				Text string `json:"text"` // completions
 			} `json:"choices"`
 			Usage *struct {
 				PromptTokens        int `json:"prompt_tokens"`
@@ -412,16 +595,22 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 			return sample{err: fmt.Errorf("bad event: %w", err)}
 		}
 		for _, ch := range c.Choices {
-			if ch.Delta.Content != "" {
-				answer.WriteString(ch.Delta.Content)
-				if chunks == 0 {
-					s.ttft = time.Since(start)
-					if cfg.firstToken != nil {
-						cfg.firstToken()
-					}
-				}
-				chunks++
+			content := ch.Delta.Content + ch.Text
+			if content == "" {
+				continue
 			}
+			now := time.Now()
+			answer.WriteString(content)
+			if chunks == 0 {
+				s.ttft = now.Sub(start)
+				if cfg.firstToken != nil {
+					cfg.firstToken()
+				}
+			} else {
+				s.itls = append(s.itls, now.Sub(last))
+			}
+			last = now
+			chunks++
 		}
 		if c.Usage != nil && c.Usage.CompletionTokens > 0 {
 			s.prompt, s.output = c.Usage.PromptTokens, c.Usage.CompletionTokens

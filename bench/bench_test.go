@@ -17,9 +17,10 @@ import (
 	"github.com/finserve/finserve/server"
 )
 
-// TestRunAgainstServer drives a real finserve server on a generated model
-// and checks that what bench counts is what the server generated.
-func TestRunAgainstServer(t *testing.T) {
+// startServer serves a generated tiny model on a loopback port for the
+// test and returns its base URL.
+func startServer(t *testing.T) string {
+	t.Helper()
 	engine.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	path := filepath.Join(t.TempDir(), "tiny.gguf")
 	if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 5}); err != nil {
@@ -29,12 +30,11 @@ func TestRunAgainstServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(m.Close)
 	e, err := engine.New(m, engine.Options{Parallel: 4, Context: 256, Threads: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
 	srv, err := server.New(server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -45,13 +45,19 @@ func TestRunAgainstServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	defer func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx, time.Second)
-	}()
-	base := "http://" + ln.Addr().String() + "/v1"
+		e.Close()
+	})
+	return "http://" + ln.Addr().String() + "/v1"
+}
 
+// TestRunAgainstServer drives a real finserve server on a generated model
+// and checks that what bench counts is what the server generated.
+func TestRunAgainstServer(t *testing.T) {
+	base := startServer(t)
 	r, err := bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 4, Requests: 10,
 		MaxTokens: 16, IgnoreEOS: true, Prompt: "hello"})
 	if err != nil {
@@ -100,7 +106,7 @@ func TestRunAgainstServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Failed != 3 || len(r.FirstErrors) == 0 {
+	if r.Failed != 3 || len(r.FirstErrors) == 0 || r.Errors["404"] != 3 {
 		t.Fatalf("refused requests: %+v", r)
 	}
 }

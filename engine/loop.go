@@ -248,7 +248,8 @@ type loop struct {
 	requeued []task // preempted during admission, waiting from the next
 	tstats   [NumTiers]tierCounters
 	lastAged time.Time
-	stepTime stepModel // measured step durations, for chunkCap
+	stepTime stepModel           // measured step durations, for chunkCap
+	lastSeen [NumTiers]time.Time // when a request of each tier last arrived
 }
 
 func (e *Engine) run(ready chan<- error) {
@@ -430,6 +431,7 @@ func (l *loop) intake(items []any) {
 		case task:
 			b := v.base()
 			b.arrival = l.steps
+			l.lastSeen[b.tier] = time.Now()
 			b.order = l.nextNo
 			l.nextNo++
 			l.waiting = append(l.waiting, v)

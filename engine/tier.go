@@ -24,8 +24,9 @@ import (
 //     sequences of lower priority sit the step out, so that the prefill
 //     step is as short as it would be on an idle engine.
 //   - step length: a tier's prompt chunks are cut so that one step stays
-//     within 1/stepShare of the smallest TTFTTarget of the tiers above it: a
-//     request arriving during a step waits at most that long to start.
+//     within 1/stepShare of the smallest TTFTTarget of the tiers above it
+//     that had a request in the last minute: a request arriving during a
+//     step waits at most that long to start.
 //   - aging: a request held back by higher priorities (the first waiting
 //     request of its tier, unless its tier is at MaxRunning, or a paused
 //     sequence, while a higher priority runs) gains one priority level
@@ -295,16 +296,23 @@ func (l *loop) nextDeadline() time.Time {
 // efficient prompt chunks for the lower tiers.
 const stepShare = 6
 
+// activeWindow is how long after a tier's last request its TTFT target
+// still cuts the steps of the tiers below: arrivals cannot be foreseen,
+// but a tier nobody has used for this long does not cost the others.
+const activeWindow = time.Minute
+
 // chunkCap is how many prompt tokens a sequence of priority p may add to
 // a step that already holds n tokens, and whether it is bounded at all:
 // as many as keep the step within 1/stepShare of the smallest TTFT target
-// above p, by the step-time model. The first capped sequence of a step
+// above p of a tier active within activeWindow, by the step-time model. The first capped sequence of a step
 // gets at least minChunk, so that lower tiers always progress; with
 // capped set (one already did) the rest get only what fits.
 func (l *loop) chunkCap(p, n int, capped bool) (int, bool) {
 	var target time.Duration
-	for _, tp := range l.e.opts.Tiers {
-		if tp.Priority > p && tp.TTFTTarget > 0 && (target == 0 || tp.TTFTTarget < target) {
+	now := time.Now()
+	for t, tp := range l.e.opts.Tiers {
+		if tp.Priority > p && tp.TTFTTarget > 0 && (target == 0 || tp.TTFTTarget < target) &&
+			now.Sub(l.lastSeen[t]) < activeWindow {
 			target = tp.TTFTTarget
 		}
 	}

@@ -63,7 +63,7 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys
 from statistics import median as med
 out, rounds = sys.argv[1], int(sys.argv[2])
-def load(s, w): return [json.load(open(f"{out}/{s}-{w}-{r}.json"))[0] for r in range(1, rounds + 1)]
+def load(s, w): return [json.load(open(f"{out}/{s}-{w}-{r}.json"))["Targets"][0]["Levels"][0]["Result"] for r in range(1, rounds + 1)]
 S = {s: load(s, "single") for s in ("llama-server", "cache-on", "cache-off")}
 print(f"one client, 8 requests with a shared system prompt: TTFT ms, medians of {rounds} rounds")
 print(f"{'':18} {'llama-server':>12} {'cache on':>9} {'cache off':>9}")

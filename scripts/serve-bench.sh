@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# Side-by-side serving benchmark: finserve (bundled and system provider)
-# against llama-server from the Debian sid root, on the same generated
-# model, threads, context and parallel slots, driven by the same client
-# (`finserve bench`: streaming chat, ignore_eos, greedy), in one run.
+# Side-by-side serving benchmark, written to bench/RESULTS.md: finserve
+# (bundled and system provider) against llama-server from the Debian sid
+# root, on the same generated models (bench preset, q8_0 and Q4_K_M), with
+# the same threads, context and parallel slots, driven by the same client
+# (`finserve bench`), in one run. Regenerate the file with this script;
+# do not edit it by hand.
 #
-#   scripts/serve-bench.sh [THREADS] [ROUNDS] [MODEL]
+#   scripts/serve-bench.sh [THREADS] [ROUNDS]
 #
-# Each round runs every server once, in turn, so that the machine's drift
-# hits them alike; the table gives medians over rounds and the median of
-# each round's finserve/llama-server ratio. Loopback only.
+# Workloads: short (one question, MAX_TOKENS out) at concurrency 1, 4, 8
+# and 16; chat (a shared ~300-word system prompt, 3-turn conversations) at
+# concurrency 4. Each round runs every server once per model, in turn, so
+# that the machine's drift hits them alike; RESULTS.md gives medians over
+# rounds and the median of each round's ratio to llama-server. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
-ROUNDS=${2:-3}
-MODEL=${3:-testdata/models/bench-q8_0.gguf}
-PARALLEL=${PARALLEL:-8}
+ROUNDS=${2:-2}
+PARALLEL=${PARALLEL:-16}
 CTX=${CTX:-1024}          # per sequence
-MAX_TOKENS=${MAX_TOKENS:-128}
-PER_CLIENT=${PER_CLIENT:-4}
-CLIENTS=${CLIENTS:-1,8}
+MAX_TOKENS=${MAX_TOKENS:-64}
+PER_CLIENT=${PER_CLIENT:-2}
+LEVELS=${LEVELS:-1,4,8,16}
 PORT=${PORT:-18181}
+MODELS="q8_0 q4_k_m"
 
 sid() { "$SID" run "$@"; }
+MODEL=testdata/models/bench-q8_0.gguf
 . scripts/servers.sh
-prepare bench-results/serve
-
+prepare bench-results/serve # generates the q8_0 model if missing
+if [ ! -f testdata/models/bench-q4_k_m.gguf ]; then
+  f32=testdata/models/bench-f32.gguf
+  [ -f $f32 ] || bin/finserve model gen --preset bench --type f32 --out $f32
+  bin/finserve quant --in $f32 --out testdata/models/bench-q4_k_m.gguf --type q4_k_m
+fi
 sid make build-system >/dev/null
 
 start() { # name: start that server in the background
@@ -38,36 +47,58 @@ start() { # name: start that server in the background
 
 trap stop EXIT
 
-for r in $(seq 1 "$ROUNDS"); do
-  for s in llama-server bundled system; do
-    echo "== round $r: $s"
-    start "$s"
-    warm_up
-    # Prompt reuse off ("cache_prompt": false, honoured by both), then on
-    # (both servers' default; make prefix-bench measures it in depth).
-    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
-      --max-tokens "$MAX_TOKENS" --no-prompt-cache --json >"$OUT/$s-$r.json"
-    bin/finserve bench --url "http://127.0.0.1:$PORT/v1" --clients "$CLIENTS" --requests-per-client "$PER_CLIENT" \
-      --max-tokens "$MAX_TOKENS" --json >"$OUT/$s-$r-cached.json"
-    stop
+for q in $MODELS; do
+  MODEL=testdata/models/bench-$q.gguf
+  for r in $(seq 1 "$ROUNDS"); do
+    for s in llama-server bundled system; do
+      echo "== $q round $r: $s"
+      start "$s"
+      warm_up
+      b() { bin/finserve bench --target "$s=http://127.0.0.1:$PORT/v1" --requests-per-client "$PER_CLIENT" \
+        --max-tokens "$MAX_TOKENS" --seed "$r" --json "$@"; }
+      b --workload short --concurrency "$LEVELS" >"$OUT/$q-$s-short-$r.json"
+      b --workload chat --concurrency 4 --requests-per-client 1 >"$OUT/$q-$s-chat-$r.json"
+      stop
+    done
   done
 done
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
-import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+python3 - "$OUT" "$ROUNDS" "$THREADS" "$PARALLEL" "$CTX" "$MAX_TOKENS" "$MODELS" >bench/RESULTS.md <<'PY'
+import json, os, platform, statistics, subprocess, sys, datetime
+out, rounds, threads, parallel, ctx, max_tokens, models = sys.argv[1], int(sys.argv[2]), *sys.argv[3:7], sys.argv[7].split()
 med = statistics.median
-for variant, title in (("", "prompt reuse off (cache_prompt: false)"), ("-cached", "prompt reuse on (the default of both)")):
-  R = {s: [json.load(open(f"{out}/{s}-{r}{variant}.json")) for r in range(1, rounds + 1)] for s in ("llama-server", "bundled", "system")}
-  print(f"\n{title}: medians of {rounds} interleaved rounds; ratio = median of per-round finserve/llama-server")
-  print(f"{'clients':>7} {'metric':16} {'llama-server':>12} {'system':>9} {'ratio':>6} {'bundled':>9} {'ratio':>6}")
-  for i, res in enumerate(R["llama-server"][0]):
-      c = res["Clients"]
-      for name, get in (("output tok/s", lambda x: x["OutputTPS"]), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"]),
-                        ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"])):
-          v = {s: [get(R[s][r][i]) for r in range(rounds)] for s in R}
-          fails = sum(R[s][r][i]["Failed"] for s in R for r in range(rounds))
-          ratio = lambda s: med(v[s][r] / v["llama-server"][r] for r in range(rounds))
-          print(f"{c:7d} {name:16} {med(v['llama-server']):12.1f} {med(v['system']):9.1f} {ratio('system'):6.2f} "
-                f"{med(v['bundled']):9.1f} {ratio('bundled'):6.2f}" + (f"  ({fails} failed)" if fails else ""))
+servers = ("llama-server", "bundled", "system")
+def load(q, s, w):
+    return [json.load(open(f"{out}/{q}-{s}-{w}-{r}.json"))["Targets"][0]["Levels"] for r in range(1, rounds + 1)]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+version = subprocess.run(["bin/finserve", "version"], capture_output=True, text=True).stdout.strip().replace("\n", "; ")
+print("# Serving benchmark results\n")
+print("Generated by `scripts/serve-bench.sh` (`make serve-bench`); do not edit by hand.\n")
+print(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+print(f"- machine: {cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; shared and noisy, so read ratios, not absolutes")
+print(f"- finserve: {version}")
+print(f"- servers: llama-server from the Debian sid root; finserve bundled (ollama's llama.cpp) and system provider (Debian's libllama, the same as llama-server's)")
+print(f"- settings: bench preset (768 x 12 layers, 32k vocabulary), {threads} threads, {parallel} slots of {ctx} tokens, "
+      f"{max_tokens} tokens per answer (ignore_eos, greedy), {rounds} interleaved rounds; medians over rounds, ratios are the median of per-round ratios to llama-server\n")
+fields = (("output tok/s", lambda x: x["OutputTPS"], "{:.1f}"), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"], "{:.0f}"),
+          ("TTFT p99 ms", lambda x: 1000 * x["TTFT"]["P99"], "{:.0f}"), ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"], "{:.1f}"))
+for q in models:
+    for w, title in (("short", "short questions, by concurrency"), ("chat", "customer-service chat with a shared system prompt, 4 conversations of 3 turns")):
+        R = {s: load(q, s, w) for s in servers}
+        print(f"## {q.upper()}: {title}\n")
+        print("| concurrency | metric | llama-server | finserve system | ratio | finserve bundled | ratio |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        fails = 0
+        for i, lv in enumerate(R["llama-server"][0]):
+            for name, get, fmt in fields:
+                v = {s: [get(R[s][r][i]["Result"]) for r in range(rounds)] for s in servers}
+                ratio = lambda s: med(a / b for a, b in zip(v[s], v["llama-server"]) if b > 0) if any(v["llama-server"]) else float("nan")
+                print(f"| {lv['Concurrency']} | {name} | {fmt.format(med(v['llama-server']))} | {fmt.format(med(v['system']))} | "
+                      f"{ratio('system'):.2f} | {fmt.format(med(v['bundled']))} | {ratio('bundled'):.2f} |")
+            fails += sum(R[s][r][i]["Result"]["Failed"] for s in servers for r in range(rounds))
+        if w == "chat":
+            v = {s: [R[s][r][0]["Result"]["CachedTokens"] / max(1, R[s][r][0]["Result"]["PromptTokens"]) for r in range(rounds)] for s in servers}
+            print(f"\nprompt tokens served from cache: " + ", ".join(f"{s} {100 * med(v[s]):.0f}%" for s in servers))
+        cpu_use = max(R[s][r][i]["Result"]["ClientCPU"] for s in servers for r in range(rounds) for i in range(len(R[s][r])))
+        print(f"\nfailed requests: {fails}; load generator CPU at most {100 * cpu_use:.0f}% of one core\n")
 PY
+echo "wrote bench/RESULTS.md"

@@ -67,7 +67,7 @@ python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys
 from statistics import median as med
 out, rounds = sys.argv[1], int(sys.argv[2])
-def load(s, w): return [json.load(open(f"{out}/{s}-{w}-{r}.json"))[0] for r in range(1, rounds + 1)]
+def load(s, w): return [json.load(open(f"{out}/{s}-{w}-{r}.json"))["Targets"][0]["Levels"][0]["Result"] for r in range(1, rounds + 1)]
 servers = ("llama-server", "finserve")
 D = {(s, w): load(s, w) for s in servers for w in ("idle", "saturated")}
 print(f"realtime chat TTFT (ms), medians of {rounds} rounds")
