@@ -7,7 +7,7 @@ SID=${SID_ROOT_SH:-../shared/peers/sid-root.sh}
 prepare() { # DIR: the results directory, emptied of old results; generates $MODEL if missing
   OUT=$1
   mkdir -p "$OUT"
-  rm -f "$OUT"/*.json "$OUT"/*.txt
+  rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.prom
   [ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
 }
 

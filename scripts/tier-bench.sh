@@ -58,7 +58,7 @@ for r in $(seq 1 "$ROUNDS"); do
     b --requests-per-client "$RT_REQUESTS" --seed $((2 * r)) >"$OUT/$s-idle-$r.json"
     b --requests-per-client "$sat" --seed $((2 * r + 1)) --background "$BG" --background-url "$bg" \
       --background-words "$BG_WORDS" --background-max-tokens "$BG_TOKENS" >"$OUT/$s-saturated-$r.json"
-    [ "$s" = finserve ] && curl -s "$base/metrics" | grep -E '^finserve_tier_(preemptions|paused_steps|rejections)_total' >"$OUT/finserve-metrics-$r.txt" || true
+    if [ "$s" = finserve ]; then curl -s "$base/metrics" >"$OUT/finserve-metrics-$r.prom"; grep -E "^finserve_tier_(preemptions|paused_steps|rejections)_total" "$OUT/finserve-metrics-$r.prom" >"$OUT/finserve-metrics-$r.txt" || true; fi
     stop
   done
 done

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -92,7 +93,9 @@ func (m *metrics) middleware(c *fiber.Ctx) error {
 	if route == "/" && c.Path() != "/" {
 		route = "unmatched"
 	}
-	m.requests.WithLabelValues(route, c.Method(), strconv.Itoa(status)).Inc()
+	// fiber's strings alias request buffers that are reused: the labels,
+	// which the counter keeps, must be copies.
+	m.requests.WithLabelValues(strings.Clone(route), strings.Clone(c.Method()), strconv.Itoa(status)).Inc()
 	return err
 }
 

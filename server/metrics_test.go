@@ -176,3 +176,39 @@ func TestCompression(t *testing.T) {
 		t.Fatalf("stream ends %q", tail(string(raw)))
 	}
 }
+
+// TestMetricsLabelsAreCopies: request labels are copied out of fasthttp's
+// reused buffers. Before they were, mixed methods and routes on reused
+// connections corrupted stored labels, and /metrics failed with a
+// "collected before" error.
+func TestMetricsLabelsAreCopies(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{})
+	msg := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":1}`
+	for i := range 30 {
+		switch i % 5 {
+		case 0:
+			ts.post(t, "/chat/completions", msg)
+		case 1:
+			sendTo(t, ts.tierURL("realtime"), "/chat/completions", msg)
+		case 2:
+			ts.get(t, "/v1/models")
+		case 3:
+			ts.get(t, "/tiers/batch/v1/models")
+		case 4:
+			ts.post(t, "/no/such/route", "{}")
+		}
+	}
+	resp, text := ts.get(t, "/metrics")
+	if resp.StatusCode != 200 || strings.Contains(text, "error has occurred") {
+		t.Fatalf("metrics: %d %.300s", resp.StatusCode, text)
+	}
+	for _, want := range []string{
+		`finserve_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 6`,
+		`finserve_http_requests_total{method="POST",route="/tiers/:tier/v1/chat/completions",status="200"} 6`,
+		`finserve_http_requests_total{method="GET",route="/tiers/:tier/v1/models",status="200"} 6`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
