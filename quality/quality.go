@@ -49,7 +49,7 @@ type Options struct {
 // ModelReport describes one model's side of an evaluation.
 type ModelReport struct {
 	Path       string
-	Type       string // llama.cpp's file type, e.g. Q4_K_M
+	Type       string // llama.cpp's description, with the file type (e.g. "llama ?B Q4_K - Medium")
 	Bytes      int64
 	Perplexity float64
 	// PrefillTPS and DecodeTPS are prompt and single-stream generation
@@ -150,8 +150,8 @@ func Evaluate(ctx context.Context, ref, cand *engine.Model, text string, opts Op
 	}
 	r.Positions = len(kls)
 	n := float64(r.Positions)
-	r.Reference = ModelReport{Path: ri.Path, Type: fileType(ri), Bytes: fileSize(ri.Path), Perplexity: math.Exp(nll[0] / n)}
-	r.Candidate = ModelReport{Path: ci.Path, Type: fileType(ci), Bytes: fileSize(ci.Path), Perplexity: math.Exp(nll[1] / n)}
+	r.Reference = ModelReport{Path: ri.Path, Type: ri.Description, Bytes: fileSize(ri.Path), Perplexity: math.Exp(nll[0] / n)}
+	r.Candidate = ModelReport{Path: ci.Path, Type: ci.Description, Bytes: fileSize(ci.Path), Perplexity: math.Exp(nll[1] / n)}
 	r.PerplexityRatio = r.Candidate.Perplexity / r.Reference.Perplexity
 	sum := 0.0
 	for _, v := range kls {
@@ -200,10 +200,6 @@ func argmax(xs []float32) int {
 		}
 	}
 	return best
-}
-
-func fileType(i engine.ModelInfo) string {
-	return i.Description
 }
 
 func fileSize(path string) int64 {

@@ -60,7 +60,7 @@ Random weights write gibberish: use these models to test and measure, not to cha
 				Progress: func(done, total int64) {
 					if time.Since(last) > 500*time.Millisecond || done == total {
 						last = time.Now()
-						fmt.Fprintf(w, "\rwriting %s: %5.1f%% of %.1f MiB", out, 100*float64(done)/float64(total), float64(total)/(1<<20))
+						fmt.Fprintf(w, "\rwriting %s: %5.1f%% of %.1f MiB", out, 100*float64(done)/float64(total), mib(total))
 					}
 				},
 			})
