@@ -391,8 +391,11 @@ type VariantScore struct {
 type ScoreResult struct {
 	Variants     []VariantScore
 	SharedPrefix int // tokens evaluated once for all variants
-	CachedTokens int // tokens of the shared prefix reused from the prefix cache
-	Timings      Timings
+	// EvaluatedTokens counts the tokens of the variants' prefix tree: each
+	// token shared by several variants counts once (cached ones included).
+	EvaluatedTokens int
+	CachedTokens    int // tokens of the shared prefix reused from the prefix cache
+	Timings         Timings
 }
 
 // Stats is a snapshot of the engine's state, taken by its loop.
@@ -595,9 +598,9 @@ func (e *Engine) Score(ctx context.Context, req ScoreRequest) (*ScoreResult, err
 	if err := e.validateScore(&req); err != nil {
 		return nil, err
 	}
-	t := newScoreTask(ctx, req, e.opts.Parallel)
-	if t.prefixLen > 0 {
-		t.chain, t.hit = e.prefixLookup(req.Variants[0][:t.prefixLen], req.Tenant, t.cacheLimit(t.prefixLen))
+	t := newScoreTask(ctx, req)
+	if n := t.root.end; n > 0 {
+		t.chain, t.hit = e.prefixLookup(req.Variants[0][:n], req.Tenant, t.cacheLimit(n))
 	}
 	if err := e.enqueue(ctx, t); err != nil {
 		return nil, err

@@ -80,45 +80,44 @@ func (t *genTask) tokens() []Token {
 
 type scoreTask struct {
 	taskBase
-	req        ScoreRequest
-	prefixLen  int       // tokens shared by every variant, prefilled once
-	prefix     *sequence // nil when there is no shared prefix or it is released
-	prefixDone bool
-	next       int // next variant to start
-	active     int // variant sequences running
-	finished   int
-	result     *ScoreResult
-	err        error
-	done       chan struct{}
+	req     ScoreRequest
+	root    *scoreNode // the variants' prefix tree (scoretree.go)
+	sorted  []int      // variants sorted: every node's are sorted[lo:hi]
+	longest int        // the most tokens a variant has past the root
+	cells   int        // KV cells its nodes hold
+	// finished counts variants scored; the task ends with the last.
+	finished int
+	result   *ScoreResult
+	err      error
+	done     chan struct{}
 }
 
-func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTask {
+func newScoreTask(ctx context.Context, req ScoreRequest) *scoreTask {
 	t := &scoreTask{
 		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: time.Now()},
 		req:      req,
 		result:   &ScoreResult{Variants: make([]VariantScore, len(req.Variants))},
 		done:     make(chan struct{}),
 	}
-	// Share the common prefix when there is more than one variant and a
-	// spare slot to hold it; keep at least one token per variant to
-	// evaluate, so that each variant's last logits come from its own cells.
-	if len(req.Variants) > 1 && parallel >= 2 {
-		lcp := len(req.Variants[0])
-		for _, v := range req.Variants[1:] {
-			lcp = min(lcp, len(v))
-			for i := 0; i < lcp; i++ {
-				if v[i] != req.Variants[0][i] {
-					lcp = i
-					break
-				}
+	// The root is the prefix every variant shares, less a token for
+	// each variant's own leaf.
+	rootLen := len(req.Variants[0])
+	if len(req.Variants) == 1 {
+		rootLen = 0 // nothing to share: one fresh sequence
+	}
+	maxLen := 0
+	for _, v := range req.Variants {
+		rootLen = min(rootLen, len(v)-1)
+		maxLen = max(maxLen, len(v))
+		for i := 0; i < rootLen; i++ {
+			if v[i] != req.Variants[0][i] {
+				rootLen = i
+				break
 			}
 		}
-		minLen := len(req.Variants[0])
-		for _, v := range req.Variants {
-			minLen = min(minLen, len(v))
-		}
-		t.prefixLen = min(lcp, minLen-1)
 	}
+	t.root, t.sorted = buildScoreTree(req.Variants, rootLen)
+	t.longest = maxLen - rootLen
 	for i, v := range req.Variants {
 		if req.Positions {
 			t.result.Variants[i].Positions = make([]float32, len(v)-1)
@@ -127,7 +126,8 @@ func newScoreTask(ctx context.Context, req ScoreRequest, parallel int) *scoreTas
 			t.result.Variants[i].Dists = make([][]float32, len(v)-1-req.DistributionsFrom)
 		}
 	}
-	t.result.SharedPrefix = t.prefixLen
+	t.result.SharedPrefix = rootLen
+	t.result.EvaluatedTokens = t.root.tokens()
 	return t
 }
 
@@ -155,7 +155,8 @@ type sequence struct {
 	order   uint64
 	gen     *genTask
 	score   *scoreTask
-	variant int // index of the variant, or -1 for a shared prefix
+	variant int        // index of the variant, or -1 for a shared prefix
+	node    *scoreNode // the prefix-tree node a score sequence computes
 	tenant  string
 	chain   prefixcache.Chain // of tokens; may cover fewer or more than fed
 
@@ -183,7 +184,7 @@ func (s *sequence) wantsLogits(i int) bool {
 	case s.variant >= 0:
 		r := &s.score.req
 		return last || r.Positions || r.Distributions && i >= r.DistributionsFrom
-	default: // shared prefix: only position scores need its logits
+	default: // shared by several variants: only position scores need its logits
 		return s.score.req.Positions
 	}
 }
@@ -560,9 +561,8 @@ const (
 // computing, or whose tier runs all it may, lets the next ones pass.
 func (l *loop) admit() {
 	for _, t := range l.scoring {
-		l.startVariants(t)
+		l.startNodes(t)
 	}
-	l.scoring = slices.DeleteFunc(l.scoring, func(t *scoreTask) bool { return t.next >= len(t.req.Variants) })
 
 	l.sortWaiting()
 	stay := l.waiting[:0]
@@ -694,80 +694,6 @@ func (l *loop) admitGen(t *genTask) admission {
 		tenant: t.tenant, chain: t.chain}
 	l.addSeq(t.seq)
 	return admitted
-}
-
-func (l *loop) admitScore(t *scoreTask) admission {
-	if t.prefixLen == 0 {
-		if !l.freeSlot(l.prio(&t.taskBase), 1) || !l.room(len(t.req.Variants[0]), source{}) {
-			return noRoom
-		}
-		t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
-		t.prefixDone = true
-		l.startVariants(t)
-		l.scoring = append(l.scoring, t)
-		return admitted
-	}
-	// A shared prefix holds a slot until every variant is done: admit it
-	// only with room for a variant beside it, so that prefixes can never
-	// hold every slot (or every cell) while their variants wait.
-	maxSuffix := 0
-	for _, v := range t.req.Variants {
-		maxSuffix = max(maxSuffix, len(v)-t.prefixLen)
-	}
-	if !l.freeSlot(l.prio(&t.taskBase), 2) {
-		return noRoom
-	}
-	prefix := t.req.Variants[0][:t.prefixLen]
-	src, wait := l.findSource(prefix, &t.chain, t.tenant, t.cacheLimit(t.prefixLen), t.hit)
-	if wait {
-		l.pstats.waits++
-		return later
-	}
-	if !l.room(t.prefixLen+maxSuffix, src) {
-		return noRoom
-	}
-	t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
-	slot, fed := l.open(src)
-	t.hit = nil
-	t.result.CachedTokens = fed
-	t.prefix = &sequence{slot: slot, tokens: prefix, fed: fed, reserve: t.prefixLen,
-		tier: t.tier, order: t.order, score: t, variant: -1, tenant: t.tenant, chain: t.chain}
-	l.addSeq(t.prefix)
-	l.scoring = append(l.scoring, t)
-	return admitted
-}
-
-// startVariants starts as many variants of t as slots and cells allow,
-// once its shared prefix is in the cache.
-func (l *loop) startVariants(t *scoreTask) {
-	if !t.prefixDone {
-		return
-	}
-	for t.next < len(t.req.Variants) && l.freeSlot(l.prio(&t.taskBase), 1) {
-		v := t.req.Variants[t.next]
-		sq := &sequence{tokens: v, fed: t.prefixLen, reserve: len(v) - t.prefixLen,
-			tier: t.tier, order: t.order, score: t, variant: t.next, tenant: t.tenant}
-		if t.prefixLen > 0 {
-			if !l.room(sq.reserve, source{}) {
-				return
-			}
-			// Share (unified cache) or copy (split streams) the prefix cells.
-			sq.slot = l.claimSlot()
-			C.llama_memory_seq_cp(l.mem, C.llama_seq_id(t.prefix.slot), C.llama_seq_id(sq.slot), -1, -1)
-		} else {
-			if l.pc.on {
-				sq.chain = prefixcache.ChainOf(l.pc.block, v)
-			}
-			src, _ := l.findSource(v, &sq.chain, t.tenant, t.cacheLimit(len(v)), nil)
-			if !l.room(sq.reserve, src) {
-				return
-			}
-			sq.slot, sq.fed = l.open(src)
-		}
-		l.addSeq(sq)
-		t.next++
-		t.active++
-	}
 }
 
 func (l *loop) newSampler(s *Sampling) *C.struct_llama_sampler {
@@ -956,23 +882,16 @@ func (l *loop) handleOutputs() {
 			l.scoreOutput(o)
 		}
 	}
-	// Finish score sequences that have fed everything.
+	// Count the variants whose leaf was computed in this step; sequences
+	// that finished a node move on in the next admission (startNodes).
 	for i := 0; i < len(l.running); {
 		sq := l.running[i]
-		if sq.score == nil || sq.remaining() > 0 {
-			i++
+		i++
+		if sq.score == nil || sq.variant < 0 || sq.inBatch == 0 || sq.remaining() > 0 {
 			continue
 		}
 		t := sq.score
-		if sq.variant < 0 {
-			t.prefixDone = true
-			i++
-			continue
-		}
-		l.removeSeq(sq, true)
-		t.active--
-		t.finished++
-		if t.finished == len(t.req.Variants) {
+		if t.finished++; t.finished == len(t.req.Variants) {
 			l.finishScore(t, nil)
 			i = 0 // it may have removed sequences before i
 		}
@@ -1051,22 +970,25 @@ func (l *loop) scoreOutput(o output) {
 	req := &t.req
 	sq := o.seq
 	if sq.variant < 0 {
-		// Shared prefix: position scores, shared by every variant.
-		if o.index < t.prefixLen-1 {
+		// A node shared by several variants: position scores for all of
+		// them; its last row predicts each child's first token.
+		n := sq.node
+		if o.index < n.end-1 {
 			lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
-			for i := range t.result.Variants {
-				t.result.Variants[i].Positions[o.index] = lp[0]
+			for _, v := range t.sorted[n.lo:n.hi] {
+				t.result.Variants[v].Positions[o.index] = lp[0]
 			}
 			return
 		}
-		// The prefix's last row predicts each variant's first own token.
-		next := make([]Token, len(req.Variants))
-		for i, v := range req.Variants {
-			next[i] = v[t.prefixLen]
+		next := make([]Token, len(n.children))
+		for i, c := range n.children {
+			next[i] = req.Variants[c.rep][n.end]
 		}
 		lp, _ := l.logprobs(o.batch, next, 0)
-		for i := range t.result.Variants {
-			t.result.Variants[i].Positions[o.index] = lp[i]
+		for i, c := range n.children {
+			for _, v := range t.sorted[c.lo:c.hi] {
+				t.result.Variants[v].Positions[o.index] = lp[i]
+			}
 		}
 		return
 	}
@@ -1137,7 +1059,8 @@ func (l *loop) finishScore(t *scoreTask, err error) {
 		}
 		i++
 	}
-	t.prefix = nil
+	l.kvUsed -= t.cells // the nodes' reservations; kept cells count apart
+	t.cells = 0
 	t.ended()
 	l.scoring = slices.DeleteFunc(l.scoring, func(x *scoreTask) bool { return x == t })
 	if err != nil {
