@@ -28,7 +28,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -82,6 +82,8 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)
 	$(GO) test ./bench -run '^$$' -fuzz FuzzParseTarget -fuzztime $(FUZZTIME)
+	$(GO) test ./aml -run '^$$' -fuzz FuzzDecodeCases -fuzztime $(FUZZTIME)
+	$(GO) test ./pii -run '^$$' -fuzz FuzzMask -fuzztime $(FUZZTIME)
 
 bench: headers ## engine micro-benchmarks (go test -bench)
 	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x
@@ -98,6 +100,9 @@ prefix-bench: build ## prefix cache on/off vs llama-server: shared system prompt
 
 tier-bench: build ## realtime TTFT idle and beside 16 batch streams, finserve tiers vs llama-server (needs the sid root)
 	scripts/tier-bench.sh
+
+aml-bench: build ## AML case with exact Shapley (256 coalitions) vs the naive 256 requests, and cases/s (needs the sid root)
+	scripts/aml-bench.sh
 
 clean: ## remove build outputs, staged headers and generated models
 	rm -rf bin third_party/include $(MODELS)

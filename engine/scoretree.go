@@ -253,8 +253,12 @@ func (l *loop) enter(t *scoreTask, sq *sequence, c *scoreNode) {
 	l.ref(t, c, 1)
 }
 
-// copySource finds the deepest computed node of t with children left to
-// start and a live sequence through it to copy its cells from.
+// copySource finds the shallowest computed node of t with children left
+// to start, and a live sequence through it to copy its cells from. As in
+// work stealing, a new sequence takes the biggest piece of work left
+// (the subtree nearest the root), so that copies stay few: a split KV
+// cache copies a whole stream each time. Sequences themselves walk depth
+// first (deepestPending), keeping their cells.
 func (l *loop) copySource(t *scoreTask) (*sequence, *scoreNode) {
 	var src *sequence
 	var best *scoreNode
@@ -266,8 +270,10 @@ func (l *loop) copySource(t *scoreTask) (*sequence, *scoreNode) {
 		if sq.remaining() > 0 {
 			n = n.parent // its own node is not computed yet
 		}
-		if p := deepestPending(n); p != nil && (best == nil || p.end > best.end) {
-			src, best = sq, p
+		for ; n != nil && n.end > 0; n = n.parent {
+			if n.pending() && (best == nil || n.end < best.end) {
+				src, best = sq, n
+			}
 		}
 	}
 	return src, best

@@ -47,7 +47,7 @@ must through back years where much your way well down should because each just t
 still own see men work long get here between both life being under never day same another know while last might us great old year off
 come since against go came right used take three account bank money loan credit card transfer payment balance fund risk customer
 report rule score model compliance transaction cash wire deposit withdraw interest rate suspicious review alert case income debt
-please thank hello help service branch phone address email password open close freeze limit fee charge statement`)
+please thank hello help service branch phone address email password open close freeze limit fee charge statement yes`)
 
 // Vocab is a SentencePiece-style vocabulary with byte fallback.
 type Vocab struct {

@@ -118,6 +118,9 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	j.m = s.metrics
 	j.created = time.Now().Unix()
 	j.id = newID(j.kind)
+	if !s.begin() {
+		return errDraining
+	}
 	j.ctx, j.cancel = context.WithCancel(s.base)
 	j.quit = make(chan struct{})
 	j.choices = make([]choiceState, len(j.prompts))
@@ -136,6 +139,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		})
 		if err != nil {
 			j.cancel()
+			s.done()
 			apiErr := fromEngine(err)
 			if apiErr.Param == "messages" && j.kind == kindCompletion {
 				apiErr.Param = "prompt"
@@ -150,7 +154,6 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	s.metrics.started(j)
 	c.Set("X-Request-Id", j.id)
 
-	s.begin()
 	conn := c.Context().Conn()
 	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
 	if j.p.stream {

@@ -27,7 +27,14 @@ type metrics struct {
 
 	promptTokens, generationTokens prometheus.Counter
 	disconnects                    prometheus.Counter
-	handler                        fiber.Handler
+
+	// AML decisions (aml.go)
+	amlDecisions              *prometheus.CounterVec // by risk level
+	amlRules                  *prometheus.CounterVec // by rule id
+	amlSeconds                *prometheus.HistogramVec
+	amlEvaluated, amlPromptTk prometheus.Counter
+
+	handler fiber.Handler
 }
 
 var (
@@ -70,6 +77,14 @@ func newMetrics(s *Server) *metrics {
 	m.promptTokens = counter("prompt_tokens_total", "Prompt tokens processed.")
 	m.generationTokens = counter("generation_tokens_total", "Tokens generated.")
 	m.disconnects = counter("client_disconnects_total", "Generations cancelled because their client disconnected.")
+	m.amlDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_aml_decisions_total",
+		Help: "AML decisions returned, by risk level."}, []string{"risk_level"})
+	m.amlRules = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_aml_rules_fired_total",
+		Help: "AML rules and statutory reports that fired, by rule id."}, []string{"rule"})
+	m.reg.MustRegister(m.amlDecisions, m.amlRules)
+	m.amlSeconds = byTier("aml_decision_seconds", "Time from an AML request's arrival to its decision, audit record included, by tier.", requestBuckets)
+	m.amlEvaluated = counter("aml_evaluated_tokens_total", "Tokens the model computed for AML attribution (each shared token once).")
+	m.amlPromptTk = counter("aml_coalition_prompt_tokens_total", "Tokens of all AML coalition prompts: what scoring each on its own would compute.")
 	m.reg.MustRegister(engineCollector{s})
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = adaptor.HTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))

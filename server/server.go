@@ -22,6 +22,8 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/compress"
 
+	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
 )
 
@@ -68,7 +70,12 @@ type Config struct {
 	// DisconnectPoll is how often a generating request checks that its
 	// client is still connected (default 20ms).
 	DisconnectPoll time.Duration
-	Logger         *slog.Logger
+	// AML configures POST /v1/aml/score (default aml.DefaultConfig()).
+	AML *aml.Config
+	// Audit, when set, receives every AML decision before its response
+	// leaves. The server does not close it.
+	Audit  *audit.Log
+	Logger *slog.Logger
 }
 
 func (c *Config) fill() error {
@@ -107,6 +114,9 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.AML == nil {
+		c.AML = aml.DefaultConfig()
+	}
 	return nil
 }
 
@@ -116,6 +126,7 @@ type backend struct {
 	model   *engine.Model
 	id      string
 	created int64
+	sha256  func() (string, error) // of the model file, computed once
 }
 
 // Server is the HTTP front. Create it with New, start it with Serve, and
@@ -136,12 +147,15 @@ type Server struct {
 	// when the grace period ends.
 	base      context.Context
 	cancelAll context.CancelFunc
+	beginMu   sync.Mutex // orders begin against shutdown's Wait
 	inflight  sync.WaitGroup
 	inflightN atomic.Int64 // the WaitGroup's count, for Generating
 	stopOnce  sync.Once
 	stopErr   error
 
 	metrics *metrics
+	amlCfg  *aml.Config
+	audit   *audit.Log
 }
 
 // New builds a server from cfg.
@@ -149,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger}
+	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger, amlCfg: cfg.AML, audit: cfg.Audit}
 	s.defaultTier, _ = engine.ParseTier(cfg.DefaultTier)
 	s.base, s.cancelAll = context.WithCancel(context.Background())
 	for _, entry := range cfg.APIKeys {
@@ -192,6 +206,7 @@ func (s *Server) routes() {
 		api.Post("/chat/completions", s.chatCompletions)
 		api.Post("/completions", s.completions)
 		api.Post("/embeddings", s.embeddings)
+		api.Post("/aml/score", s.amlScore)
 	}
 }
 
@@ -204,7 +219,13 @@ func (s *Server) SetEngine(e *engine.Engine, id string) {
 	if id == "" {
 		id = "default"
 	}
-	s.backend.Store(&backend{eng: e, model: e.Model(), id: id, created: time.Now().Unix()})
+	path := e.Model().Info().Path
+	b := &backend{eng: e, model: e.Model(), id: id, created: time.Now().Unix(),
+		sha256: sync.OnceValues(func() (string, error) { return hashFile(path) })}
+	if s.audit != nil {
+		go b.sha256() // a 13B file takes seconds: start before the first decision needs it
+	}
+	s.backend.Store(b)
 	s.log.Info("model ready", "model", id)
 }
 
@@ -223,7 +244,11 @@ func (s *Server) Shutdown(ctx context.Context, hard time.Duration) error {
 }
 
 func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
+	// Under the lock: a request either began before (and is waited for)
+	// or sees draining and is refused; none is added during the Wait.
+	s.beginMu.Lock()
 	s.draining.Store(true)
+	s.beginMu.Unlock()
 	// fasthttp waits for every connection to close or go idle; one that
 	// was opened but never sent a request counts as idle only after five
 	// seconds. The listener phase gets its own context so that it can be
@@ -261,11 +286,18 @@ func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
 	}
 }
 
-// begin and done bracket a generation, from its start to the end of its
-// response (streams end after the handler returns).
-func (s *Server) begin() {
+// begin and done bracket a generation or decision, from its start to the
+// end of its response (streams end after the handler returns). begin
+// refuses (false) once shutdown has begun.
+func (s *Server) begin() bool {
+	s.beginMu.Lock()
+	defer s.beginMu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
 	s.inflight.Add(1)
 	s.inflightN.Add(1)
+	return true
 }
 
 func (s *Server) done() {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/finserve/finserve/pii"
 )
 
 func main() {
@@ -41,12 +43,13 @@ func newRoot() *cobra.Command {
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level: %w", err)
 			}
-			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+			// Every string a log line carries passes the PII masker.
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: pii.ReplaceAttr})))
 			return nil
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
-	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd(), newAuditCmd(), newAMLCmd())
 	return root
 }
 

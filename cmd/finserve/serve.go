@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/server"
 )
@@ -40,6 +42,10 @@ type serveOptions struct {
 	tierSpecs   [engine.NumTiers]string // --tier-NAME: key=value,...
 	defaultTier string
 	tierAging   time.Duration
+
+	amlConfig   string // file; "" for the built-in configuration
+	auditLog    string
+	auditNoSync bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -107,6 +113,9 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringArrayVar(&o.pinned, "pin-system-prompt", nil, "a system prompt whose prefix is computed at start and always kept, for every tenant (repeatable; a YAML list in the config file)")
 	f.StringVar(&o.defaultTier, "default-tier", "standard", "tier of /v1 requests whose API key declares none: realtime, standard or batch")
 	f.DurationVar(&o.tierAging, "tier-aging", engine.DefaultAging, "a request held back by higher tiers gains one priority level per this much waiting (0: no aging)")
+	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, `finserve aml config` prints it)")
+	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response (`finserve audit verify` checks it)")
+	f.BoolVar(&o.auditNoSync, "audit-no-sync", false, "write audit records without fsync (faster; a power loss may lose the last decisions)")
 	defaults := defaultTierSettings()
 	for t := range engine.Tier(engine.NumTiers) {
 		d := defaults[t]
@@ -172,7 +181,23 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	log := slog.Default()
 	setGoProcs(o.goProcs, o.threads, log)
+	amlCfg := aml.DefaultConfig()
+	if o.amlConfig != "" {
+		if amlCfg, err = aml.LoadConfig(o.amlConfig); err != nil {
+			return err
+		}
+	}
+	var auditLog *audit.Log
+	if o.auditLog != "" {
+		if auditLog, err = audit.Open(o.auditLog, audit.Options{NoSync: o.auditNoSync, Logger: log}); err != nil {
+			return err
+		}
+		defer auditLog.Close()
+	} else {
+		log.Warn("no --audit-log: AML decisions are not recorded")
+	}
 	srv, err := server.New(server.Config{
+		AML: amlCfg, Audit: auditLog,
 		ModelID: id, ChatTemplate: o.chatTemplate,
 		Limits:      server.Limits{MaxTokens: o.maxTokens},
 		BodyLimit:   o.bodyLimitKiB << 10,

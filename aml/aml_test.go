@@ -1,0 +1,487 @@
+package aml
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// textModel is a stand-in language model for testing the attribution
+// arithmetic: a fixed non-linear function of the prompt's values row (a
+// logistic of per-item weights plus interactions of neighbours, from a
+// hash of each item). The engine-backed scorer is tested in the server.
+type textModel struct {
+	ignore int // a feature number (1-based) whose value the model does not read
+}
+
+func (m *textModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
+	out := Scores{P: make([]float64, len(prompts))}
+	for i, p := range prompts {
+		_, row, ok := strings.Cut(p, "\nValues:")
+		if !ok {
+			return Scores{}, fmt.Errorf("no values row in %q", p)
+		}
+		var ws []float64
+		for _, item := range strings.Split(row, ";") {
+			item = strings.TrimSpace(item)
+			if item == "" || strings.HasPrefix(item, "High risk") || m.ignore > 0 && strings.HasPrefix(item, featureKey(m.ignore-1)+"=") {
+				continue
+			}
+			h := fnv.New64a()
+			h.Write([]byte(item))
+			ws = append(ws, float64(h.Sum64()%2001)/1000-1)
+		}
+		z := -0.5
+		for j, w := range ws {
+			z += w
+			if j > 0 {
+				z += 0.5 * w * ws[j-1]
+			}
+		}
+		out.P[i] = 1 / (1 + math.Exp(-z))
+		out.PromptTokens += len(p)
+	}
+	return out, nil
+}
+
+func loadCase(t testing.TB, name string) *Case {
+	t.Helper()
+	data, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _, err := DecodeCases(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs[0].Validate(DefaultConfig(), ""); err != nil {
+		t.Fatal(err)
+	}
+	return &cs[0]
+}
+
+func assess(t testing.TB, c *Case, m Scorer) *Result {
+	t.Helper()
+	r, err := NewAssessor(DefaultConfig(), m).Assess(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func sumPhi(r *Result) float64 {
+	s := 0.0
+	for _, f := range r.Features {
+		s += f.Phi
+	}
+	return s
+}
+
+// TestEfficiency: attributions sum to f(x) - f(baseline), exactly for
+// both methods (each sampled permutation telescopes).
+func TestEfficiency(t *testing.T) {
+	if r := assess(t, loadCase(t, "eight.json"), &textModel{}); r.Explanation.Players != 8 || r.Explanation.Method != MethodExact {
+		t.Fatalf("eight.json: %d active features, method %s; want 8, exact", r.Explanation.Players, r.Explanation.Method)
+	}
+	for _, name := range []string{"structuring.json", "salary.json", "eight.json"} {
+		for _, method := range []string{MethodExact, MethodPermutation} {
+			c := loadCase(t, name)
+			c.Options.Explain.Method = method
+			r := assess(t, c, &textModel{})
+			ex := r.Explanation
+			if d := math.Abs(sumPhi(r) - (ex.FX - ex.FBaseline)); d > 1e-9 {
+				t.Errorf("%s %s: sum of phi %.12f, f_x - f_baseline %.12f (off by %g)", name, method, sumPhi(r), ex.FX-ex.FBaseline, d)
+			}
+			if method == MethodExact && ex.Coalitions != 1<<ex.Players {
+				t.Errorf("%s: %d coalitions for %d players", name, ex.Coalitions, ex.Players)
+			}
+			shares := 0.0
+			for _, f := range r.Features {
+				shares += f.Share
+				if !f.Active && (f.Phi != 0 || f.Value != f.Baseline) {
+					t.Errorf("%s: inactive feature %s has phi %g, value %q, baseline %q", name, f.Name, f.Phi, f.Value, f.Baseline)
+				}
+			}
+			if sumPhi(r) != 0 && math.Abs(shares-1) > 1e-9 {
+				t.Errorf("%s: shares sum to %g", name, shares)
+			}
+		}
+	}
+}
+
+// TestIgnoredFeatureGetsZero: a feature the model does not read (its
+// masking leaves the prompt's score unchanged) gets phi 0.
+func TestIgnoredFeatureGetsZero(t *testing.T) {
+	c := loadCase(t, "eight.json")
+	r := assess(t, c, &textModel{ignore: 2})
+	if !r.Features[1].Active {
+		t.Fatal("pass_through is not active in eight.json")
+	}
+	if phi := r.Features[1].Phi; math.Abs(phi) > 1e-12 {
+		t.Errorf("ignored feature has phi %g", phi)
+	}
+}
+
+// TestPermutationAgreesWithExact: sampled attributions lie within four
+// standard errors of the exact ones, and the same seed gives the same
+// output while another seed does not.
+func TestPermutationAgreesWithExact(t *testing.T) {
+	c := loadCase(t, "eight.json")
+	exact := assess(t, c, &textModel{})
+	c.Options.Explain = Explain{Method: MethodPermutation, Samples: 400, Seed: ptr(uint64(7))}
+	perm := assess(t, c, &textModel{})
+	for i, f := range perm.Features {
+		if d := math.Abs(f.Phi - exact.Features[i].Phi); d > 4*f.StdErr+1e-12 {
+			t.Errorf("%s: permutation %g, exact %g, stderr %g", f.Name, f.Phi, exact.Features[i].Phi, f.StdErr)
+		}
+	}
+	again := assess(t, c, &textModel{})
+	if !reflect.DeepEqual(perm, again) {
+		t.Error("the same seed gave different results")
+	}
+	c.Options.Explain.Seed = ptr(uint64(8))
+	other := assess(t, c, &textModel{})
+	if reflect.DeepEqual(perm.Features, other.Features) {
+		t.Error("another seed gave identical attributions")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestDecimalBoundaries: statutory thresholds are exact.
+func TestDecimalBoundaries(t *testing.T) {
+	cases := []struct {
+		jur, typ, amount, currency, channel string
+		cpty                                string // counterparty country
+		report                              string
+		want                                bool
+	}{
+		{"CN", "individual", "49999.99", "CNY", "cash", "", "CN-LVT-CASH", false},
+		{"CN", "individual", "50000.00", "CNY", "cash", "", "CN-LVT-CASH", true},
+		{"CN", "entity", "50000", "CNY", "cash", "", "CN-LVT-CASH", true},
+		{"CN", "individual", "9999.99", "USD", "cash", "", "CN-LVT-CASH", false},
+		{"CN", "individual", "10000.00", "USD", "cash", "", "CN-LVT-CASH", true},
+		{"US", "individual", "10000.00", "USD", "cash", "", "US-CTR", false},
+		{"US", "individual", "10000.01", "USD", "cash", "", "US-CTR", true},
+		{"US", "individual", "10000.01", "USD", "wire", "US", "US-CTR", false},
+		{"CN", "individual", "199999.99", "CNY", "wire", "HK", "CN-LVT-XBORDER", false},
+		{"CN", "individual", "200000.00", "CNY", "wire", "HK", "CN-LVT-XBORDER", true},
+		{"CN", "entity", "200000.00", "CNY", "wire", "HK", "CN-LVT-XBORDER", false},
+		{"CN", "individual", "10000.00", "USD", "wire", "HK", "CN-LVT-XBORDER", true},
+	}
+	for _, tc := range cases {
+		amt := decimal.RequireFromString(tc.amount)
+		c := &Case{CaseID: "B", Jurisdiction: tc.jur, AsOf: mustTime("2026-11-28T12:00:00Z"),
+			Customer: Customer{CustomerID: "C", Type: tc.typ, Country: "CN"},
+			Accounts: []Account{{AccountID: "A"}}}
+		if tc.jur == "US" {
+			c.Customer.Country = "US"
+		}
+		// Split across two transactions on one day: the daily total counts.
+		half := amt.Div(decimal.NewFromInt(2)).Truncate(2)
+		for i, a := range []decimal.Decimal{half, amt.Sub(half)} {
+			c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("T", i), Timestamp: mustTime(fmt.Sprintf("2026-11-27T0%d:00:00Z", i+1)),
+				From: Party{AccountID: "X", Country: tc.cpty}, To: Party{AccountID: "A"}, Amount: Money{Amount: a, Currency: tc.currency}, Channel: tc.channel})
+		}
+		if err := c.Validate(DefaultConfig(), ""); err != nil {
+			t.Fatal(err)
+		}
+		r := assess(t, c, &textModel{})
+		got := slices.ContainsFunc(r.RegulatoryReports, func(x Triggered) bool { return x.ID == tc.report })
+		if got != tc.want {
+			t.Errorf("%s %s %s %s via %s: %s fired %v, want %v", tc.jur, tc.typ, tc.amount, tc.currency, tc.channel, tc.report, got, tc.want)
+		}
+		if got && !slices.Equal(r.RegulatoryReports[0].Evidence, []string{"T0", "T1"}) {
+			t.Errorf("%s evidence %v", tc.report, r.RegulatoryReports[0].Evidence)
+		}
+		for _, x := range r.RegulatoryReports {
+			if x.Severity != "" || slices.ContainsFunc(r.Rules, func(y Triggered) bool { return y.ID == x.ID }) {
+				t.Errorf("report %s is mixed with suspicion rules", x.ID)
+			}
+		}
+	}
+}
+
+func mustTime(s string) (t0 time.Time) {
+	if err := t0.UnmarshalText([]byte(s)); err != nil {
+		panic(err)
+	}
+	return t0
+}
+
+// TestOrderInvariance: shuffling transactions and accounts, and
+// reordering JSON keys, change nothing.
+func TestOrderInvariance(t *testing.T) {
+	data, _ := os.ReadFile("testdata/eight.json")
+	ref := assess(t, loadCase(t, "eight.json"), &textModel{})
+	var generic map[string]any
+	json.Unmarshal(data, &generic)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 5 {
+		txns := generic["transactions"].([]any)
+		rng.Shuffle(len(txns), func(i, j int) { txns[i], txns[j] = txns[j], txns[i] })
+		// encoding/json writes map keys sorted: a different key order from the file's.
+		shuffled, _ := json.Marshal(generic)
+		cs, _, err := DecodeCases(shuffled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := assess(t, &cs[0], &textModel{})
+		if !reflect.DeepEqual(ref, got) {
+			a, _ := json.Marshal(ref)
+			b, _ := json.Marshal(got)
+			t.Fatalf("trial %d: results differ:\n%s\n%s", trial, a, b)
+		}
+	}
+}
+
+// TestHandBuiltCases: structuring fires with its evidence; a salary-only
+// customer fires nothing; reports are bilingual, ordered and never tip
+// off.
+func TestHandBuiltCases(t *testing.T) {
+	r := assess(t, loadCase(t, "structuring.json"), &textModel{})
+	i := slices.IndexFunc(r.Rules, func(x Triggered) bool { return x.ID == "STRUCTURING" })
+	if i < 0 {
+		t.Fatalf("structuring did not fire: %+v", r.Rules)
+	}
+	if ev := r.Rules[i].Evidence; !slices.Equal(ev, []string{"T1", "T2", "T3"}) {
+		t.Errorf("structuring evidence %v, want [T1 T2 T3]", ev)
+	}
+	if r.RuleFloor.rank() < LevelHigh.rank() || r.RiskLevel.rank() < r.ModelLevel.rank() || !r.HumanReviewRequired {
+		t.Errorf("fusion: level %s, model %s, floor %s, review %v", r.RiskLevel, r.ModelLevel, r.RuleFloor, r.HumanReviewRequired)
+	}
+	if len(r.RegulatoryReports) != 0 {
+		t.Errorf("no day reaches CNY 50,000 in cash, yet %v", r.RegulatoryReports)
+	}
+	for _, want := range []string{"(业务规则触发)", "模型贡献度:", "多笔现金交易金额略低于申报标准"} {
+		if !strings.Contains(r.Report["zh"], want) {
+			t.Errorf("zh report lacks %q:\n%s", want, r.Report["zh"])
+		}
+	}
+	if !strings.Contains(r.Report["en"], "(rule-triggered)") || !strings.Contains(r.Report["en"], "model contribution:") {
+		t.Errorf("en report:\n%s", r.Report["en"])
+	}
+	// Contributions are listed by |phi|.
+	var last float64 = math.Inf(1)
+	for _, line := range strings.Split(r.Report["en"], "\n") {
+		for _, f := range r.Features {
+			if strings.Contains(line, f.Label.EN+":") && strings.Contains(line, "model contribution") {
+				if math.Abs(f.Phi) > last {
+					t.Errorf("report out of order at %q", line)
+				}
+				last = math.Abs(f.Phi)
+			}
+		}
+	}
+
+	s := assess(t, loadCase(t, "salary.json"), &textModel{})
+	if len(s.Rules) != 0 || len(s.RegulatoryReports) != 0 || s.RuleFloor != LevelLow {
+		t.Errorf("salary-only case fired %+v %+v", s.Rules, s.RegulatoryReports)
+	}
+	for _, r := range []*Result{r, s} {
+		for lang, text := range r.Report {
+			if w := tippingOff(text); w != "" {
+				t.Errorf("%s report mentions %q", lang, w)
+			}
+		}
+	}
+}
+
+func TestValidationNamesField(t *testing.T) {
+	base, _ := os.ReadFile("testdata/structuring.json")
+	cases := []struct{ edit, field string }{
+		{`"jurisdiction": "CN"=>"jurisdiction": "UK"`, "jurisdiction"},
+		{`"type": "individual"=>"type": "person"`, "customer.type"},
+		{`"amount": "48000.00"=>"amount": "-48000.00"`, "transactions[1].amount"},
+		{`"amount": "48000.00"=>"amount": "abc"`, "body"},
+		{`"currency": "CNY"}, "channel": "cash"}=>"currency": "XYZ"}, "channel": "cash"}`, "transactions[1].amount"},
+		{`"channel": "wire"=>"channel": "telegraph"`, "transactions[4].channel"},
+		{`"txn_id": "T2"=>"txn_id": "T1"`, "transactions[2].txn_id"},
+		{`"2026-11-24T09:30:00+08:00"=>"2026-11-30T09:30:00+08:00"`, "transactions[4].timestamp"},
+		{`"case_id": "CASE-CN-STRUCT-001"=>"case_id": ""`, "case_id"},
+		{`"jurisdiction"=>"jurisdictio"`, "jurisdictio"},
+		{`"account_id": "B-9"=>"account_id": "A-1"`, ""}, // internal transfer: fine
+		{`"to": {"account_id": "B-9"=>"to": {"account_id": ""`, "transactions[4].to.account_id"},
+		{`"from": {"account_id": "EMP-1"=>"from": {"account_id": "EMP-0"`, ""},
+	}
+	for _, tc := range cases {
+		old, repl, _ := strings.Cut(tc.edit, "=>")
+		body := strings.Replace(string(base), old, repl, 1)
+		if body == string(base) {
+			t.Fatalf("edit %q changed nothing", tc.edit)
+		}
+		cs, _, err := DecodeCases([]byte(body))
+		if err == nil {
+			err = cs[0].Validate(DefaultConfig(), "")
+		}
+		var fe *FieldError
+		switch {
+		case tc.field == "" && err != nil:
+			t.Errorf("%s: %v", tc.edit, err)
+		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+			t.Errorf("%s: got %v, want an error on %s", tc.edit, err, tc.field)
+		}
+	}
+	if _, _, err := DecodeCases([]byte(`{"cases": []}`)); err == nil {
+		t.Error("an empty case list was accepted")
+	}
+	// Eleven active features: exact is refused, the default samples.
+	c := loadCase(t, "eight.json")
+	for i, amt := range []string{"46000", "47000", "300"} {
+		c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("C", i), Timestamp: mustTime(fmt.Sprintf("2026-11-2%dT01:00:00Z", 4+i)),
+			To: Party{AccountID: "E-1"}, Amount: Money{Amount: decimal.RequireFromString(amt), Currency: "CNY"}, Channel: "cash"})
+	}
+	c.Options.Explain.Method = MethodExact
+	_, err := NewAssessor(DefaultConfig(), &textModel{}).Assess(context.Background(), c)
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "options.explain.method" {
+		t.Errorf("exact over 11 features: %v", err)
+	}
+	c.Options.Explain.Method = ""
+	if r := assess(t, c, &textModel{}); r.Explanation.Players != 11 || r.Explanation.Method != MethodPermutation || r.Explanation.Samples != DefaultSamples {
+		t.Errorf("11 features: %+v", r.Explanation)
+	}
+}
+
+func TestConfigChecks(t *testing.T) {
+	good := string(DefaultYAML())
+	cases := map[string]string{
+		"unknown fact":    `{fact: velocity, op: ">=", value: "4"}=>{fact: speed, op: ">=", value: "4"}`,
+		"bad operator":    `{fact: velocity, op: ">=", value: "4"}=>{fact: velocity, op: "=>", value: "4"}`,
+		"tipping off":     `"Sudden rise in transaction frequency"=>"File a SAR: sudden rise"`,
+		"bad severity":    `severity: medium=>severity: severe`,
+		"no base rate":    `USD: "1"=>USD: "1.1"`,
+		"bad timezone":    `Asia/Shanghai=>Asia/Nowhere`,
+		"levels order":    `high: 0.6=>high: 0.2`,
+		"unknown key":     `window:=>windows:`,
+		"line template":   `line: "{key}. {label}\n"=>line: "{key}.\n"`,
+		"value template":  `value: " {key}={value};"=>value: " {key};"`,
+		"same labels":     `"no": " no"=>"no": " yes"`,
+		"duplicate rule":  `id: FAN-OUT=>id: FAN-IN`,
+		"report severity": `kind: report=>kind: report` + "\n      severity: high",
+	}
+	for name, edit := range cases {
+		old, repl, _ := strings.Cut(edit, "=>")
+		bad := strings.Replace(good, old, repl, 1)
+		if bad == good {
+			t.Fatalf("%s: edit changed nothing", name)
+		}
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c := DefaultConfig()
+	if c.Rules.Rules[0].Any[0].Value.String() != "50000" || len(c.RulesHash()) != 64 {
+		t.Errorf("rule values or hash not parsed: %v %q", c.Rules.Rules[0].Any[0].Value, c.RulesHash())
+	}
+}
+
+// FuzzDecodeCases: any body decodes and validates without panicking, and
+// every rejection names a field.
+func FuzzDecodeCases(f *testing.F) {
+	for _, name := range []string{"structuring.json", "salary.json", "eight.json"} {
+		data, _ := os.ReadFile("testdata/" + name)
+		f.Add(data)
+	}
+	f.Add([]byte(`{"cases":[{"case_id":"x"}]}`))
+	cfg := DefaultConfig()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cs, _, err := DecodeCases(data)
+		if err == nil {
+			for i := range cs {
+				if err = cs[i].Validate(cfg, ""); err != nil {
+					break
+				}
+				feats, _ := computeFeatures(&cs[i], cfg)
+				if len(feats) != len(features) {
+					t.Fatal("feature count")
+				}
+			}
+		}
+		var fe *FieldError
+		if err != nil && (!errors.As(err, &fe) || fe.Field == "") {
+			t.Fatalf("error without a field: %v", err)
+		}
+	})
+}
+
+// TestSchemaMatchesTypes: the published JSON schema names exactly the
+// fields the decoder accepts.
+func TestSchemaMatchesTypes(t *testing.T) {
+	data, err := os.ReadFile("schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema map[string]any
+	if err := json.Unmarshal(data, &schema); err != nil {
+		t.Fatal(err)
+	}
+	defs := schema["$defs"].(map[string]any)
+	props := func(v any) []string {
+		m := v.(map[string]any)
+		if ref, ok := m["$ref"].(string); ok {
+			m = defs[strings.TrimPrefix(ref, "#/$defs/")].(map[string]any)
+		}
+		if items, ok := m["items"]; ok {
+			m = items.(map[string]any)
+			if ref, ok := m["$ref"].(string); ok {
+				m = defs[strings.TrimPrefix(ref, "#/$defs/")].(map[string]any)
+			}
+		}
+		var out []string
+		for k := range m["properties"].(map[string]any) {
+			out = append(out, k)
+		}
+		slices.Sort(out)
+		return out
+	}
+	fields := func(v any) []string {
+		var out []string
+		rt := reflect.TypeOf(v)
+		for i := range rt.NumField() {
+			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			out = append(out, name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	caseProps := defs["case"].(map[string]any)["properties"].(map[string]any)
+	custProps := caseProps["customer"].(map[string]any)["properties"].(map[string]any)
+	optProps := caseProps["options"].(map[string]any)["properties"].(map[string]any)
+	checks := []struct {
+		name   string
+		schema []string
+		typ    any
+	}{
+		{"case", props(defs["case"]), Case{}},
+		{"customer", props(caseProps["customer"]), Customer{}},
+		{"pii", props(custProps["pii"]), PII{}},
+		{"account", props(caseProps["accounts"]), Account{}},
+		{"transaction", props(caseProps["transactions"]), Transaction{}},
+		{"party", props(defs["party"]), Party{}},
+		{"money", props(defs["money"]), Money{}},
+		{"options", props(caseProps["options"]), Options{}},
+		{"explain", props(optProps["explain"]), Explain{}},
+	}
+	for _, c := range checks {
+		if want := fields(c.typ); !slices.Equal(c.schema, want) {
+			t.Errorf("%s: schema has %v, the type %v", c.name, c.schema, want)
+		}
+	}
+	channels := caseProps["transactions"].(map[string]any)["items"].(map[string]any)["properties"].(map[string]any)["channel"].(map[string]any)["enum"].([]any)
+	if len(channels) != len(Channels) {
+		t.Errorf("schema channels %v, code %v", channels, Channels)
+	}
+}

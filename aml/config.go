@@ -1,0 +1,282 @@
+package aml
+
+import (
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	_ "time/tzdata" // jurisdictions' time zones, also in slim images
+
+	"github.com/shopspring/decimal"
+	"gopkg.in/yaml.v3"
+)
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Config is everything an assessment depends on besides the model: the
+// prompt template, FX table, jurisdictions, high-risk country lists,
+// feature windows, risk levels and the rule set. Each part is versioned
+// and the audit record names the versions and the rule set's hash.
+type Config struct {
+	Version           string                  `yaml:"version" json:"version"`
+	Prompt            PromptTemplate          `yaml:"prompt" json:"prompt"`
+	FX                FXTable                 `yaml:"fx" json:"fx"`
+	Jurisdictions     map[string]Jurisdiction `yaml:"jurisdictions" json:"jurisdictions"`
+	HighRiskCountries CountryLists            `yaml:"high_risk_countries" json:"high_risk_countries"`
+	Window            Window                  `yaml:"window" json:"window"`
+	Levels            Levels                  `yaml:"levels" json:"levels"`
+	HumanReview       struct {
+		AtLevel Level `yaml:"at_level" json:"at_level"`
+	} `yaml:"human_review" json:"human_review"`
+	Rules RuleSet `yaml:"rules" json:"rules"`
+
+	rulesHash string
+	highRisk  map[string]string // country -> list name
+}
+
+// PromptTemplate renders a case's features into the scoring prompt:
+// Instruction, then Line for each feature ({key} its letter, {label} its
+// name), then Values and Value for each feature ({key}, {value}), then
+// Suffix, after which the model's next token is scored.
+type PromptTemplate struct {
+	Version     string `yaml:"version" json:"version"`
+	Instruction string `yaml:"instruction" json:"instruction"`
+	Line        string `yaml:"line" json:"line"`
+	Values      string `yaml:"values" json:"values"`
+	Value       string `yaml:"value" json:"value"`
+	Suffix      string `yaml:"suffix" json:"suffix"`
+	Yes         string `yaml:"yes" json:"yes"`
+	No          string `yaml:"no" json:"no"`
+}
+
+// FXTable converts amounts to its base currency by multiplication only,
+// so that comparisons with thresholds are exact.
+type FXTable struct {
+	Version string                     `yaml:"version" json:"version"`
+	Base    string                     `yaml:"base" json:"base"`
+	Rates   map[string]decimal.Decimal `yaml:"rates" json:"rates"` // base units per unit
+}
+
+// ToBase converts m to the base currency exactly.
+func (fx *FXTable) ToBase(m Money) decimal.Decimal { return m.Amount.Mul(fx.Rates[m.Currency]) }
+
+// Jurisdiction holds what differs between regulators.
+type Jurisdiction struct {
+	Timezone      string `yaml:"timezone" json:"timezone"`
+	CashThreshold Money  `yaml:"cash_threshold" json:"cash_threshold"`
+	loc           *time.Location
+}
+
+// CountryLists are named lists of high-risk countries (FATF's).
+type CountryLists struct {
+	Version string              `yaml:"version" json:"version"`
+	Lists   map[string][]string `yaml:"lists" json:"lists"`
+}
+
+// Window sets the periods features look at.
+type Window struct {
+	Days             int             `yaml:"days" json:"days"`
+	BaselineDays     int             `yaml:"baseline_days" json:"baseline_days"`
+	RecentDays       int             `yaml:"recent_days" json:"recent_days"`
+	PassThroughHours int             `yaml:"pass_through_hours" json:"pass_through_hours"`
+	NearThreshold    decimal.Decimal `yaml:"near_threshold" json:"near_threshold"`
+}
+
+// Levels are the model scores from which a case is medium, high and
+// critical risk.
+type Levels struct {
+	Medium   float64 `yaml:"medium" json:"medium"`
+	High     float64 `yaml:"high" json:"high"`
+	Critical float64 `yaml:"critical" json:"critical"`
+}
+
+// DefaultYAML returns the built-in configuration file.
+func DefaultYAML() []byte { return slices.Clone(defaultYAML) }
+
+// DefaultConfig returns the built-in configuration.
+func DefaultConfig() *Config {
+	c, err := ParseConfig(defaultYAML)
+	if err != nil {
+		panic("aml: built-in configuration: " + err.Error())
+	}
+	return c
+}
+
+// LoadConfig reads and checks a configuration file.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading AML configuration: %w", err)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("AML configuration %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses and checks a YAML configuration.
+func ParseConfig(data []byte) (*Config, error) {
+	var c Config
+	d := yaml.NewDecoder(strings.NewReader(string(data)))
+	d.KnownFields(true)
+	if err := d.Decode(&c); err != nil {
+		return nil, fmt.Errorf("parsing: %w", err)
+	}
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// forbiddenWords may not appear in anything a customer-facing report can
+// contain: telling a customer about a suspicion report is tipping off.
+var forbiddenWords = []string{"sar", "suspicious activity report", "suspicious transaction report", "str", "可疑交易报告", "可疑报告"}
+
+func (c *Config) check() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for name, v := range map[string]string{"version": c.Version, "prompt.version": c.Prompt.Version, "fx.version": c.FX.Version,
+		"rules.version": c.Rules.Version, "high_risk_countries.version": c.HighRiskCountries.Version} {
+		if v == "" {
+			bad("%s: required", name)
+		}
+	}
+	p := &c.Prompt
+	if p.Instruction == "" || p.Suffix == "" || p.Yes == "" || p.No == "" || p.Yes == p.No {
+		bad("prompt: instruction, suffix and two different label words (yes, no) are required")
+	}
+	if !strings.Contains(p.Line, "{label}") {
+		bad("prompt.line: must contain {label}")
+	}
+	if !strings.Contains(p.Value, "{value}") {
+		bad("prompt.value: must contain {value}")
+	}
+	if one, ok := c.FX.Rates[c.FX.Base]; !ok || !one.Equal(decimal.NewFromInt(1)) {
+		bad("fx: the base currency %q must have rate 1", c.FX.Base)
+	}
+	for cur, r := range c.FX.Rates {
+		if !isCurrency(cur) || !r.IsPositive() {
+			bad("fx.rates.%s: need a three-letter code and a positive rate", cur)
+		}
+	}
+	if len(c.Jurisdictions) == 0 {
+		bad("jurisdictions: at least one is needed")
+	}
+	for name, j := range c.Jurisdictions {
+		loc, err := time.LoadLocation(j.Timezone)
+		if err != nil {
+			bad("jurisdictions.%s.timezone: %v", name, err)
+		}
+		j.loc = loc
+		if err := c.checkMoney(j.CashThreshold, true); err != nil {
+			bad("jurisdictions.%s.cash_threshold: %v", name, err)
+		}
+		c.Jurisdictions[name] = j
+	}
+	c.highRisk = map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(c.HighRiskCountries.Lists)) {
+		for _, cc := range c.HighRiskCountries.Lists[name] {
+			if !isCountry(cc) {
+				bad("high_risk_countries.lists.%s: %q is not an ISO 3166-1 alpha-2 code", name, cc)
+			}
+			if _, ok := c.highRisk[cc]; !ok {
+				c.highRisk[cc] = name
+			}
+		}
+	}
+	w := &c.Window
+	if w.Days <= 0 || w.BaselineDays <= 0 || w.RecentDays <= 0 || w.RecentDays > w.Days || w.PassThroughHours <= 0 {
+		bad("window: days, baseline_days, recent_days (at most days) and pass_through_hours must be positive")
+	}
+	if !w.NearThreshold.IsPositive() || w.NearThreshold.GreaterThanOrEqual(decimal.NewFromInt(1)) {
+		bad("window.near_threshold: must be between 0 and 1")
+	}
+	l := c.Levels
+	if !(0 < l.Medium && l.Medium < l.High && l.High < l.Critical && l.Critical <= 1) {
+		bad("levels: need 0 < medium < high < critical <= 1")
+	}
+	if c.HumanReview.AtLevel.rank() < 0 {
+		bad("human_review.at_level: one of low, medium, high, critical")
+	}
+	errs = append(errs, c.Rules.check(c)...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	data, err := json.Marshal(c.Rules)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	c.rulesHash = hex.EncodeToString(sum[:])
+	return nil
+}
+
+// RulesHash is the SHA-256 of the rule set's canonical JSON form: the
+// audit trail names it beside the version.
+func (c *Config) RulesHash() string { return c.rulesHash }
+
+func (c *Config) jurisdictionNames() []string { return slices.Sorted(maps.Keys(c.Jurisdictions)) }
+
+func (c *Config) checkMoney(m Money, positive bool) error {
+	if _, ok := c.FX.Rates[m.Currency]; !ok {
+		return fmt.Errorf("currency %q is not in the FX table %s (%s)", m.Currency, c.FX.Version,
+			strings.Join(slices.Sorted(maps.Keys(c.FX.Rates)), ", "))
+	}
+	switch {
+	case m.Amount.IsNegative():
+		return errors.New("amount must not be negative")
+	case positive && !m.Amount.IsPositive():
+		return errors.New("amount must be positive")
+	case m.Amount.Exponent() < -8 || m.Amount.Abs().GreaterThan(decimal.New(1, 15)):
+		return errors.New("amount needs at most 8 decimals and at most 15 integer digits")
+	}
+	return nil
+}
+
+func isCurrency(s string) bool {
+	return len(s) == 3 && strings.ToUpper(s) == s && strings.Trim(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == ""
+}
+
+// Level is a risk level.
+type Level string
+
+// The risk levels, in order.
+const (
+	LevelLow      Level = "low"
+	LevelMedium   Level = "medium"
+	LevelHigh     Level = "high"
+	LevelCritical Level = "critical"
+)
+
+var levelOrder = []Level{LevelLow, LevelMedium, LevelHigh, LevelCritical}
+
+func (l Level) rank() int { return slices.Index(levelOrder, l) }
+
+func maxLevel(a, b Level) Level {
+	if b.rank() > a.rank() {
+		return b
+	}
+	return a
+}
+
+// modelLevel maps a model score to a level.
+func (c *Config) modelLevel(score float64) Level {
+	switch {
+	case score >= c.Levels.Critical:
+		return LevelCritical
+	case score >= c.Levels.High:
+		return LevelHigh
+	case score >= c.Levels.Medium:
+		return LevelMedium
+	}
+	return LevelLow
+}

@@ -1,0 +1,408 @@
+package aml
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// Label is a text in Chinese and English.
+type Label struct {
+	ZH string `json:"zh"`
+	EN string `json:"en"`
+}
+
+// unit says how a feature's value reads.
+type unit int
+
+const (
+	count unit = iota
+	percent
+	ratio
+	days
+)
+
+// featureDef documents one model feature. The set and its order are
+// part of the prompt template's version.
+type featureDef struct {
+	name     string
+	label    Label
+	unit     unit
+	baseline decimal.Decimal // the value of an unremarkable case: an absent feature reads so
+}
+
+var (
+	zero = decimal.Zero
+	one  = decimal.NewFromInt(1)
+	hund = decimal.NewFromInt(100)
+)
+
+// features are the model's features, in prompt order. Every one is
+// deterministic given the case and the configuration.
+var features = []featureDef{
+	{"cash_near_threshold", Label{"现金交易金额略低于申报标准的笔数", "cash transactions just below the reporting threshold"}, count, zero},
+	{"pass_through", Label{"资金48小时内转出比例", "share of inflows moved on within 48 hours"}, percent, zero},
+	{"fan_in", Label{"转入对手方数量", "distinct senders"}, count, one},
+	{"fan_out", Label{"转出对手方数量", "distinct recipients"}, count, one},
+	{"dormant_days", Label{"账户启用前休眠天数", "days dormant before reactivation"}, days, zero},
+	{"round_amounts", Label{"整数金额交易占比", "share of round-amount transactions"}, percent, zero},
+	{"high_risk_geography", Label{"涉及高风险国家或地区的交易笔数", "transactions with high-risk jurisdictions"}, count, zero},
+	{"turnover_vs_income", Label{"入账金额与申报收入之比", "inflows against declared income"}, ratio, one},
+	{"velocity", Label{"近7天交易频率与90天基线之比", "last 7 days' transaction rate against the 90-day baseline"}, ratio, one},
+	{"cross_border", Label{"跨境交易金额占比", "cross-border share of amounts"}, percent, zero},
+	{"cash_share", Label{"现金交易金额占比", "cash share of amounts"}, percent, zero},
+}
+
+// FeatureNames lists the model features in prompt order.
+func FeatureNames() []string {
+	var n []string
+	for _, f := range features {
+		n = append(n, f.name)
+	}
+	return n
+}
+
+// format renders a value of unit u, the way the prompt and the report
+// show it. Fractions are truncated, never rounded up past a threshold.
+func (u unit) format(v decimal.Decimal, lang string) string {
+	switch u {
+	case percent:
+		return v.Truncate(1).String() + "%"
+	case ratio:
+		return v.Truncate(1).String() + "x"
+	case days:
+		if lang == "zh" {
+			return v.String() + "天"
+		}
+		return v.String() + " days"
+	}
+	return v.String()
+}
+
+// Fact is a value rules can test, with the transactions behind it. A
+// per-day fact has one group per day; its value is the largest.
+type Fact struct {
+	Value    decimal.Decimal
+	Evidence []string
+	Groups   []Group
+}
+
+// Group is one day of a per-day fact.
+type Group struct {
+	Key      string
+	Value    decimal.Decimal
+	Evidence []string
+}
+
+// minDormantDays is the shortest silence dormant_days counts.
+const minDormantDays = 30
+
+// featureValue is a computed model feature.
+type featureValue struct {
+	def     *featureDef
+	value   decimal.Decimal
+	missing bool // no data (no declared income): reads "not declared"
+}
+
+func (f featureValue) text(lang string) string {
+	if f.missing {
+		if lang == "zh" {
+			return "未申报"
+		}
+		return "not declared"
+	}
+	return f.def.unit.format(f.value, lang)
+}
+
+func (f featureValue) baselineText(lang string) string { return f.def.unit.format(f.def.baseline, lang) }
+
+// active says whether the feature reads differently from its baseline;
+// only active features can move the score.
+func (f featureValue) active() bool { return f.text("en") != f.baselineText("en") }
+
+// flow is a transaction as seen from the customer.
+type flow struct {
+	*Transaction
+	base   decimal.Decimal // amount in the FX base currency
+	dir    int             // +1 in, -1 out, 0 between own accounts
+	cpty   Party           // the other side
+	inWin  bool
+	recent bool
+	day    string // date in the jurisdiction's time zone
+}
+
+// computeFeatures derives the model features and the rule facts of a
+// validated case. The result does not depend on the order of the
+// transactions or of anything else in the request.
+func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
+	j := cfg.Jurisdictions[c.Jurisdiction]
+	w := cfg.Window
+	winStart := c.AsOf.AddDate(0, 0, -w.Days)
+	baseStart := winStart.AddDate(0, 0, -w.BaselineDays)
+	recentStart := c.AsOf.AddDate(0, 0, -w.RecentDays)
+	own := map[string]bool{}
+	for _, a := range c.Accounts {
+		own[a.AccountID] = true
+	}
+	txns := sortedTxns(c)
+	var all, win []flow
+	for _, t := range txns {
+		f := flow{Transaction: t, base: cfg.FX.ToBase(t.Amount), day: t.Timestamp.In(j.loc).Format(time.DateOnly)}
+		switch fromOwn, toOwn := own[t.From.AccountID], own[t.To.AccountID]; {
+		case fromOwn && toOwn:
+		case toOwn:
+			f.dir, f.cpty = 1, t.From
+		default:
+			f.dir, f.cpty = -1, t.To
+		}
+		f.inWin = t.Timestamp.After(winStart)
+		f.recent = t.Timestamp.After(recentStart)
+		all = append(all, f)
+		if f.inWin {
+			win = append(win, f)
+		}
+	}
+	facts := map[string]*Fact{}
+	set := func(name string, v decimal.Decimal, ev []string) { facts[name] = &Fact{Value: v, Evidence: ev} }
+	val := map[string]featureValue{}
+	put := func(name string, v decimal.Decimal, ev []string) {
+		set(name, v, ev)
+		for i := range features {
+			if features[i].name == name {
+				val[name] = featureValue{def: &features[i], value: v}
+			}
+		}
+	}
+
+	// Cash just below the threshold (90% of it up to, not including, it).
+	thr := cfg.FX.ToBase(j.CashThreshold)
+	low := thr.Mul(w.NearThreshold)
+	var near, small []string
+	for _, f := range win {
+		if f.Channel == "cash" && f.base.GreaterThanOrEqual(low) && f.base.LessThan(thr) {
+			near = append(near, f.TxnID)
+		}
+		if f.dir == 1 && f.base.LessThan(thr.Div(decimal.NewFromInt(5))) {
+			small = append(small, f.TxnID)
+		}
+	}
+	put("cash_near_threshold", decimal.NewFromInt(int64(len(near))), near)
+	set("small_inbound_count", decimal.NewFromInt(int64(len(small))), small)
+
+	// Pass-through: outflows within the window after an inflow.
+	hold := time.Duration(w.PassThroughHours) * time.Hour
+	in, moved := decimal.Zero, decimal.Zero
+	var ptEv []string
+	lastIn := time.Time{}
+	var lastInID string
+	for _, f := range win {
+		switch f.dir {
+		case 1:
+			in = in.Add(f.base)
+			lastIn, lastInID = f.Timestamp, f.TxnID
+		case -1:
+			if !lastIn.IsZero() && f.Timestamp.Sub(lastIn) <= hold {
+				moved = moved.Add(f.base)
+				if len(ptEv) == 0 || ptEv[len(ptEv)-1] != lastInID {
+					ptEv = append(ptEv, lastInID)
+				}
+				ptEv = append(ptEv, f.TxnID)
+			}
+		}
+	}
+	pt := decimal.Zero
+	if in.IsPositive() {
+		pt = decimal.Min(moved, in).Mul(hund).DivRound(in, 4)
+	}
+	put("pass_through", pt, ptEv)
+
+	// Fan-in and fan-out: distinct counterparties.
+	for _, d := range []struct {
+		name string
+		dir  int
+	}{{"fan_in", 1}, {"fan_out", -1}} {
+		seen := map[Party]bool{}
+		var ev []string
+		for _, f := range win {
+			if f.dir == d.dir && f.cpty.AccountID != "" {
+				k := Party{AccountID: f.cpty.AccountID, BankID: f.cpty.BankID}
+				if !seen[k] {
+					seen[k] = true
+					ev = append(ev, f.TxnID)
+				}
+			}
+		}
+		put(d.name, decimal.NewFromInt(int64(len(seen))), ev)
+	}
+
+	// Dormancy: the longest silence of an own account before its first
+	// transaction in the window; silences under a month are ordinary and
+	// count as none.
+	dormant, dormantEv := int64(0), []string(nil)
+	for _, a := range c.Accounts {
+		var prior time.Time
+		if a.LastActivityAt != nil && !a.LastActivityAt.After(winStart) {
+			prior = *a.LastActivityAt
+		}
+		for _, f := range all {
+			if f.inWin || (f.From.AccountID != a.AccountID && f.To.AccountID != a.AccountID) {
+				continue
+			}
+			if f.Timestamp.After(prior) {
+				prior = f.Timestamp
+			}
+		}
+		if prior.IsZero() {
+			continue
+		}
+		for _, f := range win {
+			if f.From.AccountID == a.AccountID || f.To.AccountID == a.AccountID {
+				if d := int64(f.Timestamp.Sub(prior) / (24 * time.Hour)); d >= minDormantDays && d > dormant {
+					dormant, dormantEv = d, []string{f.TxnID}
+				}
+				break
+			}
+		}
+	}
+	put("dormant_days", decimal.NewFromInt(dormant), dormantEv)
+
+	// Round amounts: whole thousands of their currency.
+	thousand := decimal.NewFromInt(1000)
+	var round []string
+	for _, f := range win {
+		if f.Amount.Amount.GreaterThanOrEqual(thousand) && f.Amount.Amount.Mod(thousand).IsZero() {
+			round = append(round, f.TxnID)
+		}
+	}
+	put("round_amounts", share(len(round), len(win)), round)
+	set("txn_count", decimal.NewFromInt(int64(len(win))), nil)
+
+	// High-risk geography, cross-border share, cash share.
+	var risky, xb, cash []string
+	total, xbAmt, cashAmt := decimal.Zero, decimal.Zero, decimal.Zero
+	for _, f := range win {
+		if f.dir == 0 {
+			continue
+		}
+		total = total.Add(f.base)
+		if _, ok := cfg.highRisk[f.cpty.Country]; ok {
+			risky = append(risky, f.TxnID)
+		}
+		if f.cpty.Country != "" && f.cpty.Country != c.Customer.Country {
+			xb = append(xb, f.TxnID)
+			xbAmt = xbAmt.Add(f.base)
+		}
+		if f.Channel == "cash" {
+			cash = append(cash, f.TxnID)
+			cashAmt = cashAmt.Add(f.base)
+		}
+	}
+	put("high_risk_geography", decimal.NewFromInt(int64(len(risky))), risky)
+	put("cross_border", amountShare(xbAmt, total), xb)
+	put("cash_share", amountShare(cashAmt, total), cash)
+
+	// Turnover against declared income, over the window.
+	var inEv []string
+	for _, f := range win {
+		if f.dir == 1 {
+			inEv = append(inEv, f.TxnID)
+		}
+	}
+	if m := c.Customer.DeclaredMonthlyIncome; m != nil && m.Amount.IsPositive() {
+		expected := cfg.FX.ToBase(*m).Mul(decimal.NewFromInt(int64(w.Days))).Div(decimal.NewFromInt(30))
+		put("turnover_vs_income", in.DivRound(expected, 4), inEv)
+	} else {
+		put("turnover_vs_income", decimal.Zero, inEv)
+		fv := val["turnover_vs_income"]
+		fv.missing = true
+		val["turnover_vs_income"] = fv
+		facts["turnover_vs_income"].Value = decimal.NewFromInt(-1) // no rule fires on a missing income
+	}
+
+	// Velocity: transactions in the recent days against the baseline's
+	// rate, counting at least one a week so that a new account is not
+	// infinitely fast.
+	recent, before := 0, 0
+	var velEv []string
+	for _, f := range all {
+		switch {
+		case f.recent:
+			recent++
+			velEv = append(velEv, f.TxnID)
+		case !f.inWin && f.Timestamp.After(baseStart):
+			before++
+		}
+	}
+	expected := decimal.NewFromInt(int64(before * w.RecentDays)).Div(decimal.NewFromInt(int64(w.BaselineDays)))
+	expected = decimal.Max(expected, decimal.NewFromInt(int64(w.RecentDays)).Div(decimal.NewFromInt(7)))
+	put("velocity", decimal.NewFromInt(int64(recent)).DivRound(expected, 4), velEv)
+
+	// Per-day facts for the statutory reports.
+	individual := decimal.Zero
+	if c.Customer.Type == "individual" {
+		individual = one
+	}
+	set("individual", individual, nil)
+	usdRate := cfg.FX.Rates["USD"]
+	perDay := func(name string, keep func(f flow) bool, amount func(f flow) decimal.Decimal) {
+		byDay := map[string]*Group{}
+		for _, f := range win {
+			if f.dir == 0 || !keep(f) {
+				continue
+			}
+			g := byDay[f.day]
+			if g == nil {
+				g = &Group{Key: f.day}
+				byDay[f.day] = g
+			}
+			g.Value = g.Value.Add(amount(f))
+			g.Evidence = append(g.Evidence, f.TxnID)
+		}
+		fact := &Fact{}
+		for _, k := range slices.Sorted(maps.Keys(byDay)) {
+			g := byDay[k]
+			fact.Groups = append(fact.Groups, *g)
+			if g.Value.GreaterThan(fact.Value) {
+				fact.Value, fact.Evidence = g.Value, g.Evidence
+			}
+		}
+		facts[name] = fact
+	}
+	isCash := func(f flow) bool { return f.Channel == "cash" }
+	isCNY := func(f flow) bool { return f.Amount.Currency == "CNY" }
+	isXB := func(f flow) bool { return f.cpty.Country != "" && f.cpty.Country != c.Customer.Country }
+	nominal := func(f flow) decimal.Decimal { return f.Amount.Amount }
+	inUSD := func(f flow) decimal.Decimal {
+		if f.Amount.Currency == "USD" {
+			return f.Amount.Amount
+		}
+		return f.base.Div(usdRate) // the base is USD in the default table: exact
+	}
+	perDay("cash_cny_daily_max", func(f flow) bool { return isCash(f) && isCNY(f) }, nominal)
+	perDay("cash_foreign_daily_max_usd", func(f flow) bool { return isCash(f) && !isCNY(f) }, inUSD)
+	perDay("cash_usd_daily_max", isCash, inUSD)
+	perDay("cross_border_cny_daily_max", func(f flow) bool { return isXB(f) && isCNY(f) }, nominal)
+	perDay("cross_border_foreign_daily_max_usd", func(f flow) bool { return isXB(f) && !isCNY(f) }, inUSD)
+
+	out := make([]featureValue, len(features))
+	for i := range features {
+		out[i] = val[features[i].name]
+	}
+	return out, facts
+}
+
+func share(n, of int) decimal.Decimal {
+	if of == 0 {
+		return decimal.Zero
+	}
+	return decimal.NewFromInt(int64(n * 100)).DivRound(decimal.NewFromInt(int64(of)), 4)
+}
+
+func amountShare(part, total decimal.Decimal) decimal.Decimal {
+	if !total.IsPositive() {
+		return decimal.Zero
+	}
+	return part.Mul(hund).DivRound(total, 4)
+}

@@ -1,0 +1,134 @@
+package pii
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestMask(t *testing.T) {
+	cases := []struct{ in, want string }{
+		// Resident IDs: valid check characters (digit and X) are masked.
+		{"ID 110105199003070025 on file", "ID 110***********0025 on file"},
+		{"身份证:11010519491231002X。", "身份证:110***********002X。"},
+		{"id=11010519491231002x", "id=110***********002x"},
+		// A wrong check character: left alone (an 18-digit reference).
+		{"ref 110105199003070023", "ref 110105199003070023"},
+		// Mobile numbers, with and without +86.
+		{"call 13812341234 now", "call 138****1234 now"},
+		{"tel:+8613812341234", "tel:+86138****1234"},
+		{"12812341234", "12812341234"}, // no mobile prefix 12
+		// Cards: Luhn-valid 16 and 19 digits masked, invalid left.
+		{"card 4111111111111111.", "card 411111******1111."},
+		{"6222020200112233446", "622202*********3446"},
+		{"4111111111111112", "4111111111111112"},
+		// E-mail.
+		{"mail zhang.san@bank.example.cn.", "mail z***@bank.example.cn."},
+		{"a@b and x@y.z", "a@b and x***@y.z"},
+		// Amounts, dates, identifiers and hashes survive.
+		{"amount 49999.99 CNY on 2026-11-28T10:00:00Z", "amount 49999.99 CNY on 2026-11-28T10:00:00Z"},
+		{"sha 4111111111111111abc", "sha 4111111111111111abc"},
+		{"acct_13812341234", "acct_13812341234"},
+		{"", ""},
+	}
+	for _, tc := range cases {
+		if got := Mask(tc.in); got != tc.want {
+			t.Errorf("Mask(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestChecksums(t *testing.T) {
+	for _, id := range []string{"110105199003070025", "11010519491231002X", "440524188001010014"} {
+		if !ValidResidentID(id) {
+			t.Errorf("ValidResidentID(%s) = false", id)
+		}
+	}
+	for _, id := range []string{"110105199003070022", "11010519491231002Y", "1101051990030700", "A10105199003070022"} {
+		if ValidResidentID(id) {
+			t.Errorf("ValidResidentID(%s) = true", id)
+		}
+	}
+	for _, d := range []string{"4111111111111111", "79927398713", "6011000990139424"} {
+		if !ValidLuhn(d) {
+			t.Errorf("ValidLuhn(%s) = false", d)
+		}
+	}
+	for _, d := range []string{"4111111111111112", "79927398710", "0", "12a4"} {
+		if ValidLuhn(d) {
+			t.Errorf("ValidLuhn(%s) = true", d)
+		}
+	}
+}
+
+// TestReplaceAttr: a JSON log line built through ReplaceAttr carries no
+// unmasked ID, card or mobile number.
+func TestReplaceAttr(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: ReplaceAttr}))
+	log.Info("request", "memo", "from 110105199003070025 card 4111111111111111", "phone", "13812341234", "amount", 5000,
+		"err", errString("bad id 11010519491231002X"))
+	out := buf.String()
+	for _, s := range []string{"110105199003070025", "4111111111111111", "13812341234", "11010519491231002X"} {
+		if strings.Contains(out, s) {
+			t.Errorf("log line holds %s: %s", s, out)
+		}
+	}
+	if !strings.Contains(out, `"amount":5000`) {
+		t.Errorf("log line lost a number: %s", out)
+	}
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+// FuzzMask: masking never panics, is idempotent, keeps the length, and
+// leaves no checksum-valid ID, Luhn-valid card run or mobile number that
+// stands alone.
+func FuzzMask(f *testing.F) {
+	for _, s := range []string{"110105199003070025", "x 4111111111111111 y", "13812341234", "a.b@c.d", "+8613812341234", "11010519491231002X@x.y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m := Mask(s)
+		if len(m) != len(s) && !strings.Contains(m, "***@") {
+			t.Fatalf("Mask(%q) = %q changes the length", s, m)
+		}
+		if again := Mask(m); again != m {
+			t.Fatalf("Mask is not idempotent: %q -> %q -> %q", s, m, again)
+		}
+		for _, run := range digitRuns(m) {
+			if ValidResidentID(run) || IsMobile(run) || len(run) >= 13 && len(run) <= 19 && ValidLuhn(run) {
+				t.Fatalf("Mask(%q) = %q leaves %s", s, m, run)
+			}
+		}
+	})
+}
+
+// digitRuns returns the standalone digit runs of s (an ID's X included).
+func digitRuns(s string) []string {
+	var runs []string
+	for i := 0; i < len(s); {
+		if !isDigit(s[i]) || i > 0 && isWordByte(s[i-1]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+		if j-i == 17 && j < len(s) && (s[j] == 'X' || s[j] == 'x') {
+			j++
+		}
+		if j == len(s) || !isWordByte(s[j]) {
+			runs = append(runs, s[i:j])
+		}
+		for j < len(s) && isWordByte(s[j]) {
+			j++
+		}
+		i = j
+	}
+	return runs
+}

@@ -1,0 +1,236 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/audit"
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/pii"
+)
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func amlCase(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "aml", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+type amlDecision struct {
+	DecisionID string  `json:"decision_id"`
+	CaseID     string  `json:"case_id"`
+	RiskScore  float64 `json:"risk_score"`
+	RiskLevel  string  `json:"risk_level"`
+	Features   []struct {
+		Name   string
+		Active bool
+		Phi    float64
+		Share  float64
+	}
+	Explanation struct {
+		Method          string
+		Seed            uint64
+		Players         int
+		Coalitions      int
+		FX              float64 `json:"f_x"`
+		FBaseline       float64 `json:"f_baseline"`
+		EvaluatedTokens int     `json:"evaluated_tokens"`
+		NaiveTokens     int     `json:"naive_tokens"`
+	}
+	Rules []struct {
+		ID       string
+		Evidence []string
+	}
+	Report   map[string]string
+	Versions struct {
+		ModelSHA256 string `json:"model_sha256"`
+		RulesSHA256 string `json:"rules_sha256"`
+	}
+	Audit *audit.Receipt
+}
+
+// TestAMLScore: the endpoint on the real engine: exact attributions that
+// satisfy efficiency, the prefix tree computing a fraction of the naive
+// tokens, rules with evidence, an audit record per decision before the
+// answer, and no personal data in the log or the audit trail.
+func TestAMLScore(t *testing.T) {
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{ReplaceAttr: pii.ReplaceAttr}))
+	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+	al, err := audit.Open(auditPath, audit.Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Config{Audit: al, Logger: logger}, engine.Options{Parallel: 4, Context: 2048})
+
+	var first amlDecision
+	for round := range 2 {
+		resp, body := ts.post(t, "/aml/score", amlCase(t, "structuring.json"))
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		var d amlDecision
+		if err := json.Unmarshal([]byte(body), &d); err != nil {
+			t.Fatal(err)
+		}
+		ex := d.Explanation
+		sum := 0.0
+		for _, f := range d.Features {
+			sum += f.Phi
+		}
+		if math.Abs(sum-(ex.FX-ex.FBaseline)) > 1e-9 {
+			t.Errorf("efficiency: sum of phi %.12f, f_x - f_baseline %.12f", sum, ex.FX-ex.FBaseline)
+		}
+		if ex.Method != "exact_shapley" || ex.Coalitions != 1<<ex.Players || ex.Players != 6 {
+			t.Errorf("explanation %+v", ex)
+		}
+		if ex.EvaluatedTokens*3 > ex.NaiveTokens {
+			t.Errorf("the prefix tree computed %d tokens of %d: want under a third", ex.EvaluatedTokens, ex.NaiveTokens)
+		}
+		if d.RiskScore != ex.FX || d.RiskScore <= 0 || d.RiskScore >= 1 {
+			t.Errorf("risk score %g, f_x %g", d.RiskScore, ex.FX)
+		}
+		i := slices.IndexFunc(d.Rules, func(r struct {
+			ID       string
+			Evidence []string
+		}) bool {
+			return r.ID == "STRUCTURING"
+		})
+		if i < 0 || !slices.Equal(d.Rules[i].Evidence, []string{"T1", "T2", "T3"}) {
+			t.Errorf("rules %+v", d.Rules)
+		}
+		if d.Audit == nil || d.Audit.Seq != uint64(round+1) || len(d.Versions.ModelSHA256) != 64 {
+			t.Errorf("audit receipt %+v, model hash %q", d.Audit, d.Versions.ModelSHA256)
+		}
+		if !strings.Contains(d.Report["zh"], "(业务规则触发)") || !strings.Contains(d.Report["en"], "(rule-triggered)") {
+			t.Errorf("report %v", d.Report)
+		}
+		if round == 0 {
+			first = d
+		} else {
+			for j := range d.Features {
+				if d.Features[j].Phi != first.Features[j].Phi {
+					t.Errorf("%s: phi %g then %g on the same case", d.Features[j].Name, first.Features[j].Phi, d.Features[j].Phi)
+				}
+			}
+		}
+	}
+
+	// A list of cases, on the batch tier, with permutation sampling.
+	body := `{"cases": [` + amlCase(t, "salary.json") + `,` +
+		strings.Replace(amlCase(t, "eight.json"), `"transactions"`, `"options": {"explain": {"method": "permutation", "samples": 16, "seed": 3}}, "transactions"`, 1) + `]}`
+	resp, out := sendTo(t, strings.TrimSuffix(ts.url, "/v1")+"/tiers/batch/v1", "/aml/score", body)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Finserve-Tier") != "batch" {
+		t.Fatalf("list: status %d, tier %q: %s", resp.StatusCode, resp.Header.Get("X-Finserve-Tier"), out)
+	}
+	var list struct {
+		Object string
+		Data   []amlDecision
+	}
+	json.Unmarshal([]byte(out), &list)
+	if list.Object != "list" || len(list.Data) != 2 || list.Data[1].Explanation.Method != "permutation" || len(list.Data[0].Rules) != 0 {
+		t.Fatalf("list response: %s", out)
+	}
+	for _, d := range list.Data {
+		sum := 0.0
+		for _, f := range d.Features {
+			sum += f.Phi
+		}
+		if ex := d.Explanation; math.Abs(sum-(ex.FX-ex.FBaseline)) > 1e-9 {
+			t.Errorf("%s: efficiency off by %g", d.CaseID, sum-(ex.FX-ex.FBaseline))
+		}
+	}
+
+	// Bad input names its field and records nothing.
+	resp, out = ts.post(t, "/aml/score", strings.Replace(amlCase(t, "salary.json"), `"channel": "card"`, `"channel": "pigeon"`, 1))
+	if resp.StatusCode != 400 || !strings.Contains(out, `"param":"transactions[4].channel"`) {
+		t.Errorf("invalid channel: %d %s", resp.StatusCode, out)
+	}
+
+	al.Close()
+	sum, err := audit.VerifyFile(auditPath)
+	if err != nil || sum.Records != 4 {
+		t.Fatalf("audit log: %+v, %v; want 4 records", sum, err)
+	}
+	trail, _ := os.ReadFile(auditPath)
+	for _, where := range []struct{ name, text string }{{"audit log", string(trail)}, {"server log", logs.String()}} {
+		for _, secret := range []string{"110105199003070025", "11010519491231002X", "440524188001010014", "13812341234", "13912345678", "4111111111111111", "张三"} {
+			if strings.Contains(where.text, secret) {
+				t.Errorf("%s holds %s", where.name, secret)
+			}
+		}
+	}
+	if !strings.Contains(string(trail), `"id_number":"110***********0025"`) || !strings.Contains(string(trail), `"name":"张*"`) {
+		t.Errorf("audit record lacks the masked identity: %.400s", trail)
+	}
+
+	// With the audit log unavailable, no decision leaves.
+	resp, out = ts.post(t, "/aml/score", amlCase(t, "salary.json"))
+	if resp.StatusCode != 503 || !strings.Contains(out, "audit_unavailable") {
+		t.Errorf("closed audit log: %d %s", resp.StatusCode, out)
+	}
+	_, metrics := ts.get(t, "/metrics")
+	for _, want := range []string{`finserve_aml_decisions_total{risk_level=`, `finserve_aml_rules_fired_total{rule="STRUCTURING"} 2`,
+		`finserve_aml_decision_seconds_count{tier="batch"} 1`, "finserve_aml_evaluated_tokens_total"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	checkIdleEngine(t, ts.eng)
+}
+
+func checkIdleEngine(t *testing.T, e *engine.Engine) {
+	t.Helper()
+	s, err := e.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Running != 0 || s.Sequences != 0 || s.Waiting != 0 {
+		t.Errorf("engine not idle: %+v", s)
+	}
+}
+
+// TestAMLLabelsNotInVocabulary: label words the model cannot produce as
+// one token are a clear server error, not a wrong score.
+func TestAMLLabelsNotInVocabulary(t *testing.T) {
+	data := strings.Replace(string(aml.DefaultYAML()), `"yes": " yes"`, `"yes": " affirmative"`, 1)
+	cfg, err := aml.ParseConfig([]byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Config{AML: cfg}, engine.Options{Context: 2048})
+	resp, out := ts.post(t, "/aml/score", amlCase(t, "salary.json"))
+	if resp.StatusCode != 500 || !strings.Contains(out, "aml_model_unsuitable") || !strings.Contains(out, `label \" affirmative\" is not a single token`) {
+		t.Errorf("status %d: %s", resp.StatusCode, out)
+	}
+}
