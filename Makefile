@@ -28,7 +28,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build lint-dockerfile clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,8 +41,15 @@ third_party/include/llama.h: go.mod go.sum
 
 headers: prereqs third_party/include/llama.h ## stage llama.cpp headers from the module cache
 
+GO_BUILD_OUT ?= bin/finserve
 build: headers ## build bin/finserve (bundled llama.cpp)
-	$(GO) build -o bin/finserve ./cmd/finserve
+	$(GO) build -o $(GO_BUILD_OUT) ./cmd/finserve
+
+container-build: ## the container image's build steps without Docker: portable binary, smoke run, staged into bin/image
+	scripts/container-build.sh bin/image
+
+lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm)
+	npx --yes dockerfile_lint@0.3.4 -f Dockerfile -r deploy/dockerfile-lint-rules.yaml
 
 test: headers ## vet and run every test (race detector on)
 	$(GO) vet ./...

@@ -21,6 +21,13 @@ import (
 // test and returns its base URL.
 func startServer(t *testing.T) string {
 	t.Helper()
+	return startServerWith(t, server.Config{}, engine.Options{Parallel: 4, Context: 256})
+}
+
+// startServerWith serves a generated tiny model with cfg and o (threads
+// and logging filled in) and returns the server's root URL.
+func startServerWith(t *testing.T, cfg server.Config, o engine.Options) string {
+	t.Helper()
 	engine.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	path := filepath.Join(t.TempDir(), "tiny.gguf")
 	if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 5}); err != nil {
@@ -31,11 +38,13 @@ func startServer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
-	e, err := engine.New(m, engine.Options{Parallel: 4, Context: 256, Threads: 2})
+	o.Threads = 2
+	e, err := engine.New(m, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,13 @@ prepare() { # DIR: the results directory, emptied of old results; generates $MOD
   [ -f "$MODEL" ] || bin/finserve model gen --preset bench --type q8_0 --out "$MODEL"
 }
 
-wait_healthy() { # name
+wait_healthy() { # name: until /ready (finserve; with $WAIT_KEY when keys are on) or, where there is none, /health (llama-server) answers 200
+  local code auth=()
+  [ -n "${WAIT_KEY:-}" ] && auth=(-H "Authorization: Bearer $WAIT_KEY")
   for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "http://127.0.0.1:$PORT/ready" 2>/dev/null || true)
+    [ "$code" = 200 ] && return 0
+    [ "$code" = 404 ] && curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "$1 did not become healthy" >&2

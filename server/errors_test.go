@@ -155,6 +155,8 @@ func TestAuth(t *testing.T) {
 	if resp, _ := ts.get(t, "/health"); resp.StatusCode != 200 {
 		t.Fatalf("health needs no key: %d", resp.StatusCode)
 	}
+	resp, body = ts.get(t, "/ready")
+	checkError(t, resp, body, 401, "", "invalid_api_key")
 	for _, key := range []string{"k-one", "k-two"} {
 		if resp, body := ts.post(t, "/chat/completions", msg, "Authorization", "Bearer "+key); resp.StatusCode != 200 {
 			t.Fatalf("key %s: %d %s", key, resp.StatusCode, body)
@@ -169,8 +171,12 @@ func TestAuth(t *testing.T) {
 // TestLoading: before the engine is set the server answers, with 503.
 func TestLoading(t *testing.T) {
 	ts := startLoading(t, Config{})
-	resp, body := ts.get(t, "/health")
+	resp, body := ts.get(t, "/ready")
 	if resp.StatusCode != 503 || !strings.Contains(body, "loading") {
+		t.Fatalf("ready while loading: %d %s", resp.StatusCode, body)
+	}
+	// Alive all along: a liveness probe must not kill a loading server.
+	if resp, body := ts.get(t, "/health"); resp.StatusCode != 200 || !strings.Contains(body, "loading") {
 		t.Fatalf("health while loading: %d %s", resp.StatusCode, body)
 	}
 	resp, body = ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"hi"}]}`)
@@ -184,8 +190,8 @@ func TestLoading(t *testing.T) {
 	}
 	defer e.Close()
 	ts.srv.SetEngine(e, "tiny")
-	if resp, body := ts.get(t, "/health"); resp.StatusCode != 200 {
-		t.Fatalf("health when ready: %d %s", resp.StatusCode, body)
+	if resp, body := ts.get(t, "/ready"); resp.StatusCode != 200 {
+		t.Fatalf("ready when loaded: %d %s", resp.StatusCode, body)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/pii"
 )
 
 // apiKind selects the response shapes of a generation.
@@ -335,9 +336,23 @@ func (s *Server) ended(j *job) {
 	for i := range j.choices {
 		preemptions += j.choices[i].final.Preemptions
 	}
-	s.log.Info("request", "id", j.id, "tier", j.tier.String(), "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
+	attrs := []any{"id", j.id, "tenant", j.tenant, "tier", j.tier.String(), "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
 		"prompt_tokens", u.PromptTokens, "cached_tokens", u.PromptTokensDetails.CachedTokens, "completion_tokens", u.CompletionTokens,
-		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS, "preemptions", preemptions)
+		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS, "preemptions", preemptions}
+	if s.cfg.LogContent {
+		// Only when enabled, and masked here whatever the log handler does.
+		var prompt, completion strings.Builder
+		for _, tok := range j.prompts[0] {
+			if !j.b.model.IsSpecial(tok) {
+				prompt.Write(j.b.model.Piece(tok))
+			}
+		}
+		for i := range j.choices {
+			completion.WriteString(j.choices[i].text.String())
+		}
+		attrs = append(attrs, "prompt", pii.Mask(prompt.String()), "completion", pii.Mask(completion.String()))
+	}
+	s.log.Info("request", attrs...)
 }
 
 // finish ends the response: streams still running are cancelled.

@@ -6,15 +6,11 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +19,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/compress"
 
 	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/apikeys"
 	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
 )
@@ -51,10 +48,13 @@ type Config struct {
 	// is off (0) by default.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	// APIKeys, when set, are required as "Authorization: Bearer <key>" on
-	// every route but /health. Only their SHA-256 hashes are kept. An entry
-	// "TIER:KEY" limits the key to that tier and those below it, and makes
-	// it the key's tier on /v1.
+	// every route but /health. Only their SHA-256 hashes are
+	// kept. An entry "TIER:KEY" limits the key to that tier and those
+	// below it, and makes it the key's tier on /v1.
 	APIKeys []string
+	// KeyFile is a key file's set (apikeys), with names, allowed tiers and
+	// rates; SetKeys replaces it while serving.
+	KeyFile *apikeys.Set
 	// Tiers are the request limits of each latency tier (default
 	// DefaultTierLimits, when left zero).
 	Tiers [engine.NumTiers]TierLimits
@@ -70,6 +70,10 @@ type Config struct {
 	// DisconnectPoll is how often a generating request checks that its
 	// client is still connected (default 20ms).
 	DisconnectPoll time.Duration
+	// LogContent adds each request's prompt and completion, masked
+	// (package pii), to its log line. Off by default: prompts hold
+	// customer data.
+	LogContent bool
 	// AML configures POST /v1/aml/score (default aml.DefaultConfig()).
 	AML *aml.Config
 	// Audit, when set, receives every AML decision before its response
@@ -131,13 +135,14 @@ type backend struct {
 
 // Server is the HTTP front. Create it with New, start it with Serve, and
 // give it an engine with SetEngine when the model has loaded; until then
-// /health answers 503 and the API answers 503 model_loading.
+// /ready answers 503 and the API answers 503 model_loading.
 type Server struct {
 	cfg    Config
 	limits Limits
 	log    *slog.Logger
 	app    *fiber.App
-	keys   []apiKey
+	keys   atomic.Pointer[keyring]
+	keysMu sync.Mutex // serialises SetKeys
 
 	defaultTier engine.Tier
 
@@ -166,13 +171,11 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger, amlCfg: cfg.AML, audit: cfg.Audit}
 	s.defaultTier, _ = engine.ParseTier(cfg.DefaultTier)
 	s.base, s.cancelAll = context.WithCancel(context.Background())
-	for _, entry := range cfg.APIKeys {
-		key, tier, hasTier := parseKey(entry)
-		if key == "" {
-			return nil, errors.New("server config: an API key is empty")
-		}
-		s.keys = append(s.keys, apiKey{sum: sha256.Sum256([]byte(key)), tier: tier, hasTier: hasTier})
+	r, err := s.compileKeys(cfg.APIKeys, cfg.KeyFile, nil)
+	if err != nil {
+		return nil, err
 	}
+	s.keys.Store(r)
 	s.metrics = newMetrics(s)
 	s.app = fiber.New(fiber.Config{
 		AppName:               "finserve",
@@ -197,6 +200,7 @@ func (s *Server) routes() {
 	}
 	app.Get("/health", s.health)
 	app.Use(s.authenticate)
+	app.Get("/ready", s.readyz)
 	app.Get("/metrics", s.metrics.handler)
 	// The OpenAI API, once per tier (tier.go).
 	for _, prefix := range []string{"/v1", "/tiers/:tier/v1"} {
@@ -339,44 +343,30 @@ func (s *Server) ready() (*backend, error) {
 	return b, nil
 }
 
+// health is liveness: 200 while the process serves HTTP at all, with
+// what it is doing. A liveness probe must not kill a server that is
+// loading a large model; readiness is /ready.
 func (s *Server) health(c *fiber.Ctx) error {
+	status := "ok"
+	switch {
+	case s.draining.Load():
+		status = "shutting_down"
+	case s.backend.Load() == nil:
+		status = "loading"
+	}
+	return c.JSON(fiber.Map{"status": status})
+}
+
+// readyz is readiness: 200 once the model is loaded and requests are
+// accepted, 503 while loading or shutting down.
+func (s *Server) readyz(c *fiber.Ctx) error {
 	switch {
 	case s.draining.Load():
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down"})
 	case s.backend.Load() == nil:
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading"})
 	}
-	return c.JSON(fiber.Map{"status": "ok"})
-}
-
-func (s *Server) authenticate(c *fiber.Ctx) error {
-	if len(s.keys) == 0 {
-		return c.Next()
-	}
-	auth := c.Get(fiber.HeaderAuthorization)
-	key, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || key == "" {
-		return errUnauthorized
-	}
-	sum := sha256.Sum256([]byte(key))
-	found := -1
-	for i := range s.keys {
-		// every key is compared, whichever matches
-		if subtle.ConstantTimeCompare(sum[:], s.keys[i].sum[:]) == 1 {
-			found = i
-		}
-	}
-	if found < 0 {
-		return errUnauthorized
-	}
-	if k := s.keys[found]; k.hasTier {
-		c.Locals(keyTierLocal{}, k.tier)
-	}
-	// The key's tenant: a name derived from its hash, never from anything
-	// the client chooses, so that no request can claim another tenant's
-	// cached prefixes.
-	c.Locals(tenantKey{}, "key-"+hex.EncodeToString(sum[:8]))
-	return c.Next()
+	return c.JSON(fiber.Map{"status": "ready"})
 }
 
 type tenantKey struct{}

@@ -65,25 +65,7 @@ func (s *Server) limitsOf(t engine.Tier) limits {
 	return l
 }
 
-// apiKey is a configured key: its hash and the highest tier it may use.
-type apiKey struct {
-	sum     [32]byte
-	tier    engine.Tier
-	hasTier bool // declared with a tier, which is then its default too
-}
-
-// parseKey reads an APIKeys entry: "KEY" or "TIER:KEY".
-func parseKey(entry string) (key string, tier engine.Tier, hasTier bool) {
-	if name, rest, ok := strings.Cut(entry, ":"); ok && rest != "" {
-		if t, err := engine.ParseTier(name); err == nil {
-			return rest, t, true
-		}
-	}
-	return entry, 0, false
-}
-
 type tierLocal struct{}
-type keyTierLocal struct{}
 
 // priority is tier t's scheduling priority in the engine.
 func (s *Server) priority(t engine.Tier) int {
@@ -97,9 +79,9 @@ func (s *Server) priority(t engine.Tier) int {
 // tier header, refusing tiers the key may not use.
 func (s *Server) resolveTier(c *fiber.Ctx) error {
 	tier := s.defaultTier
-	limit, limited := engine.Tier(0), false
-	if k, ok := c.Locals(keyTierLocal{}).(engine.Tier); ok {
-		tier, limit, limited = k, k, true
+	key, _ := c.Locals(keyLocal{}).(*apiKey)
+	if key != nil {
+		tier = key.def
 	}
 	if name := c.Params("tier"); name != "" {
 		t, err := engine.ParseTier(name)
@@ -121,9 +103,15 @@ func (s *Server) resolveTier(c *fiber.Ctx) error {
 		}
 		tier = t
 	}
-	if limited && s.priority(tier) > s.priority(limit) {
+	if key != nil && !s.may(key, tier) {
+		var names []string
+		for t := range engine.Tier(engine.NumTiers) {
+			if s.may(key, t) {
+				names = append(names, t.String())
+			}
+		}
 		return &APIError{Status: http.StatusForbidden, Type: "permission_error", Code: "tier_not_allowed",
-			Message: fmt.Sprintf("this API key may use the %s tier and those below it, not %s", limit, tier)}
+			Message: fmt.Sprintf("this API key may use the tiers %s, not %s", strings.Join(names, ", "), tier)}
 	}
 	c.Locals(tierLocal{}, tier)
 	c.Set(TierHeader, tier.String())

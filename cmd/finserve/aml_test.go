@@ -39,7 +39,7 @@ func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	base := "http://" + addr
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		if resp, err := http.Get(base + "/health"); err == nil {
+		if resp, err := http.Get(base + "/ready"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return cmd, base

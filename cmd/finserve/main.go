@@ -32,7 +32,7 @@ func main() {
 }
 
 func newRoot() *cobra.Command {
-	var logLevel string
+	var logLevel, logFormat string
 	root := &cobra.Command{
 		Use:           "finserve",
 		Short:         "On-prem OpenAI-compatible LLM inference server for banks",
@@ -44,12 +44,21 @@ func newRoot() *cobra.Command {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			// Every string a log line carries passes the PII masker.
-			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl, ReplaceAttr: pii.ReplaceAttr})))
+			opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: pii.ReplaceAttr}
+			switch logFormat {
+			case "text":
+				slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, opts)))
+			case "json":
+				slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, opts)))
+			default:
+				return fmt.Errorf("--log-format: %q is not text or json", logFormat)
+			}
 			return nil
 		},
 	}
+	root.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text, or json (one object per line, for log shippers)")
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
-	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd(), newAuditCmd(), newAMLCmd())
+	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd(), newAuditCmd(), newAMLCmd(), newKeysCmd(), newConfigCmd(), newSoakCmd())
 	return root
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/apikeys"
 	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/server"
@@ -46,6 +48,10 @@ type serveOptions struct {
 	amlConfig   string // file; "" for the built-in configuration
 	auditLog    string
 	auditNoSync bool
+
+	logContent                   bool
+	keyFile                      string // --api-keys
+	tlsCert, tlsKey, tlsClientCA string
 }
 
 func newServeCmd() *cobra.Command {
@@ -56,8 +62,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve a GGUF model over the OpenAI-compatible HTTP API",
 		Long: `Serve a GGUF model over the OpenAI-compatible HTTP API.
 
-The server listens at once; GET /health answers 503 while the model loads
-and 200 when it is ready.
+The server listens at once. GET /health (liveness, no key needed) answers
+200 while the process serves; GET /ready (readiness) answers 503 while the
+model loads or the server drains, and 200 when it accepts requests.
 
 Settings come from, highest precedence first:
   1. command-line flags;
@@ -113,6 +120,11 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringArrayVar(&o.pinned, "pin-system-prompt", nil, "a system prompt whose prefix is computed at start and always kept, for every tenant (repeatable; a YAML list in the config file)")
 	f.StringVar(&o.defaultTier, "default-tier", "standard", "tier of /v1 requests whose API key declares none: realtime, standard or batch")
 	f.DurationVar(&o.tierAging, "tier-aging", engine.DefaultAging, "a request held back by higher tiers gains one priority level per this much waiting (0: no aging)")
+	f.BoolVar(&o.logContent, "log-content", false, "log each request's prompt and completion (masked for personal data); off: they hold customer data")
+	f.StringVar(&o.keyFile, "api-keys", "", "API key file made with `finserve keys add` (names, allowed tiers, rates; hashes only); reloaded on SIGHUP")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
+	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "require client certificates signed by these PEM CAs (mutual TLS)")
 	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, `finserve aml config` prints it)")
 	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response (`finserve audit verify` checks it)")
 	f.BoolVar(&o.auditNoSync, "audit-no-sync", false, "write audit records without fsync (faster; a power loss may lose the last decisions)")
@@ -175,6 +187,14 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	for t := range policies {
+		// "All but N" slots with N or fewer slots in all (the batch
+		// default keeps one for the tiers above): no slot to keep, no cap.
+		if p := &policies[t]; p.MaxRunning < 0 && -p.MaxRunning >= o.parallel {
+			slog.Warn("tier cap leaves no slot; the tier may use them all", "tier", engine.Tier(t).String(), "max_running", p.MaxRunning, "parallel", o.parallel)
+			p.MaxRunning = 0
+		}
+	}
 	aging := o.tierAging
 	if aging == 0 {
 		aging = -1 // the engine's "never"
@@ -196,8 +216,18 @@ func runServe(ctx context.Context, o serveOptions) error {
 	} else {
 		log.Warn("no --audit-log: AML decisions are not recorded")
 	}
+	var keySet *apikeys.Set
+	if o.keyFile != "" {
+		if keySet, err = apikeys.Load(o.keyFile); err != nil {
+			return err
+		}
+	}
+	tlsCfg, err := tlsConfig(o.tlsCert, o.tlsKey, o.tlsClientCA)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
-		AML: amlCfg, Audit: auditLog,
+		AML: amlCfg, Audit: auditLog, KeyFile: keySet, LogContent: o.logContent,
 		ModelID: id, ChatTemplate: o.chatTemplate,
 		Limits:      server.Limits{MaxTokens: o.maxTokens},
 		BodyLimit:   o.bodyLimitKiB << 10,
@@ -212,8 +242,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.addr, err)
 	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if o.keyFile != "" {
+		stopReload := reloadKeysOnHUP(o.keyFile, srv, log)
+		defer stopReload()
+	}
 	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
 
 	var last int

@@ -132,7 +132,7 @@ func TestServeCommand(t *testing.T) {
 	base := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(base + "/health")
+		resp, err := http.Get(base + "/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

@@ -1,0 +1,211 @@
+// Package apikeys keeps the API keys of a finserve deployment in a file
+// that holds only their SHA-256 hashes, with each key's name, allowed
+// tiers and request rate. A key is shown once, when it is added; the file
+// alone cannot give it back.
+package apikeys
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"time"
+)
+
+// Tiers are the tier names a key may list.
+var Tiers = []string{"realtime", "standard", "batch"}
+
+// Prefix starts every key, so that scanners can recognise a leaked one.
+const Prefix = "fsk_"
+
+// File is the on-disk form: JSON, mode 0600.
+type File struct {
+	Version int     `json:"version"`
+	Keys    []Entry `json:"keys"`
+}
+
+// Entry is one key.
+type Entry struct {
+	Name    string    `json:"name"`   // unique; logs and metrics name the key by it
+	SHA256  string    `json:"sha256"` // of the key, hex
+	Hint    string    `json:"hint"`   // the key's first characters, to tell keys apart
+	Tiers   []string  `json:"tiers"`  // tiers it may use, the first its default on /v1
+	Rate    float64   `json:"rate,omitempty"`
+	Created time.Time `json:"created"`
+
+	sum [32]byte
+}
+
+// Set is a loaded, checked key file.
+type Set struct {
+	Keys []Entry
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Load reads and checks a key file.
+func Load(path string) (*Set, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading API key file: %w", err)
+	}
+	s, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("API key file %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Parse checks a key file's contents.
+func Parse(data []byte) (*Set, error) {
+	var f File
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("parsing: %w", err)
+	}
+	if f.Version != 1 {
+		return nil, fmt.Errorf("version %d, want 1", f.Version)
+	}
+	seen := map[string]bool{}
+	for i := range f.Keys {
+		e := &f.Keys[i]
+		if err := e.check(); err != nil {
+			return nil, fmt.Errorf("key %d (%q): %w", i, e.Name, err)
+		}
+		if seen[e.Name] {
+			return nil, fmt.Errorf("key name %q appears twice", e.Name)
+		}
+		seen[e.Name] = true
+		b, _ := hex.DecodeString(e.SHA256)
+		copy(e.sum[:], b)
+	}
+	return &Set{Keys: f.Keys}, nil
+}
+
+func (e *Entry) check() error {
+	if !nameRE.MatchString(e.Name) {
+		return errors.New("a name is 1-64 letters, digits, dots, dashes or underscores")
+	}
+	if b, err := hex.DecodeString(e.SHA256); err != nil || len(b) != sha256.Size {
+		return errors.New("sha256 must be 64 hex digits")
+	}
+	if len(e.Tiers) == 0 {
+		return errors.New("at least one tier is needed")
+	}
+	for _, t := range e.Tiers {
+		if !slices.Contains(Tiers, t) {
+			return fmt.Errorf("unknown tier %q (tiers: realtime, standard, batch)", t)
+		}
+	}
+	if e.Rate < 0 || math.IsNaN(e.Rate) || math.IsInf(e.Rate, 0) {
+		return errors.New("rate must be a non-negative number of requests per second (0: unlimited)")
+	}
+	return nil
+}
+
+// Match returns the entry whose key is presented, comparing the hash with
+// every entry in constant time.
+func (s *Set) Match(presented string) (*Entry, bool) {
+	sum := sha256.Sum256([]byte(presented))
+	found := -1
+	for i := range s.Keys {
+		if subtle.ConstantTimeCompare(sum[:], s.Keys[i].sum[:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		return nil, false
+	}
+	return &s.Keys[found], true
+}
+
+// Add creates a key named name in the file at path (created, mode 0600,
+// when missing), stores its hash and returns the key: the only time it is
+// ever shown.
+func Add(path, name string, tiers []string, rate float64) (string, error) {
+	f := File{Version: 1}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		s, err := Parse(data)
+		if err != nil {
+			return "", fmt.Errorf("API key file %s: %w", path, err)
+		}
+		f.Keys = s.Keys
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return "", fmt.Errorf("reading API key file: %w", err)
+	}
+	for _, e := range f.Keys {
+		if e.Name == name {
+			return "", fmt.Errorf("a key named %q exists; revoke it first", name)
+		}
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	key := Prefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	sum := sha256.Sum256([]byte(key))
+	e := Entry{Name: name, SHA256: hex.EncodeToString(sum[:]), Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate,
+		Created: time.Now().UTC().Truncate(time.Second)}
+	if err := e.check(); err != nil {
+		return "", err
+	}
+	f.Keys = append(f.Keys, e)
+	if err := write(path, &f); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// Revoke removes the key named name.
+func Revoke(path, name string) error {
+	s, err := Load(path)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(s.Keys, func(e Entry) bool { return e.Name == name })
+	if i < 0 {
+		return fmt.Errorf("no key named %q in %s", name, path)
+	}
+	return write(path, &File{Version: 1, Keys: slices.Delete(s.Keys, i, i+1)})
+}
+
+// write replaces the file atomically, so that a server reloading it on
+// SIGHUP never reads half of it.
+func write(path string, f *File) error {
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".keys-*")
+	if err != nil {
+		return fmt.Errorf("writing API key file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing API key file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,81 @@
+package apikeys
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestAddMatchRevoke(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	k1, err := Add(path, "teller-app", []string{"realtime", "standard"}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := Add(path, "aml-batch", []string{"batch"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(k1, Prefix) || len(k1) != len(Prefix)+43 || k1 == k2 {
+		t.Fatalf("keys %q %q", k1, k2)
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), k1[len(Prefix)+4:]) {
+		t.Fatal("the key file holds a key")
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %v", fi.Mode().Perm())
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := s.Match(k1); !ok || e.Name != "teller-app" || e.Rate != 5 || len(e.Tiers) != 2 {
+		t.Errorf("match k1: %+v %v", e, ok)
+	}
+	for _, bad := range []string{"", k1 + "x", k1[:len(k1)-1], strings.ToUpper(k1)} {
+		if _, ok := s.Match(bad); ok {
+			t.Errorf("matched %q", bad)
+		}
+	}
+	if _, err := Add(path, "teller-app", []string{"batch"}, 0); err == nil {
+		t.Error("duplicate name accepted")
+	}
+	if _, err := Add(path, "x", []string{"premium"}, 0); err == nil {
+		t.Error("unknown tier accepted")
+	}
+	if _, err := Add(path, "bad name!", []string{"batch"}, 0); err == nil {
+		t.Error("bad name accepted")
+	}
+	if err := Revoke(path, "teller-app"); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = Load(path)
+	if _, ok := s.Match(k1); ok {
+		t.Error("a revoked key still matches")
+	}
+	if _, ok := s.Match(k2); !ok {
+		t.Error("revoking one key lost another")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	good := `{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"]}`
+	for name, body := range map[string]string{
+		"not json":     `{`,
+		"version":      `{"version":2,"keys":[]}`,
+		"short hash":   `{"version":1,"keys":[{"name":"a","sha256":"abcd","tiers":["batch"]}]}`,
+		"no tiers":     `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `"}]}`,
+		"negative":     `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"rate":-1}]}`,
+		"duplicate":    `{"version":1,"keys":[` + good + `,` + good + `]}`,
+		"unknown tier": `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["gold"]}]}`,
+	} {
+		if _, err := Parse([]byte(body)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := Parse([]byte(`{"version":1,"keys":[` + good + `]}`)); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/server"
+)
+
+func newKeysCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{Use: "keys", Short: "Manage the API key file (`serve --api-keys`)"}
+	cmd.PersistentFlags().StringVar(&file, "file", "", "API key file (required)")
+	var tiers string
+	var rate float64
+	add := &cobra.Command{
+		Use:   "add NAME",
+		Short: "Create a key; print it once (only its hash is stored)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if file == "" {
+				return errors.New("--file is required")
+			}
+			key, err := apikeys.Add(file, args[0], strings.Split(tiers, ","), rate)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), key)
+			fmt.Fprintf(cmd.ErrOrStderr(), "added key %q (tiers %s, rate %g/s; 0 is unlimited) to %s; it is shown only now. "+
+				"A running server takes it on SIGHUP.\n", args[0], tiers, rate, file)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&tiers, "tiers", "standard", "tiers the key may use, comma-separated (the first is its default on /v1 unless the server's default tier is among them)")
+	add.Flags().Float64Var(&rate, "rate", 0, "requests per second the key may send (0: unlimited)")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the keys: names, hints, tiers, rates (never the keys)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := apikeys.Load(file)
+			if err != nil {
+				return err
+			}
+			for _, e := range s.Keys {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s…\t%s\t%g/s\t%s\n", e.Name, e.Hint, strings.Join(e.Tiers, ","), e.Rate, e.Created.Format("2006-01-02"))
+			}
+			return nil
+		},
+	}
+	revoke := &cobra.Command{
+		Use:   "revoke NAME",
+		Short: "Remove a key (a running server drops it on SIGHUP)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return apikeys.Revoke(file, args[0])
+		},
+	}
+	cmd.AddCommand(add, list, revoke)
+	return cmd
+}
+
+// reloadKeysOnHUP reloads the key file on SIGHUP; a file that fails to
+// load leaves the keys in force unchanged.
+func reloadKeysOnHUP(path string, srv *server.Server, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				set, err := apikeys.Load(path)
+				if err == nil {
+					err = srv.SetKeys(set)
+				}
+				if err != nil {
+					log.Error("reloading API keys failed; the previous keys stay in force", "err", err)
+				}
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
+}
+
+// tlsConfig builds the server's TLS configuration: none without a
+// certificate; client certificates required when a client CA is given.
+func tlsConfig(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	switch {
+	case certFile == "" && keyFile == "" && clientCA == "":
+		return nil, nil
+	case certFile == "" || keyFile == "":
+		return nil, errors.New("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading the TLS certificate: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("reading --tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca %s holds no PEM certificate", clientCA)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}

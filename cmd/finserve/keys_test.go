@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/models"
+)
+
+// certs writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, all signed by the CA; it returns their PEM paths and the
+// client's key pair.
+func certs(t *testing.T, dir string) (ca, cert, key string, client tls.Certificate, pool *x509.CertPool) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	pool = x509.NewCertPool()
+	pool.AddCert(caCert)
+	issue := func(serial int64, server bool) ([]byte, *ecdsa.PrivateKey) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "finserve-test"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		if server {
+			tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		} else {
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, k
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ca = write("ca.pem", "CERTIFICATE", caDER)
+	sDER, sKey := issue(2, true)
+	cert = write("server.pem", "CERTIFICATE", sDER)
+	skDER, _ := x509.MarshalECPrivateKey(sKey)
+	key = write("server-key.pem", "EC PRIVATE KEY", skDER)
+	cDER, cKey := issue(3, false)
+	client = tls.Certificate{Certificate: [][]byte{cDER}, PrivateKey: cKey}
+	return
+}
+
+// TestServeTLSAndKeyReload: serve with mutual TLS and a key file: a
+// client without a certificate cannot connect, plain HTTP gets nothing,
+// a client with one and a key is served; a key added to the file works
+// after SIGHUP, without a restart.
+func TestServeTLSAndKeyReload(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "tiny.gguf")
+	if err := models.Generate(context.Background(), model, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	ca, cert, key, client, pool := certs(t, dir)
+	keys := filepath.Join(dir, "keys.json")
+	k1, err := apikeys.Add(keys, "first", []string{"standard"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := newServeCmd()
+	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "1",
+		"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--api-keys", keys, "--shutdown-grace", "1s"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+
+	good := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{client}}}}
+	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	get := func(c *http.Client, url, key string) (int, error) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	base := "https://" + addr
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if code, _ := get(good, base+"/ready", k1); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the TLS server never became ready")
+		}
+	}
+	if _, err := get(noCert, base+"/health", ""); err == nil {
+		t.Error("a client without a certificate was served")
+	}
+	if code, err := get(&http.Client{Timeout: 2 * time.Second}, "http://"+addr+"/health", ""); err == nil && code == 200 {
+		t.Error("plain HTTP was served")
+	}
+	k2, err := apikeys.Add(keys, "second", []string{"batch"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get(good, base+"/v1/models", k2); code != 401 {
+		t.Errorf("a key added to the file works before SIGHUP: %d", code)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if code, _ := get(good, base+"/tiers/batch/v1/models", k2); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new key never worked after SIGHUP")
+		}
+	}
+	if code, _ := get(good, base+"/v1/models", k1); code != 200 {
+		t.Errorf("the first key after reload: %d", code)
+	}
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The build steps of the container image (Dockerfile), kept in one script
+# so that CI can run them directly on machines without a Docker engine:
+# prerequisites, a portable-CPU build of bin/finserve, a smoke run of the
+# binary (version, a generated model served and answered), and the
+# staging of what the runtime image holds into OUT.
+#
+#   CPU_LEVEL=x86-64-v3 scripts/container-build.sh OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: scripts/container-build.sh OUT}
+CPU_LEVEL=${CPU_LEVEL:-x86-64-v3}
+
+scripts/prereqs.sh
+make -s headers
+# A separate binary name: a portable build must not overwrite bin/finserve
+# (-march=native) nor reuse its build cache entries for the wrong level.
+make -s build CPU_LEVEL="$CPU_LEVEL" GO_BUILD_OUT=bin/finserve-portable
+
+mkdir -p "$OUT/usr/local/bin" "$OUT/etc/finserve"
+cp bin/finserve-portable "$OUT/usr/local/bin/finserve"
+bin/finserve-portable aml config >"$OUT/etc/finserve/aml.yaml"
+"$OUT/usr/local/bin/finserve" version
+
+# Smoke: the staged binary serves a generated model and answers.
+tmp=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+"$OUT/usr/local/bin/finserve" model gen --preset tiny --type q8_0 --out "$tmp/tiny.gguf" >/dev/null
+port=$((20000 + RANDOM % 10000))
+"$OUT/usr/local/bin/finserve" serve --model "$tmp/tiny.gguf" --addr "127.0.0.1:$port" --threads 2 --ctx 256 --parallel 1 \
+  --log-format json --audit-log "$tmp/audit.jsonl" 2>"$tmp/serve.log" &
+pid=$!
+for _ in $(seq 1 300); do
+  curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}' >/dev/null
+curl -sf "http://127.0.0.1:$port/v1/aml/score" -H 'Content-Type: application/json' \
+  --data-binary @aml/testdata/salary.json >/dev/null
+"$OUT/usr/local/bin/finserve" audit verify "$tmp/audit.jsonl"
+echo "container-build: staged $(du -sh "$OUT" | cut -f1) into $OUT (CPU level $CPU_LEVEL)"

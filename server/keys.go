@@ -1,0 +1,173 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/gofiber/fiber/v2"
+	"golang.org/x/time/rate"
+
+	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/engine"
+)
+
+// apiKey is a configured key, compiled: its hash, the tiers it may use,
+// its default tier on /v1, and its request-rate limiter.
+type apiKey struct {
+	name    string
+	sum     [32]byte
+	allowed [engine.NumTiers]bool // for keys of the key file
+	ceiling engine.Tier           // for TIER:KEY entries: that tier and those below it
+	capped  bool
+	def     engine.Tier
+	rate    float64
+	limiter *rate.Limiter // nil: unlimited
+}
+
+// keyring is the key set in force; SetKeys swaps it whole.
+type keyring struct {
+	keys   []*apiKey
+	byName map[string]*apiKey
+}
+
+// parseKey reads an APIKeys entry: "KEY" or "TIER:KEY".
+func parseKey(entry string) (key string, tier engine.Tier, hasTier bool) {
+	if name, rest, ok := strings.Cut(entry, ":"); ok && rest != "" {
+		if t, err := engine.ParseTier(name); err == nil {
+			return rest, t, true
+		}
+	}
+	return entry, 0, false
+}
+
+// compileKeys builds a keyring from the plain APIKeys entries and a key
+// file's set, keeping the limiters of keys that were already in force
+// with the same rate (a reload does not refill their buckets).
+func (s *Server) compileKeys(plain []string, set *apikeys.Set, old *keyring) (*keyring, error) {
+	r := &keyring{byName: map[string]*apiKey{}}
+	add := func(k *apiKey) error {
+		if _, dup := r.byName[k.name]; dup {
+			return fmt.Errorf("API key name %q appears twice", k.name)
+		}
+		if k.rate > 0 {
+			if o := old.lookup(k.name); o != nil && o.rate == k.rate && o.limiter != nil {
+				k.limiter = o.limiter
+			} else {
+				k.limiter = rate.NewLimiter(rate.Limit(k.rate), max(1, int(math.Ceil(k.rate))))
+			}
+		}
+		r.keys = append(r.keys, k)
+		r.byName[k.name] = k
+		return nil
+	}
+	for _, entry := range plain {
+		key, tier, hasTier := parseKey(entry)
+		if key == "" {
+			return nil, fmt.Errorf("server config: an API key is empty")
+		}
+		sum := sha256.Sum256([]byte(key))
+		k := &apiKey{name: "key-" + hex.EncodeToString(sum[:8]), sum: sum, def: s.defaultTier, allowed: [engine.NumTiers]bool{true, true, true}}
+		if hasTier {
+			k.def, k.ceiling, k.capped = tier, tier, true
+		}
+		if err := add(k); err != nil {
+			return nil, err
+		}
+	}
+	if set != nil {
+		for _, e := range set.Keys {
+			k := &apiKey{name: e.Name, rate: e.Rate}
+			b, _ := hex.DecodeString(e.SHA256)
+			copy(k.sum[:], b)
+			for i, name := range e.Tiers {
+				t, err := engine.ParseTier(name)
+				if err != nil {
+					return nil, fmt.Errorf("API key %q: %w", e.Name, err)
+				}
+				k.allowed[t] = true
+				if i == 0 {
+					k.def = t
+				}
+			}
+			if k.allowed[s.defaultTier] {
+				k.def = s.defaultTier
+			}
+			if err := add(k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return r, nil
+}
+
+func (r *keyring) lookup(name string) *apiKey {
+	if r == nil {
+		return nil
+	}
+	return r.byName[name]
+}
+
+// SetKeys puts a key file's set in force (with the configured plain
+// keys), as on SIGHUP. Requests in flight keep the key they came with.
+func (s *Server) SetKeys(set *apikeys.Set) error {
+	s.keysMu.Lock()
+	defer s.keysMu.Unlock()
+	r, err := s.compileKeys(s.cfg.APIKeys, set, s.keys.Load())
+	if err != nil {
+		return err
+	}
+	s.keys.Store(r)
+	s.log.Info("API keys in force", "keys", len(r.keys))
+	return nil
+}
+
+// may says whether key k may use tier t. A capped key's tiers follow the
+// engine's priorities, which are known once it runs.
+func (s *Server) may(k *apiKey, t engine.Tier) bool {
+	if k.capped {
+		return s.priority(t) <= s.priority(k.ceiling)
+	}
+	return k.allowed[t]
+}
+
+type keyLocal struct{}
+
+// authenticate admits requests with a valid key (every route but
+// /health, when keys are configured), and enforces the key's rate.
+func (s *Server) authenticate(c *fiber.Ctx) error {
+	r := s.keys.Load()
+	if r == nil || len(r.keys) == 0 {
+		return c.Next()
+	}
+	auth := c.Get(fiber.HeaderAuthorization)
+	presented, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || presented == "" {
+		return errUnauthorized
+	}
+	sum := sha256.Sum256([]byte(presented))
+	var found *apiKey
+	for _, k := range r.keys {
+		// every key is compared, whichever matches
+		if subtle.ConstantTimeCompare(sum[:], k.sum[:]) == 1 {
+			found = k
+		}
+	}
+	if found == nil {
+		return errUnauthorized
+	}
+	if found.limiter != nil && !found.limiter.Allow() {
+		return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
+			Message:    fmt.Sprintf("this API key may send %g requests per second; retry later", found.rate),
+			RetryAfter: max(1, int(math.Ceil(1/found.rate)))}
+	}
+	c.Locals(keyLocal{}, found)
+	// The key's tenant: its name, never anything the client chooses, so
+	// that no request can claim another tenant's cached prefixes.
+	c.Locals(tenantKey{}, found.name)
+	return c.Next()
+}

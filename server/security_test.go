@@ -1,0 +1,175 @@
+package server
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/engine"
+)
+
+// keyFile makes a key file with a realtime-only key limited to 2
+// requests a second and an all-tier key; it returns the set and the keys.
+func keyFile(t *testing.T) (string, string, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keys.json")
+	rt, err := apikeys.Add(path, "chat-frontend", []string{"realtime"}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := apikeys.Add(path, "ops", []string{"standard", "realtime", "batch"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, rt, all
+}
+
+// TestSecurity: without a valid key nothing but /health answers, on any
+// route or path trick; tiers and rates hold per key; a reload swaps keys
+// without a restart; oversized headers and slow clients are cut off and
+// the server keeps serving.
+func TestSecurity(t *testing.T) {
+	path, rtKey, allKey := keyFile(t)
+	set, err := apikeys.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Config{KeyFile: set, ReadTimeout: 500 * time.Millisecond}, engine.Options{Parallel: 2})
+	root := strings.TrimSuffix(ts.url, "/v1")
+	chat := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	routes := []struct{ method, path, body string }{
+		{"GET", "/ready", ""}, {"GET", "/metrics", ""},
+		{"GET", "/v1/models", ""}, {"GET", "/v1/models/tiny", ""},
+		{"POST", "/v1/chat/completions", chat}, {"POST", "/v1/completions", `{"prompt":"hi","max_tokens":2}`},
+		{"POST", "/v1/embeddings", `{"input":"hi"}`}, {"POST", "/v1/aml/score", `{}`},
+		{"GET", "/tiers/batch/v1/models", ""}, {"POST", "/tiers/realtime/v1/chat/completions", chat},
+		{"GET", "/v1/no-such-route", ""}, {"GET", "/tiers/gold/v1/models", ""},
+		// path tricks
+		{"GET", "/v1/../metrics", ""}, {"GET", "//v1/models", ""}, {"GET", "/v1/models/..%2f..%2fmetrics", ""},
+		{"GET", "/health/../metrics", ""}, {"GET", "/%68ealth/../v1/models", ""}, {"GET", "/health/../v1/models", ""},
+	}
+	send := func(method, p, body string, header ...string) (int, string) {
+		req, err := http.NewRequest(method, root+p, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Opaque = p // send the path as written, tricks included
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, b := do(t, req)
+		return resp.StatusCode, b
+	}
+	for _, r := range routes {
+		for _, auth := range []string{"", "Bearer ", "Bearer wrong", "Basic " + allKey, "bearer " + allKey, "Bearer " + allKey + "x", "Bearer  " + allKey} {
+			code, body := send(r.method, r.path, r.body, "Authorization", auth)
+			if code != 401 || !strings.Contains(body, `"code":"invalid_api_key"`) {
+				t.Errorf("%s %s with %q: %d %s", r.method, r.path, auth, code, body)
+			}
+		}
+	}
+	if code, _ := send("GET", "/health", ""); code != 200 {
+		t.Errorf("/health without a key: %d", code)
+	}
+
+	// Tiers: the realtime key's /v1 is realtime; batch is refused.
+	code, body := send("POST", "/tiers/batch/v1/chat/completions", chat, "Authorization", "Bearer "+rtKey)
+	if code != 403 || !strings.Contains(body, "tier_not_allowed") {
+		t.Errorf("realtime key on batch: %d %s", code, body)
+	}
+	resp, body := sendTo(t, ts.url, "/chat/completions", chat, "Authorization", "Bearer "+allKey, TierHeader, "batch")
+	if resp.StatusCode != 200 || resp.Header.Get(TierHeader) != "batch" {
+		t.Errorf("all-tier key lowering to batch: %d %s", resp.StatusCode, body)
+	}
+	// Rate: 2 a second, a burst of 2: the third at once is refused.
+	time.Sleep(1100 * time.Millisecond) // the bucket refills after the 403 above
+	var codes []int
+	for range 3 {
+		code, body := send("GET", "/v1/models", "", "Authorization", "Bearer "+rtKey)
+		codes = append(codes, code)
+		if code == 429 && !strings.Contains(body, "rate_limit_exceeded") {
+			t.Errorf("429 body %s", body)
+		}
+	}
+	if fmt.Sprint(codes) != "[200 200 429]" {
+		t.Errorf("three requests at once on a 2/s key: %v", codes)
+	}
+
+	// Reload: revoke the ops key, add another; the realtime key keeps its bucket.
+	apikeys.Revoke(path, "ops")
+	newKey, _ := apikeys.Add(path, "ops-2", []string{"batch"}, 0)
+	set, _ = apikeys.Load(path)
+	if err := ts.srv.SetKeys(set); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := send("GET", "/v1/models", "", "Authorization", "Bearer "+allKey); code != 401 {
+		t.Errorf("revoked key after reload: %d", code)
+	}
+	if code, _ := send("GET", "/tiers/batch/v1/models", "", "Authorization", "Bearer "+newKey); code != 200 {
+		t.Errorf("new key after reload: %d", code)
+	}
+	if code, _ := send("GET", "/v1/models", "", "Authorization", "Bearer "+rtKey); code != 429 {
+		t.Errorf("the realtime key's bucket was refilled by the reload: %d", code)
+	}
+
+	// Oversized headers: refused, not served.
+	code, _ = send("GET", "/v1/models", "", "Authorization", "Bearer "+newKey, "X-Big", strings.Repeat("a", 64<<10))
+	if code < 400 || code >= 500 {
+		t.Errorf("64 KiB header: %d", code)
+	}
+	// A slow client that never finishes its headers is cut off after the
+	// read timeout.
+	addr := strings.TrimPrefix(root, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	conn.Close()
+	if time.Since(start) > 4*time.Second {
+		t.Errorf("a slow client held its connection for %v (%q, %v)", time.Since(start), line, err)
+	}
+	// Unharmed: a normal request still works.
+	if resp, body := sendTo(t, root+"/tiers/batch/v1", "/chat/completions", chat, "Authorization", "Bearer "+newKey); resp.StatusCode != 200 {
+		t.Errorf("after the abuse: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestLogContent: prompts and completions are logged only when enabled,
+// masked, with the request's id, tenant and tier.
+func TestLogContent(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		logs := &syncBuffer{}
+		logger := slog.New(slog.NewJSONHandler(logs, nil)) // no masking handler: the server masks content itself
+		ts := startServer(t, Config{LogContent: on, Logger: logger, APIKeys: []string{"k"}}, engine.Options{})
+		msg := `{"messages":[{"role":"user","content":"my card is 4111111111111111, call 13812341234"}],"max_tokens":2}`
+		if resp, body := ts.post(t, "/chat/completions", msg, "Authorization", "Bearer k"); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		out := logs.String()
+		for _, secret := range []string{"4111111111111111", "13812341234", `"k"`, "Bearer"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("log (content %v) holds %q: %s", on, secret, out)
+			}
+		}
+		if got := strings.Contains(out, "411111******1111"); got != on {
+			t.Errorf("content %v: masked prompt logged %v: %s", on, got, out)
+		}
+		if !strings.Contains(out, `"tenant":"key-`) || !strings.Contains(out, `"tier":"standard"`) || !strings.Contains(out, `"id":"chatcmpl-`) {
+			t.Errorf("request line lacks id, tenant or tier: %s", out)
+		}
+	}
+}
