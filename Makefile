@@ -3,8 +3,11 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := build
 
-# Go from PATH, /usr/local/go, or the copy scripts/prereqs.sh installs.
+# Go from PATH, /usr/local/go, or the copy scripts/prereqs.sh installs;
+# whichever it is fetches and runs this toolchain from the Go module proxy
+# (1.27.3 carries the standard-library security fixes govulncheck asks for).
 export PATH := $(CURDIR)/.tools/go/bin:/usr/local/go/bin:$(PATH)
+export GOTOOLCHAIN := go1.27.3
 GO ?= go
 
 # CPU level for the bundled llama.cpp: native for this machine, or a
@@ -26,7 +29,7 @@ TEST_FLAGS ?= -race -timeout 20m
 MODELS := testdata/models
 
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
-	@echo 'export PATH="$(PATH)" CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
+	@echo 'export PATH="$(PATH)" GOTOOLCHAIN=$(GOTOOLCHAIN) CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
 .PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build lint-dockerfile clean
 

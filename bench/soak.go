@@ -230,10 +230,14 @@ func (o SoakOptions) request(ctx context.Context, beh string, rng *rand.Rand) st
 		return strconv.Itoa(resp.StatusCode)
 	}
 	if beh == behDisconnect {
-		// Read a few events, then leave mid-stream.
+		// Read a few events, then leave mid-stream (an error event, such as
+		// a queue timeout, is an outcome of its own).
 		sc := bufio.NewScanner(resp.Body)
 		for n := 0; n < 3 && sc.Scan(); {
-			if strings.HasPrefix(sc.Text(), "data: ") {
+			if line := sc.Text(); strings.HasPrefix(line, "data: ") {
+				if strings.Contains(line, `"error":`) {
+					return "stream-error"
+				}
 				n++
 			}
 		}
@@ -244,8 +248,8 @@ func (o SoakOptions) request(ctx context.Context, beh string, rng *rand.Rand) st
 	if err != nil {
 		return "transport"
 	}
-	if stream && !bytes.Contains(data, []byte("data: [DONE]")) {
-		return "stream"
+	if stream && (!bytes.Contains(data, []byte("data: [DONE]")) || bytes.Contains(data, []byte(`data: {"error":`))) {
+		return "stream-error"
 	}
 	return "200"
 }

@@ -44,8 +44,8 @@ is checked as written. Exits 1 listing every problem found.`,
 func checkServeConfig(path string) []error {
 	var o serveOptions
 	serve := newServeCmd()
-	// Bind the options the flags fill: newServeCmd's own o is private to it,
-	// so read them back from the flags after applying the file.
+	// The file fills serve's flags as it would at start (without the
+	// environment); the values are read back from them.
 	if err := applySettings(serve, path, func(string) (string, bool) { return "", false }); err != nil {
 		return []error{err}
 	}
