@@ -116,7 +116,9 @@ func (f featureValue) text(lang string) string {
 	return f.def.unit.format(f.value, lang)
 }
 
-func (f featureValue) baselineText(lang string) string { return f.def.unit.format(f.def.baseline, lang) }
+func (f featureValue) baselineText(lang string) string {
+	return f.def.unit.format(f.def.baseline, lang)
+}
 
 // active says whether the feature reads differently from its baseline;
 // only active features can move the score.
@@ -397,7 +399,7 @@ func share(n, of int) decimal.Decimal {
 	if of == 0 {
 		return decimal.Zero
 	}
-	return decimal.NewFromInt(int64(n * 100)).DivRound(decimal.NewFromInt(int64(of)), 4)
+	return decimal.NewFromInt(int64(n*100)).DivRound(decimal.NewFromInt(int64(of)), 4)
 }
 
 func amountShare(part, total decimal.Decimal) decimal.Decimal {
