@@ -24,19 +24,20 @@ bin/finserve-portable aml config >"$OUT/etc/finserve/aml.yaml"
 
 # Smoke: the staged binary serves a generated model and answers.
 tmp=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+pid=
+trap 'status=$?; [ -n "$pid" ] && kill "$pid" 2>/dev/null; [ $status -ne 0 ] && cat "$tmp/serve.log" >&2; rm -rf "$tmp"' EXIT
 "$OUT/usr/local/bin/finserve" model gen --preset tiny --type q8_0 --out "$tmp/tiny.gguf" >/dev/null
 port=$((20000 + RANDOM % 10000))
-"$OUT/usr/local/bin/finserve" serve --model "$tmp/tiny.gguf" --addr "127.0.0.1:$port" --threads 2 --ctx 256 --parallel 1 \
+"$OUT/usr/local/bin/finserve" serve --model "$tmp/tiny.gguf" --addr "127.0.0.1:$port" --threads 2 --ctx 1024 --parallel 1 \
   --log-format json --audit-log "$tmp/audit.jsonl" 2>"$tmp/serve.log" &
 pid=$!
 for _ in $(seq 1 300); do
   curl -sf "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
   sleep 0.1
 done
-curl -sf "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
+curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}' >/dev/null
-curl -sf "http://127.0.0.1:$port/v1/aml/score" -H 'Content-Type: application/json' \
+curl -fsS "http://127.0.0.1:$port/v1/aml/score" -H 'Content-Type: application/json' \
   --data-binary @aml/testdata/salary.json >/dev/null
 "$OUT/usr/local/bin/finserve" audit verify "$tmp/audit.jsonl"
 echo "container-build: staged $(du -sh "$OUT" | cut -f1) into $OUT (CPU level $CPU_LEVEL)"
