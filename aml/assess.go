@@ -10,6 +10,9 @@ package aml
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
@@ -286,6 +289,25 @@ func (cfg *Config) render(feats []featureValue, players []int, S uint64) string 
 // featureKey names feature i in the prompt: A, B, C, ... (short: the
 // values row repeats it in every coalition's prompt).
 func featureKey(i int) string { return string(rune('A' + i)) }
+
+// Hash is the SHA-256 of the case's canonical JSON (accounts by id,
+// transactions in time order, keys in struct order): neither the key
+// order of the request nor the order of its list items changes it.
+func (c *Case) Hash() string {
+	cc := *c
+	cc.Accounts = slices.Clone(c.Accounts)
+	slices.SortFunc(cc.Accounts, func(a, b Account) int { return cmp.Compare(a.AccountID, b.AccountID) })
+	cc.Transactions = make([]Transaction, 0, len(c.Transactions))
+	for _, t := range sortedTxns(c) {
+		cc.Transactions = append(cc.Transactions, *t)
+	}
+	data, err := json.Marshal(cc)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
 
 func sortedTxns(c *Case) []*Transaction {
 	txns := make([]*Transaction, len(c.Transactions))

@@ -1,12 +1,10 @@
 package server
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -207,29 +205,10 @@ func amlAuditRecord(c *aml.Case, d *AMLCase, tier string) amlRecord {
 		report[l] = pii.Mask(text)
 	}
 	r := d.Result
-	return amlRecord{Kind: "aml.decision", DecisionID: d.DecisionID, CaseID: pii.Mask(c.CaseID), RequestSHA256: caseHash(c),
+	return amlRecord{Kind: "aml.decision", DecisionID: d.DecisionID, CaseID: pii.Mask(c.CaseID), RequestSHA256: c.Hash(),
 		ReceivedAt: d.ReceivedAt, DecidedAt: d.DecidedAt, Tier: tier, Customer: cu, Versions: r.Versions,
 		Score: r.RiskScore, RiskLevel: r.RiskLevel, ModelLevel: r.ModelLevel, RuleFloor: r.RuleFloor, HumanReview: r.HumanReviewRequired,
 		Explanation: r.Explanation, Attributions: r.Features, Rules: r.Rules, Reports: r.RegulatoryReports, Report: report}
-}
-
-// caseHash is the SHA-256 of a case's canonical JSON: accounts and
-// transactions sorted, keys in struct order, so that neither key order
-// nor the order of list items changes it.
-func caseHash(c *aml.Case) string {
-	cc := *c
-	cc.Accounts = slices.Clone(c.Accounts)
-	slices.SortFunc(cc.Accounts, func(a, b aml.Account) int { return cmp.Compare(a.AccountID, b.AccountID) })
-	cc.Transactions = slices.Clone(c.Transactions)
-	slices.SortFunc(cc.Transactions, func(a, b aml.Transaction) int {
-		return cmp.Or(a.Timestamp.Compare(b.Timestamp), cmp.Compare(a.TxnID, b.TxnID))
-	})
-	data, err := json.Marshal(cc)
-	if err != nil {
-		return ""
-	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
 }
 
 // modelVersions names the served model file and its SHA-256, computed
@@ -327,7 +306,8 @@ func (s *engineScorer) Score(ctx context.Context, prompts []string, _, _ string)
 	return out, nil
 }
 
-// randomID returns prefix-<24 hex digits>.
+// randomID returns prefix-<24 random hex digits>: response, decision and
+// request ids.
 func randomID(prefix string) string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])

@@ -3,8 +3,6 @@ package server
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -635,13 +633,10 @@ func (j *job) finishChunk(i int, ev engine.Event) any {
 const fingerprint = "fp_finserve"
 
 func newID(kind apiKind) string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	prefix := "chatcmpl-"
 	if kind == kindCompletion {
-		prefix = "cmpl-"
+		return randomID("cmpl")
 	}
-	return prefix + hex.EncodeToString(b[:])
+	return randomID("chatcmpl")
 }
 
 func byteInts(b []byte) []int {

@@ -35,12 +35,6 @@ func newAuditCmd() *cobra.Command {
 	return cmd
 }
 
-// verifyAudit checks an audit log's chain.
-func verifyAudit(path string) error {
-	_, err := audit.VerifyFile(path)
-	return err
-}
-
 func newAMLCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "aml", Short: "AML scoring: configuration and the prompts a case is scored with"}
 	cmd.AddCommand(&cobra.Command{

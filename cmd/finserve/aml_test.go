@@ -38,18 +38,9 @@ func startChild(t *testing.T, args ...string) (*exec.Cmd, string) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	base := "http://" + addr
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if resp, err := http.Get(base + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return cmd, base
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child server never became healthy; its log:\n%s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, 60*time.Second, func() bool { return readyAt(base + "/ready") },
+		func() string { return "child server never became ready; its log:\n" + stderr.String() })
+	return cmd, base
 }
 
 // TestAuditSurvivesKill: decisions answered before a kill -9 are all in

@@ -9,6 +9,7 @@ import (
 
 	"github.com/finserve/finserve/aml"
 	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/models"
 )
@@ -92,7 +93,7 @@ func checkServeConfig(path string) []error {
 	}
 	if o.auditLog != "" {
 		if _, err := os.Stat(o.auditLog); err == nil {
-			if err := verifyAudit(o.auditLog); err != nil {
+			if _, err := audit.VerifyFile(o.auditLog); err != nil {
 				bad(fmt.Errorf("audit-log: %w", err))
 			}
 		}

@@ -117,14 +117,8 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 		return resp.StatusCode, nil
 	}
 	base := "https://" + addr
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if code, _ := get(good, base+"/ready", k1); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the TLS server never became ready")
-		}
-	}
+	waitFor(t, 30*time.Second, func() bool { code, _ := get(good, base+"/ready", k1); return code == 200 },
+		func() string { return "the TLS server never became ready" })
 	if _, err := get(noCert, base+"/health", ""); err == nil {
 		t.Error("a client without a certificate was served")
 	}
@@ -139,14 +133,8 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 		t.Errorf("a key added to the file works before SIGHUP: %d", code)
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if code, _ := get(good, base+"/tiers/batch/v1/models", k2); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the new key never worked after SIGHUP")
-		}
-	}
+	waitFor(t, 5*time.Second, func() bool { code, _ := get(good, base+"/tiers/batch/v1/models", k2); return code == 200 },
+		func() string { return "the new key never worked after SIGHUP" })
 	if code, _ := get(good, base+"/v1/models", k1); code != 200 {
 		t.Errorf("the first key after reload: %d", code)
 	}

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMain doubles as the finserve binary for tests that need a real
@@ -19,4 +21,25 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// waitFor polls ready every 20 ms until it is true, failing the test with
+// what() after limit.
+func waitFor(t *testing.T, limit time.Duration, ready func() bool, what func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); !ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(what())
+		}
+	}
+}
+
+// readyAt says whether GET url answers 200 (a readiness probe).
+func readyAt(url string) bool {
+	resp, err := http.Get(url)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
 }

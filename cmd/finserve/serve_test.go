@@ -130,20 +130,7 @@ func TestServeCommand(t *testing.T) {
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 
 	base := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(base + "/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server never became healthy: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, 30*time.Second, func() bool { return readyAt(base + "/ready") }, func() string { return "server never became ready" })
 	resp, err := http.Post(base+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"tiny","messages":[{"role":"system","content":"`+system+`"},{"role":"user","content":"hi"}],"max_tokens":4}`))
 	if err != nil {
