@@ -5,11 +5,20 @@
 #   docker run -p 8080:8080 -v /srv/models:/models:ro finserve:cpu \
 #     serve --model /models/chat-13b-q4_k_m.gguf --addr 0.0.0.0:8080
 #
+#   docker build -t finserve:cuda --target cuda .                    # NVIDIA GPUs
+#   docker build -t finserve:cuda --target cuda --build-arg CUDA_ARCHS=90 .   # H100/H200 only
+#   docker run --gpus all -p 8080:8080 -v /srv/models:/models:ro finserve:cuda \
+#     serve --model /models/chat-13b-q4_k_m.gguf --addr 0.0.0.0:8080 --gpu-layers -1
+#
 # The build steps live in scripts/container-build.sh, which CI runs directly
-# (no Docker engine there); this file only wraps them. The CUDA image is
-# not built here yet: see the README ("Deployment").
+# (no Docker engine there); this file only wraps them. CI runs the CUDA
+# target's steps without nvcc (PROVIDER=system, CUDA=0): the same llama.cpp
+# build from the ollama module with its CPU backend only. See the README
+# ("Deployment and security") for what was and was not verified.
 
 ARG DEBIAN=trixie
+ARG CUDA_VERSION=12.8.1
+ARG UBUNTU=24.04
 
 FROM debian:${DEBIAN}-slim AS build
 ARG CPU_LEVEL=x86-64-v3
@@ -23,7 +32,45 @@ WORKDIR /src
 COPY . .
 RUN CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
 
-FROM debian:${DEBIAN}-slim
+# CUDA: llama.cpp and ggml's CUDA backend built with CMake and nvcc from the
+# sources in the ollama module that go.mod pins, installed in /opt/finserve;
+# finserve built against them (system provider).
+FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU} AS build-cuda
+ARG CPU_LEVEL=x86-64-v3
+# Turing, Ampere (A100, A10/A40), Ada (L4/L40S), Hopper (H100/H200).
+ARG CUDA_ARCHS="75;80;86;89;90"
+ARG GOPROXY_URL=https://proxy.golang.org
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      gcc g++ make cmake pkgconf curl ca-certificates unzip \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN PROVIDER=system CUDA=1 CUDA_ARCHS="${CUDA_ARCHS}" LLAMA_PREFIX=/opt/finserve \
+    CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU} AS cuda
+LABEL org.opencontainers.image.title="finserve-cuda" \
+      org.opencontainers.image.description="On-prem OpenAI-compatible LLM inference server for banks (NVIDIA GPUs)"
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system finserve \
+ && useradd --system --gid finserve --home-dir /var/lib/finserve --create-home finserve \
+ && mkdir -p /models /var/log/finserve \
+ && chown finserve:finserve /var/log/finserve
+COPY --from=build-cuda /out/ /
+USER finserve
+WORKDIR /var/lib/finserve
+VOLUME ["/models", "/var/log/finserve"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+ENTRYPOINT ["/usr/local/bin/finserve"]
+CMD ["serve", "--model", "/models/model.gguf", "--addr", "0.0.0.0:8080", "--gpu-layers", "-1", "--log-format", "json", "--audit-log", "/var/log/finserve/audit.jsonl"]
+
+# CPU (the default target): the bundled llama.cpp, portable CPU level.
+FROM debian:${DEBIAN}-slim AS cpu
 LABEL org.opencontainers.image.title="finserve" \
       org.opencontainers.image.description="On-prem OpenAI-compatible LLM inference server for banks"
 RUN apt-get update \

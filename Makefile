@@ -31,7 +31,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" GOTOOLCHAIN=$(GOTOOLCHAIN) CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build lint-dockerfile clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build container-build-system lint-dockerfile llama-lib clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,8 +51,11 @@ build: headers ## build bin/finserve (bundled llama.cpp)
 container-build: ## the container image's build steps without Docker: portable binary, smoke run, staged into bin/image
 	scripts/container-build.sh bin/image
 
-lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm)
-	npx --yes dockerfile_lint@0.3.4 -f Dockerfile -r deploy/dockerfile-lint-rules.yaml
+container-build-system: ## the CUDA image's build steps without nvcc: llama.cpp from the ollama module (CPU backend), system-provider binary, smoke run, staged into bin/image-system
+	PROVIDER=system scripts/container-build.sh bin/image-system
+
+lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm, plus per-stage USER and HEALTHCHECK)
+	scripts/lint-dockerfile.sh
 
 test: headers ## vet and run every test (race detector on)
 	$(GO) vet ./...
@@ -60,13 +63,21 @@ test: headers ## vet and run every test (race detector on)
 
 # The system provider: an installed llama.cpp found by pkg-config. Run it
 # where libllama-dev is installed, e.g. ../shared/peers/sid-root.sh run make test-system
+# Or one built from the ollama module's sources (CPU, or CUDA=1 with nvcc):
+#   make llama-lib && PKG_CONFIG_PATH=$PWD/.tools/llama/lib/pkgconfig make build-system
+NO_LLAMA_PC := no llama.pc: install libllama-dev, run inside the sid root, or make llama-lib and set PKG_CONFIG_PATH=$(CURDIR)/.tools/llama/lib/pkgconfig
+SYSTEM_BUILD_OUT ?= bin/finserve-system
 build-system: ## build bin/finserve-system against pkg-config llama
-	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
+	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
 	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
-		$(GO) build -tags llama_system -o bin/finserve-system ./cmd/finserve
+		$(GO) build -tags llama_system -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
+
+LLAMA_CPU_LEVEL ?= x86-64-v3
+llama-lib: prereqs ## build llama.cpp shared libraries from the ollama module into .tools/llama (CUDA=1: with the CUDA backend)
+	CPU_LEVEL=$(LLAMA_CPU_LEVEL) scripts/build-llama.sh .tools/llama
 
 test-system: ## run the engine and model tests against pkg-config llama
-	@pkg-config --exists llama || { echo "no llama.pc: install libllama-dev (or run inside the sid root)"; exit 1; }
+	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
 	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
 		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/... ./quality/...
 
@@ -88,6 +99,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./models -run '^$$' -fuzz FuzzRead -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz FuzzTokenize -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz FuzzTextAssembler -fuzztime $(FUZZTIME)
+	$(GO) test ./engine -run '^$$' -fuzz FuzzParseTensorSplit -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)

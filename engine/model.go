@@ -30,8 +30,9 @@ var backendOnce sync.Once
 // whose CPU backend is linked in) and routes llama.cpp logs into slog.
 func initBackend() {
 	backendOnce.Do(func() {
-		loadBackends()
+		// Logs first: loading the backend modules logs which it chose.
 		C.llama_log_set(C.ggml_log_callback(C.fs_log_trampoline), nil)
+		loadBackends()
 		C.llama_backend_init()
 	})
 }
@@ -102,6 +103,15 @@ type ModelOptions struct {
 	// GPULayers is the number of layers to offload to a GPU (system provider
 	// built with a GPU backend); 0 keeps everything on the CPU, -1 offloads all.
 	GPULayers int
+	// MainGPU is the GPU (an index into GPUs) that holds the whole model
+	// with SplitNone, or the small tensors and intermediate results with
+	// SplitRow.
+	MainGPU int
+	// SplitMode says how the offloaded layers spread over several GPUs.
+	SplitMode SplitMode
+	// TensorSplit gives each GPU's share of the offloaded model, in
+	// proportions ([3, 1]: three quarters on GPU 0); empty: by free memory.
+	TensorSplit []float32
 	// Progress, if set, receives the loading progress from 0 to 1.
 	Progress func(float32)
 	// DisableRepack keeps weights in their file layout instead of repacking
@@ -161,9 +171,17 @@ func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, err
 		return nil, fmt.Errorf("loading model: %w", err)
 	}
 	initBackend()
+	gpus := len(GPUs())
+	if err := opts.checkGPU(gpus); err != nil {
+		return nil, fmt.Errorf("loading model %s: %w", path, err)
+	}
+	if opts.GPULayers != 0 && gpus == 0 {
+		slog.Warn("no GPU device: the model stays on the CPU", "gpu_layers", opts.GPULayers, "provider", Provider)
+	}
 
 	params := C.llama_model_default_params()
-	params.n_gpu_layers = C.int32_t(opts.GPULayers)
+	freeSplit := opts.applyGPU(&params, gpus)
+	defer freeSplit()
 	if opts.DisableRepack {
 		params.use_extra_bufts = false
 	}

@@ -102,3 +102,40 @@ func TestLoadProgressAndCancel(t *testing.T) {
 		t.Fatalf("Tokenize on a closed model: %v", err)
 	}
 }
+
+// TestGPUOptionsOnThisMachine: placement options the devices here cannot
+// satisfy are refused before llama.cpp sees them; the CPU is always listed.
+func TestGPUOptionsOnThisMachine(t *testing.T) {
+	var cpu bool
+	for _, d := range engine.Devices() {
+		cpu = cpu || d.Kind == "cpu" && d.TotalBytes > 0
+	}
+	if !cpu {
+		t.Fatalf("no CPU device with memory among %+v", engine.Devices())
+	}
+	n := len(engine.GPUs())
+	path := filepath.Join(modelDir, "tiny-q8_0.gguf")
+	for _, opts := range []engine.ModelOptions{
+		{MainGPU: max(n, 1), SplitMode: engine.SplitNone},
+		{TensorSplit: make([]float32, n+1)},
+	} {
+		for i := range opts.TensorSplit {
+			opts.TensorSplit[i] = 1
+		}
+		if m, err := engine.LoadModel(context.Background(), path, opts); !errors.Is(err, engine.ErrGPUOptions) {
+			if m != nil {
+				m.Close()
+			}
+			t.Errorf("%d GPUs, options %+v: %v, want ErrGPUOptions", n, opts, err)
+		}
+	}
+	// All layers offloaded, to the GPUs there are (or none: the CPU).
+	m, err := engine.LoadModel(context.Background(), path, engine.ModelOptions{GPULayers: -1, SplitMode: engine.SplitNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if toks, err := m.Tokenize("hello", true, false); err != nil || len(toks) == 0 {
+		t.Fatalf("tokenize after an offloaded load: %v %v", toks, err)
+	}
+}

@@ -1,25 +1,48 @@
 #!/usr/bin/env bash
-# The build steps of the container image (Dockerfile), kept in one script
+# The build steps of the container images (Dockerfile), kept in one script
 # so that CI can run them directly on machines without a Docker engine:
-# prerequisites, a portable-CPU build of bin/finserve, a smoke run of the
+# prerequisites, a portable-CPU build of finserve, a smoke run of the
 # binary (version, a generated model served and answered), and the
 # staging of what the runtime image holds into OUT.
 #
-#   CPU_LEVEL=x86-64-v3 scripts/container-build.sh OUT
+#   CPU_LEVEL=x86-64-v3 scripts/container-build.sh OUT                  # CPU image: bundled llama.cpp
+#   PROVIDER=system CUDA=1 LLAMA_PREFIX=/opt/finserve \
+#     scripts/container-build.sh OUT                                     # CUDA image (needs nvcc)
+#
+# PROVIDER=system builds llama.cpp from the ollama module's sources with
+# scripts/build-llama.sh into LLAMA_PREFIX (its libraries and backend
+# modules are found there at run time, so the image keeps that path) and
+# finserve against it; with CUDA=0 this is the CUDA image's build without
+# its GPU backend, which is what CI can check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/container-build.sh OUT}
 CPU_LEVEL=${CPU_LEVEL:-x86-64-v3}
+PROVIDER=${PROVIDER:-bundled}
+CUDA=${CUDA:-0}
 
 scripts/prereqs.sh
 make -s headers
-# A separate binary name: a portable build must not overwrite bin/finserve
-# (-march=native) nor reuse its build cache entries for the wrong level.
-make -s build CPU_LEVEL="$CPU_LEVEL" GO_BUILD_OUT=bin/finserve-portable
-
 mkdir -p "$OUT/usr/local/bin" "$OUT/etc/finserve"
-cp bin/finserve-portable "$OUT/usr/local/bin/finserve"
-bin/finserve-portable aml config >"$OUT/etc/finserve/aml.yaml"
+# Separate binary names: a portable build must not overwrite bin/finserve
+# (-march=native) nor reuse its build cache entries for the wrong level.
+case $PROVIDER in
+  bundled)
+    make -s build CPU_LEVEL="$CPU_LEVEL" GO_BUILD_OUT=bin/finserve-portable
+    bin=bin/finserve-portable
+    ;;
+  system)
+    LLAMA_PREFIX=$(realpath -m "${LLAMA_PREFIX:-.tools/llama}")
+    CUDA=$CUDA CPU_LEVEL=$CPU_LEVEL scripts/build-llama.sh "$LLAMA_PREFIX"
+    PKG_CONFIG_PATH="$LLAMA_PREFIX/lib/pkgconfig" make -s build-system CPU_LEVEL="$CPU_LEVEL" SYSTEM_BUILD_OUT=bin/finserve-system-portable
+    bin=bin/finserve-system-portable
+    mkdir -p "$OUT$LLAMA_PREFIX/lib"
+    cp -a "$LLAMA_PREFIX"/lib/*.so* "$LLAMA_PREFIX/lib/ggml" "$OUT$LLAMA_PREFIX/lib/"
+    ;;
+  *) echo "container-build: PROVIDER must be bundled or system, not $PROVIDER" >&2; exit 2 ;;
+esac
+cp "$bin" "$OUT/usr/local/bin/finserve"
+"$bin" aml config >"$OUT/etc/finserve/aml.yaml"
 "$OUT/usr/local/bin/finserve" version
 
 # Smoke: the staged binary serves a generated model and answers.
@@ -40,4 +63,4 @@ curl -fsS "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: applica
 curl -fsS "http://127.0.0.1:$port/v1/aml/score" -H 'Content-Type: application/json' \
   --data-binary @aml/testdata/salary.json >/dev/null
 "$OUT/usr/local/bin/finserve" audit verify "$tmp/audit.jsonl"
-echo "container-build: staged $(du -sh "$OUT" | cut -f1) into $OUT (CPU level $CPU_LEVEL)"
+echo "container-build: staged $(du -sh "$OUT" | cut -f1) into $OUT (provider $PROVIDER, CUDA=$CUDA, CPU level $CPU_LEVEL)"

@@ -68,6 +68,11 @@ func checkServeConfig(path string) []error {
 	if _, err := parseFlashAttention(get("flash-attn")); err != nil {
 		bad(err)
 	}
+	gpu := gpuFlags{splitMode: get("split-mode"), tensorSplit: get("tensor-split")}
+	gpu.mainGPU, _ = f.GetInt("main-gpu")
+	if _, err := gpu.options(); err != nil {
+		bad(err)
+	}
 	if _, err := parseBytes(get("prefix-cache-host")); err != nil {
 		bad(fmt.Errorf("prefix-cache-host: %w", err))
 	}

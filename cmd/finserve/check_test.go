@@ -48,6 +48,9 @@ func TestConfigCheck(t *testing.T) {
 		{"open key file", strings.Replace(good, keys, openKeys, 1), []string{"chmod 600"}},
 		{"bad aml", strings.Replace(good, amlFile, badAML, 1), []string{"severity"}},
 		{"tls half", good + "tls-cert: " + keys + "\n", []string{"tls"}},
+		{"split mode", good + "split-mode: diagonal\n", []string{"split mode"}},
+		// 17 shares: more than llama.cpp's device limit and any machine's GPUs.
+		{"tensor split", good + "tensor-split: " + strings.Repeat("1,", 16) + "1\n", []string{"tensor split"}},
 	}
 	for _, tc := range cases {
 		path := filepath.Join(dir, "serve.yaml")

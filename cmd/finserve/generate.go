@@ -14,7 +14,7 @@ func newGenerateCmd() *cobra.Command {
 		model, prompt, system, template string
 		chat                            bool
 		maxTokens, threads, ctxLen      int
-		gpuLayers                       int
+		gpu                             gpuFlags
 		temperature                     float32
 		seed                            int64
 	)
@@ -28,10 +28,12 @@ func newGenerateCmd() *cobra.Command {
 			}
 			ctx := cmd.Context()
 			errw := cmd.ErrOrStderr()
-			m, err := engine.LoadModel(ctx, model, engine.ModelOptions{
-				GPULayers: gpuLayers,
-				Progress:  func(p float32) { fmt.Fprintf(errw, "\rloading %3.0f%%", 100*p) },
-			})
+			mo, err := gpu.options()
+			if err != nil {
+				return err
+			}
+			mo.Progress = func(p float32) { fmt.Fprintf(errw, "\rloading %3.0f%%", 100*p) }
+			m, err := engine.LoadModel(ctx, model, mo)
 			fmt.Fprintln(errw)
 			if err != nil {
 				return err
@@ -98,7 +100,7 @@ func newGenerateCmd() *cobra.Command {
 	f.IntVar(&maxTokens, "max-tokens", 64, "tokens to generate")
 	f.IntVar(&ctxLen, "ctx", 2048, "context length")
 	f.IntVar(&threads, "threads", 0, "CPU threads (default: all)")
-	f.IntVar(&gpuLayers, "gpu-layers", 0, "layers to offload to a GPU (system provider with a GPU backend; -1: all)")
+	gpu.register(f)
 	f.Float32Var(&temperature, "temperature", 0, "sampling temperature (0: greedy)")
 	f.Int64Var(&seed, "seed", -1, "sampling seed (-1: random)")
 	return cmd

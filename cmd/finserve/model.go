@@ -122,7 +122,7 @@ func writeJSON(w io.Writer, v any) error {
 func newModelBenchCmd() *cobra.Command {
 	var (
 		threads, pp, tg, npp, ntg, reps, batch, ubatch int
-		gpuLayers                                      int
+		gpu                                            gpuFlags
 		npl                                            string
 		unifiedKV                                      bool
 		fa                                             string
@@ -155,7 +155,12 @@ compare; scripts/peer-bench.sh does both.`,
 			}
 			ctx := cmd.Context()
 			setGoProcs(0, threads, slog.Default()) // as `serve` does
-			m, err := engine.LoadModel(ctx, args[0], engine.ModelOptions{DisableRepack: noRepack, GPULayers: gpuLayers})
+			mo, err := gpu.options()
+			if err != nil {
+				return err
+			}
+			mo.DisableRepack = noRepack
+			m, err := engine.LoadModel(ctx, args[0], mo)
 			if err != nil {
 				return err
 			}
@@ -229,7 +234,7 @@ compare; scripts/peer-bench.sh does both.`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&threads, "threads", 0, "CPU threads (default: all)")
-	f.IntVar(&gpuLayers, "gpu-layers", 0, "layers to offload to a GPU (system provider with a GPU backend; -1: all)")
+	gpu.register(f)
 	f.IntVar(&pp, "pp", 512, "prompt tokens for the prefill test (0 skips it)")
 	f.IntVar(&tg, "tg", 128, "tokens for the single-stream decode test (0 skips it)")
 	f.StringVar(&npl, "npl", "1,4,8,16", "concurrency levels for the aggregate decode test (empty skips it)")

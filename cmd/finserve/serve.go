@@ -29,7 +29,8 @@ import (
 type serveOptions struct {
 	model, modelID, addr, chatTemplate, flashAttn string
 	parallel, ctx, threads, threadsBatch          int
-	batch, ubatch, gpuLayers, maxQueue            int
+	batch, ubatch, maxQueue                       int
+	gpu                                           gpuFlags
 	maxTokens, bodyLimitKiB, goProcs              int
 	unifiedKV, compress                           bool
 	readTimeout, writeTimeout, idleTimeout        time.Duration
@@ -98,7 +99,7 @@ for --shutdown-grace, then cancels the rest.`,
 	f.IntVar(&o.threadsBatch, "threads-batch", 0, "CPU threads for prompt processing (0: --threads)")
 	f.IntVar(&o.batch, "batch", 512, "token budget of one engine step")
 	f.IntVar(&o.ubatch, "ubatch", 0, "llama.cpp micro-batch (0: --batch)")
-	f.IntVar(&o.gpuLayers, "gpu-layers", 0, "layers to offload to a GPU (system provider with a GPU backend)")
+	o.gpu.register(f)
 	f.StringVar(&o.flashAttn, "flash-attn", "auto", "flash attention: auto, on or off")
 	f.BoolVar(&o.unifiedKV, "unified-kv", false, "one KV cache shared by all sequences instead of one per sequence")
 	f.IntVar(&o.maxQueue, "max-queue", 1024, "requests that may wait for a sequence before 429")
@@ -179,6 +180,10 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	mo, err := o.gpu.options()
+	if err != nil {
+		return err
+	}
 	id := o.modelID
 	if id == "" {
 		id = strings.TrimSuffix(filepath.Base(o.model), ".gguf")
@@ -200,6 +205,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 		aging = -1 // the engine's "never"
 	}
 	log := slog.Default()
+	for _, d := range engine.GPUs() {
+		log.Info("GPU device", "name", d.Name, "description", d.Description, "free_mib", d.FreeBytes>>20, "total_mib", d.TotalBytes>>20)
+	}
 	setGoProcs(o.goProcs, o.threads, log)
 	amlCfg := aml.DefaultConfig()
 	if o.amlConfig != "" {
@@ -254,15 +262,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
 
 	var last int
-	m, err := engine.LoadModel(ctx, o.model, engine.ModelOptions{
-		GPULayers: o.gpuLayers,
-		Progress: func(p float32) {
-			if pct := int(p * 100); pct >= last+10 || pct == 100 && last != 100 {
-				last = pct
-				log.Info("loading model", "percent", pct)
-			}
-		},
-	})
+	mo.Progress = func(p float32) {
+		if pct := int(p * 100); pct >= last+10 || pct == 100 && last != 100 {
+			last = pct
+			log.Info("loading model", "percent", pct)
+		}
+	}
+	m, err := engine.LoadModel(ctx, o.model, mo)
 	if err != nil {
 		shutdown(srv, time.Second)
 		return fmt.Errorf("loading model: %w", err)
