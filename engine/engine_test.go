@@ -659,7 +659,7 @@ func TestKVPressureQueues(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		// Equal lengths: the pairs that run together also finish together.
 		p := prompt(t, tinyQ8, testPrompts[i])[:8]
-		r := engine.Request{Prompt: p, MaxTokens: 128 - len(p), IgnoreEOS: true} // reserves a whole context each
+		r := engine.Request{Prompt: p, MaxTokens: 128 - len(p), IgnoreEOS: true, TopLogprobs: 2} // reserves a whole context each
 		reqs = append(reqs, r)
 		want = append(want, generate(t, e, r))
 	}
@@ -675,19 +675,58 @@ func TestKVPressureQueues(t *testing.T) {
 	if s.Waiting != 2 || s.KVCellsReserved != 256 {
 		t.Fatalf("under KV pressure: %+v, want 2 running, 2 waiting, 256 cells reserved", s)
 	}
-	// Debian's ggml picks its CPU kernels by CPU; some (its zen4 variant, on
-	// AVX-512 CPUs without AMX) round q8_0 rows differently in batches of
-	// different sizes, so there the outputs can only be checked complete.
-	exact := engine.Provider != "system"
+	// Requests that wait run in other KV cells and other batches than
+	// alone. Flash attention's rounding depends a little on both, and
+	// Debian's ggml picks CPU kernels (its zen4 variant, on AVX-512 CPUs
+	// without AMX) that round q8_0 rows differently by batch size; on this
+	// random-weight model a near-tie can then flip a greedy choice (seen
+	// once in 40 runs on a loaded machine: after 45 equal tokens, the top
+	// two 0.039 apart). So the outputs must agree up to a token where the
+	// two candidates are the top two in both runs, within tol of each
+	// other; past it they may differ. Stale or misplaced KV cells would
+	// show as early, wide divergences instead.
+	tol := float32(0.1)
+	if engine.Provider == "system" {
+		tol = 0.25
+	}
 	for i, st := range streams {
 		got := collect(t, st)
-		switch {
-		case got.final.Err != nil || len(got.tokens) != len(want[i].tokens):
+		if got.final.Err != nil || len(got.tokens) != len(want[i].tokens) {
 			t.Errorf("request %d after waiting for KV room: %d tokens (want %d), %v", i, len(got.tokens), len(want[i].tokens), got.final.Err)
-		case exact && !slices.Equal(got.tokens, want[i].tokens):
-			t.Errorf("request %d: output differs after waiting for KV room", i)
+			continue
+		}
+		d := 0
+		for d < len(got.tokens) && got.tokens[d] == want[i].tokens[d] {
+			d++
+		}
+		if d == len(got.tokens) {
+			continue
+		}
+		gap, ok := nearTie(got.tops[d], got.tokens[d], want[i].tokens[d], tol)
+		gapAlone, okAlone := nearTie(want[i].tops[d], got.tokens[d], want[i].tokens[d], tol)
+		if !ok || !okAlone {
+			t.Errorf("request %d: output differs after waiting for KV room from token %d of %d, not at a near-tie (gap %v, alone %v; alternatives %v, alone %v)",
+				i, d, len(got.tokens), gap, gapAlone, got.tops[d], want[i].tops[d])
+		} else {
+			t.Logf("request %d: a near-tie flipped at token %d (gap %v)", i, d, gap)
 		}
 	}
+}
+
+// nearTie reports whether tokens a and b are both among top with
+// log-probabilities within tol, and their gap.
+func nearTie(top []engine.TokenLogprob, a, b engine.Token, tol float32) (float32, bool) {
+	la, lb := float32(math.NaN()), float32(math.NaN())
+	for _, t := range top {
+		switch t.Token {
+		case a:
+			la = t.Logprob
+		case b:
+			lb = t.Logprob
+		}
+	}
+	gap := la - lb
+	return gap, gap >= -tol && gap <= tol // false when either is missing (NaN)
 }
 
 // TestCloseEndsEverything: closing the engine ends running and waiting

@@ -95,6 +95,7 @@ func prompt(t testing.TB, m *engine.Model, text string) []engine.Token {
 type result struct {
 	tokens []engine.Token
 	lps    []float32 // log-probabilities of tokens, when asked for
+	tops   [][]engine.TokenLogprob // alternatives per token, when asked for
 	text   string
 	final  engine.Event
 }
@@ -116,6 +117,9 @@ func collect(t testing.TB, st *engine.Stream) result {
 		r.tokens = append(r.tokens, ev.Token)
 		if ev.Logprob != nil {
 			r.lps = append(r.lps, ev.Logprob.Logprob)
+		}
+		if ev.TopLogprobs != nil {
+			r.tops = append(r.tops, ev.TopLogprobs)
 		}
 	}
 }
