@@ -54,8 +54,9 @@ case $CUDA in
   *) echo "build-llama: CUDA must be 0 or 1" >&2; exit 2 ;;
 esac
 
-cmake -S third_party/llama-cmake -B "$BUILD" "${args[@]}" >"$BUILD.configure.log" 2>&1 \
-  || { mkdir -p "$BUILD"; cat "$BUILD.configure.log" >&2; exit 1; }
+mkdir -p "$BUILD"
+cmake -S third_party/llama-cmake -B "$BUILD" "${args[@]}" >"$BUILD/configure.log" 2>&1 \
+  || { cat "$BUILD/configure.log" >&2; exit 1; }
 # Not the calling make's flags: its jobserver and directory messages.
 env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL cmake --build "$BUILD" -j "${JOBS:-$(nproc)}"
 cmake --install "$BUILD" >/dev/null
