@@ -67,10 +67,15 @@ test: headers ## vet and run every test (race detector on)
 #   make llama-lib && PKG_CONFIG_PATH=$PWD/.tools/llama/lib/pkgconfig make build-system
 NO_LLAMA_PC := no llama.pc: install libllama-dev, run inside the sid root, or make llama-lib and set PKG_CONFIG_PATH=$(CURDIR)/.tools/llama/lib/pkgconfig
 SYSTEM_BUILD_OUT ?= bin/finserve-system
+# pkg-config's flags repeated in CGO_CFLAGS and CGO_LDFLAGS: the Go build
+# cache keys on those variables but not on what `#cgo pkg-config` returns,
+# so without them a build against another llama.pc (another prefix) reuses
+# the engine compiled and linked for the previous one.
+SYSTEM_CGO = CGO_CFLAGS="-O3 -march=$(CPU_LEVEL) $$(pkg-config --cflags llama)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" \
+	CGO_CPPFLAGS= CGO_LDFLAGS="$$(pkg-config --libs llama)"
 build-system: ## build bin/finserve-system against pkg-config llama
 	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
-	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
-		$(GO) build -tags llama_system -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
+	$(SYSTEM_CGO) $(GO) build -tags llama_system -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
 
 LLAMA_CPU_LEVEL ?= x86-64-v3
 llama-lib: prereqs ## build llama.cpp shared libraries from the ollama module into .tools/llama (CUDA=1: with the CUDA backend)
@@ -78,8 +83,7 @@ llama-lib: prereqs ## build llama.cpp shared libraries from the ollama module in
 
 test-system: ## run the engine and model tests against pkg-config llama
 	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
-	CGO_CFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CXXFLAGS="-O3 -march=$(CPU_LEVEL)" CGO_CPPFLAGS= \
-		$(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/... ./quality/...
+	$(SYSTEM_CGO) $(GO) test -tags llama_system $(TEST_FLAGS) ./engine/... ./models/... ./server/... ./quality/...
 
 DEMO_PRESET ?= tiny
 DEMO_ADDR ?= 127.0.0.1:8080

@@ -12,8 +12,11 @@ import (
 	"github.com/finserve/finserve/engine"
 )
 
-// hogs starts n batch-tier generations that run until cancelled (or for
-// hundreds of steps), and waits until each has produced a token.
+// hogCtx is the context of the engines hogs run in: the tiny model's whole.
+const hogCtx = 4096
+
+// hogs starts n generations on tier that run until cancelled (or to
+// the end of their context).
 func hogs(t *testing.T, e *engine.Engine, n int, tier engine.Tier) ([]*engine.Stream, context.CancelFunc) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -21,7 +24,10 @@ func hogs(t *testing.T, e *engine.Engine, n int, tier engine.Tier) ([]*engine.St
 	var streams []*engine.Stream
 	for i := range n {
 		p := prompt(t, tinyQ8, testPrompts[i%len(testPrompts)])
-		st, err := e.Generate(ctx, engine.Request{Prompt: p, MaxTokens: 400, IgnoreEOS: true, Tier: tier})
+		// To the end of the context (hogCtx): thousands of steps, so that
+		// a loaded machine's scheduling delays cannot outlast them (400
+		// tokens could: a control request then found the hogs gone).
+		st, err := e.Generate(ctx, engine.Request{Prompt: p, IgnoreEOS: true, Tier: tier})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +48,7 @@ func TestRealtimeAdmittedWhileBatchSaturates(t *testing.T) {
 		preempt bool
 	}{{engine.TierRealtime, true}, {engine.TierBatch, false}} {
 		t.Run(tc.tier.String(), func(t *testing.T) {
-			e := newEngine(t, tinyQ8, engine.Options{Parallel: 2})
+			e := newEngine(t, tinyQ8, engine.Options{Parallel: 2, Context: hogCtx})
 			streams, stop := hogs(t, e, 4, engine.TierBatch)
 			waitStats(t, e, "two batch streams running", func(s engine.Stats) bool { return s.Sequences == 2 })
 
@@ -99,7 +105,7 @@ func TestRealtimeAdmittedWhileBatchSaturates(t *testing.T) {
 func TestTierMaxRunning(t *testing.T) {
 	tiers := engine.DefaultTiers()
 	tiers[engine.TierBatch].MaxRunning = -1 // all slots but one
-	e := newEngine(t, tinyQ8, engine.Options{Parallel: 3, Tiers: tiers})
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 3, Context: hogCtx, Tiers: tiers})
 	_, stop := hogs(t, e, 4, engine.TierBatch)
 	defer stop()
 	waitStats(t, e, "two batch streams running", func(s engine.Stats) bool { return s.Sequences == 2 })
@@ -203,7 +209,7 @@ func TestTierQueueLimits(t *testing.T) {
 	tiers[engine.TierRealtime].MaxQueued = 1
 	tiers[engine.TierRealtime].QueueTimeout = 20 * time.Millisecond
 	tiers[engine.TierStandard].MaxQueued = 2
-	e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, Tiers: tiers})
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, Context: hogCtx, Tiers: tiers})
 	// A standard-tier hog: not preemptible, so nothing gets its slot.
 	_, stop := hogs(t, e, 1, engine.TierStandard)
 	waitStats(t, e, "the hog running", func(s engine.Stats) bool { return s.Sequences == 1 })
