@@ -153,10 +153,13 @@ func TestTierQueueErrors(t *testing.T) {
 	tiers := engine.DefaultTiers()
 	tiers[engine.TierRealtime].MaxQueued = 1
 	tiers[engine.TierRealtime].QueueTimeout = time.Second
-	ts := startServer(t, Config{}, engine.Options{Parallel: 1, Context: 4096, Tiers: tiers})
+	// A context beyond the tiny model's 4096: the hog must outlast two
+	// queue timeouts with room to spare (4000 tokens once did not, on a
+	// loaded machine with the system provider's faster kernels).
+	ts := startServer(t, Config{Limits: Limits{MaxTokens: 16000}}, engine.Options{Parallel: 1, Context: 16384, Tiers: tiers})
 	// A standard-tier stream holds the only slot: it is not preemptible.
 	req, _ := http.NewRequest(http.MethodPost, ts.tierURL("standard")+"/chat/completions",
-		strings.NewReader(`{"messages":[{"role":"user","content":"go"}],"max_tokens":4000,"ignore_eos":true,"stream":true}`))
+		strings.NewReader(`{"messages":[{"role":"user","content":"go"}],"max_tokens":16000,"ignore_eos":true,"stream":true}`))
 	hog, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
