@@ -22,7 +22,7 @@ import (
 type SoakOptions struct {
 	Root     string        // server root URL, e.g. http://127.0.0.1:8080
 	Clients  int           // concurrent clients (default 64)
-	Duration time.Duration // how long clients keep sending (default 10m)
+	Duration time.Duration // how long clients start requests (default 10m); those in flight then finish
 	Key      string        // a key allowed every tier
 	// RateKey is a key with a low request rate; an eighth of the clients
 	// send with it as fast as they can, so that 429s are expected there.
@@ -106,8 +106,13 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 		mu.Unlock()
 	}
 	sample()
+	// At the end of Duration clients start nothing new; what is in flight
+	// then gets soakDrain to finish and is counted (cut, a request slow
+	// under load would be neither a success nor a failure).
 	runCtx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
+	reqCtx, cancelReqs := context.WithTimeout(ctx, o.Duration+soakDrain)
+	defer cancelReqs()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -130,9 +135,9 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 			rng := rand.New(rand.NewPCG(o.Seed, uint64(i)))
 			for n := 0; runCtx.Err() == nil; n++ {
 				beh := behaviour(i, n, o)
-				status := o.request(runCtx, beh, rng)
-				if runCtx.Err() != nil && status == "transport" {
-					break // cut by the end of the soak, not a failure
+				status := o.request(reqCtx, beh, rng)
+				if reqCtx.Err() != nil && status == "transport" {
+					break // cut by the end of the drain, not a failure
 				}
 				count(beh, status)
 				pause := time.Duration(rng.IntN(200)) * time.Millisecond
@@ -164,6 +169,10 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 	}
 	return r, nil
 }
+
+// soakDrain bounds how long requests in flight at the end of a soak may
+// take to finish.
+const soakDrain = 2 * time.Minute
 
 // behaviour picks what client i sends in its n-th request.
 func behaviour(i, n int, o SoakOptions) string {
