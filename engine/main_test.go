@@ -94,7 +94,7 @@ func prompt(t testing.TB, m *engine.Model, text string) []engine.Token {
 // result is what a finished generation produced.
 type result struct {
 	tokens []engine.Token
-	lps    []float32 // log-probabilities of tokens, when asked for
+	lps    []float32               // log-probabilities of tokens, when asked for
 	tops   [][]engine.TokenLogprob // alternatives per token, when asked for
 	text   string
 	final  engine.Event
