@@ -57,7 +57,9 @@ container-build-system: ## the CUDA image's build steps without nvcc: llama.cpp 
 lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm, plus per-stage USER and HEALTHCHECK)
 	scripts/lint-dockerfile.sh
 
-test: headers ## vet and run every test (race detector on)
+test: headers ## gofmt, vet and run every test (race detector on)
+	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './.tools/*' -not -path './bin/*')); \
+		[ -z "$$unformatted" ] || { echo "gofmt -w needed: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
