@@ -74,7 +74,7 @@ FROM debian:${DEBIAN}-slim AS cpu
 LABEL org.opencontainers.image.title="finserve" \
       org.opencontainers.image.description="On-prem OpenAI-compatible LLM inference server for banks"
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1 curl ca-certificates \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system finserve \
  && useradd --system --gid finserve --home-dir /var/lib/finserve --create-home finserve \

@@ -70,7 +70,9 @@ func checkServeConfig(path string) []error {
 	}
 	gpu := gpuFlags{splitMode: get("split-mode"), tensorSplit: get("tensor-split")}
 	gpu.mainGPU, _ = f.GetInt("main-gpu")
-	if _, err := gpu.options(); err != nil {
+	if mo, err := gpu.options(); err != nil {
+		bad(err)
+	} else if err := mo.CheckGPU(); err != nil {
 		bad(err)
 	}
 	if _, err := parseBytes(get("prefix-cache-host")); err != nil {

@@ -22,8 +22,8 @@ func (g *gpuFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&g.tensorSplit, "tensor-split", "", "each GPU's share of the offloaded model, e.g. 3,1 (default: by free memory)")
 }
 
-// options returns the model options the flags ask for, the placement
-// checked against the GPUs this process sees.
+// options returns the model options the flags ask for. LoadModel checks
+// the placement against the GPUs it sees; `config check` calls CheckGPU.
 func (g gpuFlags) options() (engine.ModelOptions, error) {
 	mode, err := engine.ParseSplitMode(g.splitMode)
 	if err != nil {
@@ -33,9 +33,5 @@ func (g gpuFlags) options() (engine.ModelOptions, error) {
 	if err != nil {
 		return engine.ModelOptions{}, fmt.Errorf("--tensor-split: %w", err)
 	}
-	o := engine.ModelOptions{GPULayers: g.layers, MainGPU: g.mainGPU, SplitMode: mode, TensorSplit: split}
-	if err := o.CheckGPU(); err != nil {
-		return engine.ModelOptions{}, err
-	}
-	return o, nil
+	return engine.ModelOptions{GPULayers: g.layers, MainGPU: g.mainGPU, SplitMode: mode, TensorSplit: split}, nil
 }

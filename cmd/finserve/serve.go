@@ -271,7 +271,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	m, err := engine.LoadModel(ctx, o.model, mo)
 	if err != nil {
 		shutdown(srv, time.Second)
-		return fmt.Errorf("loading model: %w", err)
+		return err // LoadModel's errors name the model and what failed
 	}
 	defer m.Close()
 	pc, err := prefixCacheOptions(o, m)
