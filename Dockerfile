@@ -8,7 +8,7 @@
 #   docker build -t finserve:cuda --target cuda .                    # NVIDIA GPUs
 #   docker build -t finserve:cuda --target cuda --build-arg CUDA_ARCHS=90 .   # H100/H200 only
 #   docker run --gpus all -p 8080:8080 -v /srv/models:/models:ro finserve:cuda \
-#     serve --model /models/chat-13b-q4_k_m.gguf --addr 0.0.0.0:8080 --gpu-layers -1
+#     serve --model /models/chat-13b-q4_k_m.gguf --addr 0.0.0.0:8080 --gpu-layers auto
 #
 # The build steps live in scripts/container-build.sh, which CI runs directly
 # (no Docker engine there); this file only wraps them. CI runs the CUDA
@@ -67,7 +67,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
   CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 ENTRYPOINT ["/usr/local/bin/finserve"]
-CMD ["serve", "--model", "/models/model.gguf", "--addr", "0.0.0.0:8080", "--gpu-layers", "-1", "--log-format", "json", "--audit-log", "/var/log/finserve/audit.jsonl"]
+CMD ["serve", "--model", "/models/model.gguf", "--addr", "0.0.0.0:8080", "--gpu-layers", "auto", "--log-format", "json", "--audit-log", "/var/log/finserve/audit.jsonl"]
 
 # CPU (the default target): the bundled llama.cpp, portable CPU level.
 FROM debian:${DEBIAN}-slim AS cpu

@@ -31,7 +31,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" GOTOOLCHAIN=$(GOTOOLCHAIN) CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build container-build-system lint-dockerfile llama-lib clean
+.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build container-build-system gpu-carry lint-dockerfile llama-lib clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ container-build: ## the container image's build steps without Docker: portable b
 
 container-build-system: ## the CUDA image's build steps without nvcc: llama.cpp from the ollama module (CPU backend), system-provider binary, smoke run, staged into bin/image-system
 	PROVIDER=system scripts/container-build.sh bin/image-system
+
+gpu-carry: ## stage the GPU check for a GPU host into gpu-carry/ (scripts/gpu-check.sh: binary, llama.cpp sources, recipe)
+	scripts/gpu-check.sh stage gpu-carry
 
 lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm, plus per-stage USER and HEALTHCHECK)
 	scripts/lint-dockerfile.sh

@@ -185,8 +185,10 @@ func gpuCount(n int) string {
 // GPUs. The tensor split array lives in C memory that the caller frees
 // after the load (llama.cpp reads llama_max_devices() entries while
 // loading).
-func (o ModelOptions) applyGPU(params *C.struct_llama_model_params, gpus int) (free func()) {
-	params.n_gpu_layers = C.int32_t(o.GPULayers)
+func (o ModelOptions) applyGPU(params *C.struct_llama_model_params, nGPULayers, gpus int) (free func()) {
+	// A count, never -1: llama.cpp offloads layers n_layer-n_gpu_layers
+	// and up, so -1 would keep every layer on the CPU (models.Plan).
+	params.n_gpu_layers = C.int32_t(nGPULayers)
 	params.main_gpu = C.int32_t(o.MainGPU)
 	switch {
 	case o.SplitMode == SplitRow:

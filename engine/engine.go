@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/finserve/finserve/models"
 	"github.com/finserve/finserve/prefixcache"
 )
 
@@ -111,11 +112,20 @@ type Options struct {
 	// Smaller values oversubscribe: requests then wait for room. Without
 	// UnifiedKV every sequence has Context cells of its own.
 	KVCells int
-	// Batch is the token budget of one step (default 512): decode tokens
-	// of running sequences first, prompt chunks with the rest.
-	Batch int
-	// UBatch is llama.cpp's physical micro-batch (default Batch).
+	// Batch is the token budget of one step: decode tokens of running
+	// sequences first, prompt chunks with the rest. UBatch is llama.cpp's
+	// physical micro-batch. Defaults: 512 and Batch on the CPU, where a
+	// step's cost grows with its tokens from the first; 2048 and 512 when
+	// the model runs wholly on GPUs (llama-server's defaults), where a
+	// micro-batch of 512 prompt tokens costs a few decode steps and bigger
+	// steps only add latency for the sequences decoding beside them.
+	Batch  int
 	UBatch int
+	// CacheTypeK and CacheTypeV are the KV cache types, in llama-server's
+	// names (--cache-type-k/-v): f16 (the default), f32, bf16, q8_0, q4_0,
+	// q4_1, iq4_nl, q5_0, q5_1. q8_0 halves the cache of f16. A quantized
+	// V cache needs flash attention (not FlashAttentionOff).
+	CacheTypeK, CacheTypeV string
 	// Threads for decoding and ThreadsBatch for prompt processing (default:
 	// the number of CPUs).
 	Threads, ThreadsBatch int
@@ -178,14 +188,25 @@ func (o *Options) fill(m *Model) error {
 	if o.KVCells > 1<<24 {
 		return fmt.Errorf("engine options: %d KV cells is too many", o.KVCells)
 	}
+	gpu := m.plan.FullyOffloaded()
 	if o.Batch == 0 {
 		o.Batch = 512
+		if gpu {
+			o.Batch = 2048
+		}
+		o.Batch = max(o.Batch, o.Parallel)
 	}
 	if o.Batch < o.Parallel || o.Batch > 1<<16 {
 		return fmt.Errorf("engine options: batch %d must be between parallel (%d) and 65536", o.Batch, o.Parallel)
 	}
-	if o.UBatch == 0 || o.UBatch > o.Batch {
+	if o.UBatch == 0 && gpu {
+		o.UBatch = 512
+	}
+	if o.UBatch <= 0 || o.UBatch > o.Batch {
 		o.UBatch = o.Batch
+	}
+	if err := o.checkCacheTypes(m); err != nil {
+		return err
 	}
 	if o.Threads <= 0 {
 		o.Threads = runtime.NumCPU()
@@ -210,6 +231,27 @@ func (o *Options) fill(m *Model) error {
 		for _, p := range o.PrefixCache.Pinned {
 			o.KVCells += len(p.Tokens)
 		}
+	}
+	return nil
+}
+
+// checkCacheTypes validates the KV cache types before llama.cpp sees them:
+// it would refuse the context with nothing but a log line.
+func (o *Options) checkCacheTypes(m *Model) error {
+	tk, err := models.ParseKVCacheType(o.CacheTypeK)
+	if err != nil {
+		return fmt.Errorf("engine options: %w", err)
+	}
+	tv, err := models.ParseKVCacheType(o.CacheTypeV)
+	if err != nil {
+		return fmt.Errorf("engine options: %w", err)
+	}
+	if tv.Quantized() && o.FlashAttention == FlashAttentionOff {
+		return fmt.Errorf("engine options: a quantized V cache (%s) needs flash attention, which is off", tv)
+	}
+	s := models.Summary{HeadDimK: m.head[0], HeadDimV: m.head[1]}
+	if err := s.CheckKVCacheTypes(tk, tv); err != nil {
+		return fmt.Errorf("engine options: %w", err)
 	}
 	return nil
 }
@@ -465,12 +507,18 @@ func New(m *Model, opts Options) (*Engine, error) {
 		}
 		e.host = h
 	}
+	// Registered before the loop starts, so that a Model.Close from now
+	// on stops it before freeing the model.
+	m.engMu.Lock()
+	if m.engines == nil {
+		m.engines = map[*Engine]struct{}{}
+	}
+	m.engines[e] = struct{}{}
+	m.engMu.Unlock()
 	ready := make(chan error, 1)
 	go e.run(ready)
 	if err := <-ready; err != nil {
-		if e.host != nil {
-			e.host.Close()
-		}
+		e.Close()
 		return nil, err
 	}
 	return e, nil
@@ -505,6 +553,9 @@ func (e *Engine) Close() error {
 	if e.host != nil {
 		e.host.Close()
 	}
+	e.model.engMu.Lock()
+	delete(e.model.engines, e)
+	e.model.engMu.Unlock()
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/finserve/finserve/models"
 	"github.com/finserve/finserve/prefixcache"
 )
 
@@ -291,6 +292,10 @@ func (e *Engine) newLoop() (*loop, error) {
 		// each down to its padding of 256: ask for whole multiples.
 		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * slots)
 	}
+	// Validated by Options.fill.
+	tk, _ := models.ParseKVCacheType(o.CacheTypeK)
+	tv, _ := models.ParseKVCacheType(o.CacheTypeV)
+	p.type_k, p.type_v = C.enum_ggml_type(tk), C.enum_ggml_type(tv)
 	switch o.FlashAttention {
 	case FlashAttentionOn:
 		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -363,8 +368,19 @@ func (e *Engine) newLoop() (*loop, error) {
 	return l, nil
 }
 
-// free releases the C resources of the loop.
+// free releases the C resources of the loop, once, in the order
+// llama.cpp needs: what uses the context (samplers, the batch) first; the
+// context after the device finished its queued work (on a GPU a decode
+// returns before its kernels end, and freeing their buffers under them
+// crashes); the thread pool only once no context refers to it. The model
+// outlives the context (Model.Close closes its engines first).
 func (l *loop) free() {
+	for _, sq := range l.running {
+		if t := sq.gen; t != nil && t.sampler != nil {
+			C.llama_sampler_free(t.sampler)
+			t.sampler = nil
+		}
+	}
 	if l.cScratch != nil {
 		C.free(l.cScratch)
 		l.cScratch = nil
@@ -374,6 +390,10 @@ func (l *loop) free() {
 		l.batch = C.struct_llama_batch{}
 	}
 	if l.ctx != nil {
+		C.llama_synchronize(l.ctx)
+		if l.pool != nil {
+			C.llama_detach_threadpool(l.ctx)
+		}
 		C.llama_free(l.ctx)
 		l.ctx = nil
 	}

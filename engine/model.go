@@ -100,9 +100,15 @@ func goProgress(progress C.float, handle C.uintptr_t) C.bool {
 
 // ModelOptions tune how a model is loaded.
 type ModelOptions struct {
-	// GPULayers is the number of layers to offload to a GPU (system provider
-	// built with a GPU backend); 0 keeps everything on the CPU, -1 offloads all.
+	// GPULayers is how many layers to offload to GPUs (system provider
+	// built with a GPU backend), counted from the last as llama.cpp counts
+	// them: 0 keeps everything on the CPU, models.GPULayersAll (-1) offloads
+	// every layer and the output layer, models.GPULayersAuto as many as the
+	// GPUs' free memory holds beside the KV cache Serving describes.
 	GPULayers int
+	// Serving is the shape of the KV cache and batches the model will
+	// serve, which the placement plan reserves GPU memory for.
+	Serving ServingShape
 	// MainGPU is the GPU (an index into GPUs) that holds the whole model
 	// with SplitNone, or the small tensors and intermediate results with
 	// SplitRow.
@@ -123,6 +129,19 @@ type ModelOptions struct {
 	DisableRepack bool
 }
 
+// ServingShape is what the engines on a model will allocate beside its
+// weights: the placement plan (models.PlanPlacement) sizes GPUs for it.
+type ServingShape struct {
+	// Context is the tokens per sequence (default: the training context,
+	// at most 4096, as Options.Context) and Sequences how many (default 1;
+	// Options.Parallel plus pinned prefixes).
+	Context, Sequences int
+	// UBatch is the micro-batch, which sizes the compute buffers (default 512).
+	UBatch int
+	// CacheTypeK and CacheTypeV are the KV cache types ("": f16).
+	CacheTypeK, CacheTypeV string
+}
+
 // Model is a loaded GGUF model: weights (memory-mapped) and vocabulary.
 // Its methods are safe for concurrent use; inference goes through an Engine.
 type Model struct {
@@ -133,8 +152,16 @@ type Model struct {
 	attrs  []uint32 // token id -> llama_token_attr
 	eog    []bool
 
+	plan models.Plan
+	head [2]int64 // key and value head sizes, for KV cache type checks
+
 	mu     sync.RWMutex // held for reading by users of c, for writing by Close
 	closed bool
+
+	// engines open on the model: Close closes them first, since llama.cpp
+	// frees a context after its model only at the cost of a use-after-free.
+	engMu   sync.Mutex
+	engines map[*Engine]struct{}
 }
 
 // ModelInfo describes a loaded model.
@@ -171,16 +198,19 @@ func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, err
 		return nil, fmt.Errorf("loading model: %w", err)
 	}
 	initBackend()
-	gpus := len(GPUs())
+	devs := GPUs()
+	gpus := len(devs)
 	if err := opts.checkGPU(gpus); err != nil {
 		return nil, fmt.Errorf("loading model %s: %w", path, err)
 	}
-	if opts.GPULayers != 0 && gpus == 0 {
-		slog.Warn("no GPU device: the model stays on the CPU", "gpu_layers", opts.GPULayers, "provider", Provider)
+	plan, err := opts.Plan(f, devs)
+	if err != nil {
+		return nil, fmt.Errorf("loading model %s: %w", path, err)
 	}
+	logPlan(plan, opts.GPULayers, gpus)
 
 	params := C.llama_model_default_params()
-	freeSplit := opts.applyGPU(&params, gpus)
+	freeSplit := opts.applyGPU(&params, plan.NGPULayers, gpus)
 	defer freeSplit()
 	if opts.DisableRepack {
 		params.use_extra_bufts = false
@@ -209,10 +239,65 @@ func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, err
 		}
 		return nil, fmt.Errorf("loading model %s: llama.cpp could not load it (see its log lines)", path)
 	}
-	m := &Model{c: cm, vocab: C.llama_model_get_vocab(cm)}
+	m := &Model{c: cm, vocab: C.llama_model_get_vocab(cm), plan: plan}
 	m.describe(path, f)
+	sum := models.Summarize(path, f)
+	m.head = [2]int64{sum.HeadDimK, sum.HeadDimV}
 	return m, nil
 }
+
+// Plan resolves the GPU layer setting into a placement on the GPUs devs,
+// as LoadModel does on the GPUs it sees (`model inspect` plans for others).
+func (o ModelOptions) Plan(f *models.File, devs []Device) (models.Plan, error) {
+	sh := o.Serving
+	tk, err := models.ParseKVCacheType(sh.CacheTypeK)
+	if err != nil {
+		return models.Plan{}, err
+	}
+	tv, err := models.ParseKVCacheType(sh.CacheTypeV)
+	if err != nil {
+		return models.Plan{}, err
+	}
+	seqCtx := int64(sh.Context)
+	if seqCtx <= 0 {
+		train, _ := f.Int(f.Architecture() + ".context_length")
+		seqCtx = min(max(train, 16), 4096)
+	}
+	// Each sequence's stream is padded to 256 cells (see newLoop).
+	cells := (seqCtx + 255) / 256 * 256 * int64(max(sh.Sequences, 1))
+	in := models.PlanInput{
+		GPULayers: o.GPULayers, Split: o.TensorSplit, SplitMode: o.SplitMode.String(), MainGPU: o.MainGPU,
+		Cells: cells, UBatch: int64(sh.UBatch), TypeK: tk, TypeV: tv,
+	}
+	for _, d := range devs {
+		in.GPUs = append(in.GPUs, models.GPU{Name: d.Name, FreeBytes: int64(d.FreeBytes)})
+	}
+	return models.PlanPlacement(f, in)
+}
+
+func logPlan(p models.Plan, setting, gpus int) {
+	if gpus == 0 {
+		if setting != 0 && setting != models.GPULayersAuto {
+			slog.Warn("no GPU device: the model stays on the CPU", "gpu_layers", models.GPULayersString(setting), "provider", Provider)
+		}
+		return
+	}
+	slog.Info("placement", "gpu_layers", p.Setting, "n_gpu_layers", p.NGPULayers, "layers_on_gpu", p.Offloaded,
+		"layers", p.Layers, "output_on_gpu", p.Output, "kv_mib", p.KVBytes>>20,
+		"cpu_weights_mib", p.CPUWeights>>20, "cpu_kv_mib", p.CPUKV>>20)
+	for _, d := range p.Devices {
+		attrs := []any{"device", d.Name, "layers", d.Layers, "output", d.Output, "weights_mib", d.Weights >> 20,
+			"kv_mib", d.KV >> 20, "compute_mib", d.Compute >> 20, "free_mib", d.Free >> 20, "headroom_mib", d.Headroom() >> 20}
+		if d.Headroom() < 0 {
+			slog.Warn("placement exceeds the device's free memory; lower --gpu-layers, --parallel or --ctx", attrs...)
+			continue
+		}
+		slog.Info("placement device", attrs...)
+	}
+}
+
+// Plan is where the model's layers and KV cache were placed.
+func (m *Model) Plan() models.Plan { return m.plan }
 
 func (m *Model) describe(path string, f *models.File) {
 	c, v := m.c, m.vocab
@@ -262,8 +347,18 @@ func (m *Model) describe(path string, f *models.File) {
 // Info describes the model.
 func (m *Model) Info() ModelInfo { return m.info }
 
-// Close frees the model. Engines using it must be closed first.
+// Close closes the engines still open on the model, then frees it. It is
+// safe to call more than once.
 func (m *Model) Close() {
+	m.engMu.Lock()
+	open := make([]*Engine, 0, len(m.engines))
+	for e := range m.engines {
+		open = append(open, e)
+	}
+	m.engMu.Unlock()
+	for _, e := range open {
+		e.Close()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.closed {

@@ -32,3 +32,35 @@ func TestStepModel(t *testing.T) {
 		}
 	}
 }
+
+// TestMinChunk: the smallest chunk of a capped tier follows the measured
+// step costs: the floor on a CPU-like machine, where a prompt token costs
+// a good part of a decode step, and base/per on a GPU-like one, where a
+// step's fixed cost is that of many prompt tokens.
+func TestMinChunk(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	for _, tc := range []struct {
+		name   string
+		base   float64 // ms
+		per    float64 // ms per token
+		ubatch int
+		want   int
+	}{
+		{"nothing measured", 0, 0, 512, 16},
+		// 2-core CPU, bench model: 8 ms a decode step, 2 ms a prompt token.
+		{"CPU", 8, 2, 512, 16},
+		// H200, 13B q8_0 (DESIGN.md): 7 ms a decode step, pp512 at 6108 t/s.
+		{"GPU", 7, 1000.0 / 6108, 512, 42},
+		{"GPU, fixed cost above the micro-batch", 50, 0.01, 512, 512},
+	} {
+		var m stepModel
+		if tc.per > 0 {
+			for _, n := range []int{1, 8, 64, 512, 2, 128} {
+				m.add(n, ms(tc.base+tc.per*float64(n)))
+			}
+		}
+		if got := m.minChunk(tc.ubatch); got != tc.want {
+			t.Errorf("%s: minChunk = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

@@ -323,11 +323,26 @@ func (l *loop) chunkCap(p, n int, capped bool) (int, bool) {
 	if !ok {
 		return 0, false // nothing measured yet
 	}
-	const minChunk = 16
 	if capped {
 		return max(0, fit-n), true
 	}
-	return max(minChunk, fit-n), true
+	return max(l.stepTime.minChunk(l.e.opts.UBatch), fit-n), true
+}
+
+// minChunk is the smallest prompt chunk the first capped sequence of a
+// step gets: as many tokens as cost what a step costs anyway (base/per by
+// the model), so that a capped tier pays at most twice a big step's cost
+// per token. On a 2-core CPU a token costs about a tenth of a decode step
+// and this is the floor of 16; on a GPU, where a decode step reads all the
+// weights and a prompt token costs little, it grows to many tokens,
+// bounded by the micro-batch.
+func (m *stepModel) minChunk(ubatch int) int {
+	const floor = 16
+	base, per, ok := m.fit()
+	if !ok || per <= 0 {
+		return floor
+	}
+	return max(floor, min(int(base/per), ubatch))
 }
 
 // stepModel predicts a step's duration from its token count, d = base +
@@ -351,18 +366,28 @@ func (m *stepModel) add(n int, d time.Duration) {
 // tokensWithin is how many tokens a step may hold to last at most d; ok
 // is false before any step was measured.
 func (m *stepModel) tokensWithin(d time.Duration) (int, bool) {
-	if m.w == 0 || m.x == 0 {
+	base, per, ok := m.fit()
+	if !ok {
 		return 0, false
+	}
+	return int(min((d.Seconds()-base)/per, 1<<20)), true
+}
+
+// fit is the model's fixed cost of a step and cost per token, in seconds;
+// ok is false before any step was measured.
+func (m *stepModel) fit() (base, per float64, ok bool) {
+	if m.w == 0 || m.x == 0 {
+		return 0, 0, false
 	}
 	mx, my := m.x/m.w, m.y/m.w
 	varX := m.xx/m.w - mx*mx
-	per, base := my/mx, 0.0 // without spread in n: the mean cost per token
+	per = my / mx // without spread in n: the mean cost per token
 	if varX >= 1 {
 		if slope := (m.xy/m.w - mx*my) / varX; slope > 0 {
 			per, base = slope, max(0, my-slope*mx)
 		}
 	}
-	return int(min((d.Seconds()-base)/per, 1<<20)), true
+	return base, per, true
 }
 
 // tierStats is the tiers' part of Stats.

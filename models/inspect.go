@@ -134,7 +134,7 @@ func (s Summary) Print(w io.Writer, ctx, parallel, ubatch int64) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
 	row("file", s.Path)
-	row("size", humanBytes(s.FileBytes))
+	row("size", HumanBytes(s.FileBytes))
 	row("gguf version", s.Version)
 	row("architecture", s.Architecture)
 	if s.Name != "" {
@@ -145,7 +145,7 @@ func (s Summary) Print(w io.Writer, ctx, parallel, ubatch int64) error {
 	}
 	row("parameters", fmt.Sprintf("%d (%s)", s.Params, humanCount(s.Params)))
 	for _, c := range s.TensorTypes {
-		row("tensors "+c.Type.String(), fmt.Sprintf("%d tensors, %s", c.Tensors, humanBytes(c.Bytes)))
+		row("tensors "+c.Type.String(), fmt.Sprintf("%d tensors, %s", c.Tensors, HumanBytes(c.Bytes)))
 	}
 	row("context length (trained)", s.ContextLength)
 	row("embedding", s.Embedding)
@@ -155,15 +155,19 @@ func (s Summary) Print(w io.Writer, ctx, parallel, ubatch int64) error {
 	row("vocabulary", s.VocabSize)
 	row("chat template", s.ChatTemplate)
 	m := s.MemoryFor(ctx, parallel, ubatch)
-	row(fmt.Sprintf("memory at ctx %d x %d sequences", ctx, parallel), humanBytes(m.Total()))
-	row("  weights", humanBytes(m.Weights))
-	row("  kv cache (f16)", humanBytes(m.KVCache))
-	row("  logits", humanBytes(m.Outputs))
-	row(fmt.Sprintf("  compute (~, ubatch %d)", ubatch), humanBytes(m.Compute))
+	row(fmt.Sprintf("memory at ctx %d x %d sequences", ctx, parallel), HumanBytes(m.Total()))
+	row("  weights", HumanBytes(m.Weights))
+	row("  kv cache (f16)", HumanBytes(m.KVCache))
+	row("  logits", HumanBytes(m.Outputs))
+	row(fmt.Sprintf("  compute (~, ubatch %d)", ubatch), HumanBytes(m.Compute))
 	return tw.Flush()
 }
 
-func humanBytes(n int64) string {
+// HumanBytes renders a byte count in binary units, such as "1.50 GiB".
+func HumanBytes(n int64) string {
+	if n < 0 {
+		return "-" + HumanBytes(-n)
+	}
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -68,9 +68,10 @@ func checkServeConfig(path string) []error {
 	if _, err := parseFlashAttention(get("flash-attn")); err != nil {
 		bad(err)
 	}
-	gpu := gpuFlags{splitMode: get("split-mode"), tensorSplit: get("tensor-split")}
+	gpu := gpuFlags{layers: get("gpu-layers"), splitMode: get("split-mode"), tensorSplit: get("tensor-split"),
+		cacheK: get("cache-type-k"), cacheV: get("cache-type-v")}
 	gpu.mainGPU, _ = f.GetInt("main-gpu")
-	if mo, err := gpu.options(); err != nil {
+	if mo, err := gpu.options(engine.ServingShape{}); err != nil {
 		bad(err)
 	} else if err := mo.CheckGPU(); err != nil {
 		bad(err)

@@ -49,6 +49,10 @@ func TestConfigCheck(t *testing.T) {
 		{"bad aml", strings.Replace(good, amlFile, badAML, 1), []string{"severity"}},
 		{"tls half", good + "tls-cert: " + keys + "\n", []string{"tls"}},
 		{"split mode", good + "split-mode: diagonal\n", []string{"split mode"}},
+		{"gpu layers all", good + "gpu-layers: all\ncache-type-k: q8_0\ncache-type-v: q4_0\n", nil},
+		{"gpu layers", good + "gpu-layers: most\n", []string{"gpu-layers", "auto"}},
+		{"gpu layers below -1", good + "gpu-layers: -2\n", []string{"gpu-layers"}},
+		{"kv cache type", good + "cache-type-v: q4_K\n", []string{"cache-type-v", "q8_0"}},
 		// 17 shares: more than llama.cpp's device limit and any machine's GPUs.
 		{"tensor split", good + "tensor-split: " + strings.Repeat("1,", 16) + "1\n", []string{"tensor split"}},
 	}

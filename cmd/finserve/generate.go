@@ -28,7 +28,7 @@ func newGenerateCmd() *cobra.Command {
 			}
 			ctx := cmd.Context()
 			errw := cmd.ErrOrStderr()
-			mo, err := gpu.options()
+			mo, err := gpu.options(engine.ServingShape{Context: ctxLen, Sequences: 1})
 			if err != nil {
 				return err
 			}
@@ -39,7 +39,8 @@ func newGenerateCmd() *cobra.Command {
 				return err
 			}
 			defer m.Close()
-			e, err := engine.New(m, engine.Options{Parallel: 1, Context: ctxLen, Threads: threads})
+			e, err := engine.New(m, engine.Options{Parallel: 1, Context: ctxLen, Threads: threads,
+				CacheTypeK: gpu.cacheK, CacheTypeV: gpu.cacheV})
 			if err != nil {
 				return err
 			}

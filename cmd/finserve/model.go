@@ -83,11 +83,21 @@ func newModelInspectCmd() *cobra.Command {
 	var (
 		ctx, parallel, ubatch int64
 		asJSON                bool
+		gpu                   gpuFlags
+		gpuFree               string
 	)
 	cmd := &cobra.Command{
 		Use:   "inspect PATH",
-		Short: "Validate a GGUF model and describe it, with the memory it needs to serve",
-		Args:  cobra.ExactArgs(1),
+		Short: "Validate a GGUF model and describe it, with the memory it needs to serve and where its layers would go",
+		Long: `Validate a GGUF model and describe it: shape, tensor types, the memory
+it needs for --parallel sequences of --ctx tokens, and the placement plan
+that serve makes for the same settings (layers per GPU, KV cache, compute
+buffers, headroom). --gpu-free sizes GPUs this machine does not have, so
+that a GPU can be chosen before it is bought:
+
+  finserve model inspect 13b-q8_0.gguf --parallel 64 --ctx 1024 --gpu-free 141GiB
+  finserve model inspect 13b-q8_0.gguf --parallel 64 --ctx 1024 --gpu-free 80GB,80GB --cache-type-k q8_0 --cache-type-v q8_0`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ctx <= 0 || parallel <= 0 || ubatch <= 0 {
 				return fmt.Errorf("--ctx, --parallel and --ubatch must be positive")
@@ -97,20 +107,68 @@ func newModelInspectCmd() *cobra.Command {
 				return err
 			}
 			s := models.Summarize(args[0], f)
+			plan, planErr := inspectPlan(f, gpu, gpuFree, ctx, parallel, ubatch)
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), struct {
+				out := struct {
 					models.Summary
-					Memory models.Memory
-				}{s, s.MemoryFor(ctx, parallel, ubatch)})
+					Memory    models.Memory
+					Placement *models.Plan `json:",omitempty"`
+					Error     string       `json:",omitempty"`
+				}{Summary: s, Memory: s.MemoryFor(ctx, parallel, ubatch)}
+				if planErr != nil {
+					out.Error = planErr.Error()
+				} else {
+					out.Placement = &plan
+				}
+				if err := writeJSON(cmd.OutOrStdout(), out); err != nil {
+					return err
+				}
+				return planErr
 			}
-			return s.Print(cmd.OutOrStdout(), ctx, parallel, ubatch)
+			w := cmd.OutOrStdout()
+			if err := s.Print(w, ctx, parallel, ubatch); err != nil {
+				return err
+			}
+			if planErr != nil {
+				return planErr
+			}
+			fmt.Fprintln(w)
+			if len(plan.Devices) == 0 {
+				fmt.Fprintln(w, "placement: CPU only (no GPU here; --gpu-free 80GiB plans for one)")
+				return nil
+			}
+			fmt.Fprintf(w, "placement (KV cache %s, %s keys, %s values):\n", models.HumanBytes(plan.KVBytes), gpu.cacheK, gpu.cacheV)
+			return plan.Print(w)
 		},
 	}
 	cmd.Flags().Int64Var(&ctx, "ctx", 4096, "tokens per sequence for the memory estimate")
 	cmd.Flags().Int64Var(&parallel, "parallel", 1, "concurrent sequences for the memory estimate")
 	cmd.Flags().Int64Var(&ubatch, "ubatch", 512, "micro-batch size for the memory estimate")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&gpuFree, "gpu-free", "", "plan for GPUs with this much free memory each, e.g. 141GiB or 80GB,80GB (default: the GPUs this machine sees)")
+	gpu.register(cmd.Flags())
 	return cmd
+}
+
+// inspectPlan is the placement serve would make for these settings, on
+// this machine's GPUs or on GPUs of the sizes in gpuFree.
+func inspectPlan(f *models.File, g gpuFlags, gpuFree string, ctx, parallel, ubatch int64) (models.Plan, error) {
+	mo, err := g.options(engine.ServingShape{Context: int(ctx), Sequences: int(parallel), UBatch: int(ubatch)})
+	if err != nil {
+		return models.Plan{}, err
+	}
+	devs := engine.GPUs()
+	if gpuFree != "" {
+		devs = nil
+		for i, part := range strings.Split(gpuFree, ",") {
+			n, err := parseBytes(part)
+			if err != nil || n == 0 {
+				return models.Plan{}, fmt.Errorf("--gpu-free: entry %d %q is not a positive byte size", i+1, part)
+			}
+			devs = append(devs, engine.Device{Name: fmt.Sprintf("GPU%d", i), Kind: "gpu", FreeBytes: uint64(n), TotalBytes: uint64(n)})
+		}
+	}
+	return mo.Plan(f, devs)
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -155,7 +213,7 @@ compare; scripts/peer-bench.sh does both.`,
 			}
 			ctx := cmd.Context()
 			setGoProcs(0, threads, slog.Default()) // as `serve` does
-			mo, err := gpu.options()
+			mo, err := gpu.options(engine.ServingShape{Context: max(pp+1, tg+2, npp+ntg+1), Sequences: maxNPL, UBatch: ubatch})
 			if err != nil {
 				return err
 			}
@@ -171,6 +229,7 @@ compare; scripts/peer-bench.sh does both.`,
 				return engine.New(m, engine.Options{
 					Parallel: parallel, Context: seqCtx, Batch: max(batch, parallel), UBatch: ubatch,
 					Threads: threads, UnifiedKV: unifiedKV, FlashAttention: fam,
+					CacheTypeK: gpu.cacheK, CacheTypeV: gpu.cacheV,
 				})
 			}
 			var results []enginebench.Result

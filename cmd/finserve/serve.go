@@ -97,8 +97,8 @@ for --shutdown-grace, then cancels the rest.`,
 	f.IntVar(&o.ctx, "ctx", 0, "context per sequence in tokens, prompt plus output (0: the model's, at most 4096)")
 	f.IntVar(&o.threads, "threads", 0, "CPU threads for decoding (0: all CPUs)")
 	f.IntVar(&o.threadsBatch, "threads-batch", 0, "CPU threads for prompt processing (0: --threads)")
-	f.IntVar(&o.batch, "batch", 512, "token budget of one engine step")
-	f.IntVar(&o.ubatch, "ubatch", 0, "llama.cpp micro-batch (0: --batch)")
+	f.IntVar(&o.batch, "batch", 0, "token budget of one engine step (0: 512 on the CPU, 2048 with the model wholly on GPUs)")
+	f.IntVar(&o.ubatch, "ubatch", 0, "llama.cpp micro-batch (0: --batch on the CPU, 512 on GPUs)")
 	o.gpu.register(f)
 	f.StringVar(&o.flashAttn, "flash-attn", "auto", "flash attention: auto, on or off")
 	f.BoolVar(&o.unifiedKV, "unified-kv", false, "one KV cache shared by all sequences instead of one per sequence")
@@ -180,7 +180,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	mo, err := o.gpu.options()
+	mo, err := o.gpu.options(engine.ServingShape{Context: o.ctx, Sequences: o.parallel + len(o.pinned), UBatch: o.ubatch})
 	if err != nil {
 		return err
 	}
@@ -283,6 +283,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		Parallel: o.parallel, Context: o.ctx, Batch: o.batch, UBatch: o.ubatch,
 		Threads: o.threads, ThreadsBatch: o.threadsBatch, UnifiedKV: o.unifiedKV,
 		FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log, PrefixCache: pc,
+		CacheTypeK: o.gpu.cacheK, CacheTypeV: o.gpu.cacheV,
 		Tiers: policies, Aging: aging,
 	})
 	if err != nil {
