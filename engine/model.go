@@ -120,6 +120,12 @@ type ModelOptions struct {
 	TensorSplit []float32
 	// Progress, if set, receives the loading progress from 0 to 1.
 	Progress func(float32)
+	// cpuAsGPU is for tests on GPU-less machines: the CPU device is given
+	// to llama.cpp as the one offload device (and planned for as a GPU with
+	// ample memory), so that llama.cpp's own layer assignment shows in its
+	// buffers: offloaded weights in the device's plain buffer, the others
+	// in the CPU's repacked one.
+	cpuAsGPU bool
 	// DisableRepack keeps weights in their file layout instead of repacking
 	// them for ggml's interleaved CPU kernels (which types depends on the
 	// ggml version: Q4_0, Q4_K, Q2_K and IQ4_NL in the bundled one, also
@@ -199,6 +205,9 @@ func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, err
 	}
 	initBackend()
 	devs := GPUs()
+	if opts.cpuAsGPU {
+		devs = []Device{{Name: "CPU", Kind: "gpu", FreeBytes: 1 << 40, TotalBytes: 1 << 40}}
+	}
 	gpus := len(devs)
 	if err := opts.checkGPU(gpus); err != nil {
 		return nil, fmt.Errorf("loading model %s: %w", path, err)
@@ -212,6 +221,12 @@ func LoadModel(ctx context.Context, path string, opts ModelOptions) (*Model, err
 	params := C.llama_model_default_params()
 	freeSplit := opts.applyGPU(&params, plan.NGPULayers, gpus)
 	defer freeSplit()
+	if opts.cpuAsGPU {
+		devList := (*[2]C.ggml_backend_dev_t)(C.calloc(2, C.size_t(unsafe.Sizeof(C.ggml_backend_dev_t(nil)))))
+		defer C.free(unsafe.Pointer(devList))
+		devList[0] = C.ggml_backend_dev_by_type(C.GGML_BACKEND_DEVICE_TYPE_CPU)
+		params.devices = &devList[0]
+	}
 	if opts.DisableRepack {
 		params.use_extra_bufts = false
 	}
