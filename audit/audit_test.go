@@ -46,7 +46,7 @@ func writeLog(t *testing.T, n int) string {
 
 func TestChainAndTampering(t *testing.T) {
 	path := writeLog(t, 40)
-	sum, err := VerifyFile(path)
+	sum, err := VerifyFile(path, nil)
 	if err != nil || sum.Records != 40 {
 		t.Fatalf("verify: %+v, %v; want 40 records", sum, err)
 	}
@@ -91,7 +91,7 @@ func TestChainAndTampering(t *testing.T) {
 		}, 8},
 	}
 	for _, tc := range cases {
-		_, err := Verify(strings.NewReader(tc.edit()))
+		_, err := Verify(strings.NewReader(tc.edit()), nil)
 		var ve *VerifyError
 		if !errors.As(err, &ve) || ve.Line != tc.wantLine {
 			t.Errorf("%s: %v, want a break at line %d", tc.name, err, tc.wantLine)
@@ -107,7 +107,7 @@ func TestChainAndTampering(t *testing.T) {
 	if err != nil || r.Seq != 41 {
 		t.Fatalf("append after reopen: %+v, %v", r, err)
 	}
-	if sum, err := VerifyFile(path); err != nil || sum.Records != 41 || sum.LastHash != r.Hash {
+	if sum, err := VerifyFile(path, nil); err != nil || sum.Records != 41 || sum.LastHash != r.Hash {
 		t.Fatalf("verify after reopen: %+v, %v", sum, err)
 	}
 	os.WriteFile(path, []byte(cases[0].edit()), 0o600)
@@ -165,7 +165,7 @@ func TestCrashAfterAck(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		data, _ := os.ReadFile(path)
-		sum, err := Verify(bytes.NewReader(data))
+		sum, err := Verify(bytes.NewReader(data), nil)
 		var ve *VerifyError
 		if err != nil && !(errors.As(err, &ve) && ve.Incomplete) {
 			t.Fatalf("round %d: after kill -9: %v", round, err)

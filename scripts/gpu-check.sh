@@ -154,7 +154,7 @@ run() {
 
   step "serve"
   local audit=$out/audit.jsonl
-  rm -f "$audit"
+  rm -f "$audit" "$audit.head" "$audit.key"
   "$fin" serve --model "$model" --model-id gpu-check --addr "127.0.0.1:$port" --gpu-layers auto \
     --parallel "$parallel" --ctx "$ctx" --audit-log "$audit" --shutdown-grace 120s --log-format json >"$out/serve.log" 2>&1 &
   pid=$!

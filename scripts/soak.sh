@@ -18,7 +18,7 @@ PORT=${PORT:-18186}
 . scripts/servers.sh
 prepare bench-results/soak
 keys=$OUT/keys.json
-rm -f "$keys" "$OUT/audit.jsonl"
+rm -f "$keys" "$OUT/audit.jsonl" "$OUT/audit.jsonl.head" "$OUT/audit.jsonl.key"
 KEY=$(bin/finserve keys add soak --tiers realtime,standard,batch --file "$keys" 2>/dev/null)
 RATE_KEY=$(bin/finserve keys add slow --tiers realtime --rate 5 --file "$keys" 2>/dev/null)
 trap stop EXIT

@@ -139,6 +139,9 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 		if gone.Load() {
 			return nil // the client left: nobody to answer, nothing decided
 		}
+		if s.draining.Load() && errors.Is(err, context.Canceled) {
+			return errDraining // cut at the end of the shutdown grace
+		}
 		return amlError(err)
 	}
 	// The record is on disk before the answer leaves.

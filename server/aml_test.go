@@ -181,7 +181,7 @@ func TestAMLScore(t *testing.T) {
 	}
 
 	al.Close()
-	sum, err := audit.VerifyFile(auditPath)
+	sum, err := audit.VerifyFile(auditPath, nil)
 	if err != nil || sum.Records != 4 {
 		t.Fatalf("audit log: %+v, %v; want 4 records", sum, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -88,6 +89,7 @@ type job struct {
 	quit     chan struct{} // closed when the response is over
 	quitOnce sync.Once
 	goneOnce sync.Once
+	left     atomic.Bool // the client disconnected
 	streams  []*engine.Stream
 	choices  []choiceState
 }
@@ -170,7 +172,10 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		s.ended(j)
 		if err := j.err(); err != nil {
 			if j.ctx.Err() != nil {
-				return nil // the client left (or shutdown cancelled it): nobody to answer
+				if s.draining.Load() && !j.left.Load() {
+					return errDraining // cut at the end of the shutdown grace
+				}
+				return nil // the client left: nobody to answer
 			}
 			s.log.Error("generation failed", "id", j.id, "err", err)
 			return fromEngine(err)
@@ -362,6 +367,7 @@ func (j *job) finish() {
 // clientGone cancels a job whose client disconnected, once.
 func (s *Server) clientGone(j *job) {
 	j.goneOnce.Do(func() {
+		j.left.Store(true)
 		s.metrics.disconnects.Inc()
 		s.log.Info("client disconnected; cancelling", "id", j.id)
 		j.cancel()
@@ -546,11 +552,21 @@ func (s *Server) writeStream(w *bufio.Writer, j *job, events eventSource) bool {
 		j.add(it)
 		ev := it.ev
 		if ev.Done && ev.Err != nil {
-			if j.ctx.Err() == nil {
+			var apiErr *APIError
+			switch {
+			case j.ctx.Err() == nil:
 				s.log.Error("generation failed mid-stream", "id", j.id, "err", ev.Err)
-				return send(fromEngine(ev.Err).body())
+				apiErr = fromEngine(ev.Err)
+			case s.draining.Load() && !j.left.Load():
+				apiErr = errDraining // cut at the end of the shutdown grace: say so
+			default:
+				return true // the watcher saw the client leave
 			}
-			return true // cancelled by shutdown; or the watcher saw the client leave
+			if !send(apiErr.body()) {
+				return false
+			}
+			w.WriteString("data: [DONE]\n\n")
+			return w.Flush() == nil
 		}
 		if ev.Text != "" || len(ch.chat) > before || (ch.legacy != nil && len(ch.legacy.Tokens) > legacyBefore) {
 			if !send(j.deltaChunk(it.i, ev.Text, ch, before, legacyBefore)) {

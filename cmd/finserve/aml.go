@@ -13,13 +13,25 @@ import (
 )
 
 func newAuditCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "audit", Short: "Check the AML decision audit log"}
-	cmd.AddCommand(&cobra.Command{
+	cmd := &cobra.Command{Use: "audit", Short: "Check, repair and key the AML decision audit log"}
+	var keyFile string
+	verify := &cobra.Command{
 		Use:   "verify PATH",
-		Short: "Verify an audit log's hash chain; exit 1 at the first edited, dropped or reordered record",
-		Args:  cobra.ExactArgs(1),
+		Short: "Verify an audit log's MAC chain and checkpoint; exit 1 at the first edited, dropped, reordered or cut record",
+		Long: `Verify an audit log: every line's HMAC under the log's key, the sequence
+numbers and links, and the checkpoint file (PATH.head) that names the last
+acknowledged record, so that a log cut short, emptied or rewritten without
+the key fails. An auditor also compares the head it prints with the
+"audit head" lines of the server's log, which live outside the file.
+
+  finserve audit verify /var/lib/finserve/audit.jsonl --key-file /etc/finserve/audit.key`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			sum, err := audit.VerifyFile(args[0])
+			key, err := auditKey(args[0], keyFile, false)
+			if err != nil {
+				return err
+			}
+			sum, err := audit.VerifyFile(args[0], key)
 			var ve *audit.VerifyError
 			if errors.As(err, &ve) {
 				fmt.Fprintf(cmd.OutOrStdout(), "FAILED after %d good records: %v\n", sum.Records, ve)
@@ -28,11 +40,72 @@ func newAuditCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records, last hash %s\n", sum.Records, sum.LastHash)
+			mode := "keyed (HMAC-SHA256)"
+			if !sum.Keyed {
+				mode = "unkeyed (SHA-256: detects accidents, not an editor)"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records, %s, checkpoint at record %d, head %s\n", sum.Records, mode, sum.Checkpoint, sum.LastHash)
 			return nil
 		},
-	})
+	}
+	repair := &cobra.Command{
+		Use:   "repair PATH",
+		Short: "Truncate a last record cut short after it was acknowledged (keeping its bytes aside), once the cause is known",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := auditKey(args[0], keyFile, false)
+			if err != nil {
+				return err
+			}
+			sum, aside, err := audit.Repair(args[0], key)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "repaired: %d whole records kept; the cut bytes are in %s\n", sum.Records, aside)
+			return nil
+		},
+	}
+	keygen := &cobra.Command{
+		Use:   "keygen PATH",
+		Short: "Write a new audit key (32 random bytes as hex, mode 0600) for serve --audit-key-file",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := audit.CreateKeyFile(args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: keep it readable by the service only, apart from the log and its backups\n", args[0])
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{verify, repair} {
+		c.Flags().StringVar(&keyFile, "key-file", "", "the log's key (default: PATH.key when it exists)")
+	}
+	cmd.AddCommand(verify, repair, keygen)
 	return cmd
+}
+
+// auditKey reads the key of the audit log at path: keyFile, or PATH.key
+// by default. create makes the default key when there is none (serve);
+// otherwise a missing default means an unkeyed log.
+func auditKey(path, keyFile string, create bool) ([]byte, error) {
+	if keyFile != "" {
+		return audit.ReadKeyFile(keyFile)
+	}
+	def := path + ".key"
+	if _, err := os.Stat(def); err == nil {
+		return audit.ReadKeyFile(def)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("audit key: %w", err)
+	}
+	if !create {
+		return nil, nil
+	}
+	if _, err := os.Stat(path); err == nil {
+		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+			return nil, fmt.Errorf("audit log %s exists but has no key (%s): it was written unkeyed by an older finserve; verify it with `finserve audit verify`, archive it, and start a new log", path, def)
+		}
+	}
+	return audit.CreateKeyFile(def)
 }
 
 func newAMLCmd() *cobra.Command {

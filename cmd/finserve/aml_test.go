@@ -60,6 +60,15 @@ func TestAuditSurvivesKill(t *testing.T) {
 	var ids []string
 	for round, n := range []int{3, 1} {
 		cmd, base := startChild(t, "--model", model, "--threads", "2", "--ctx", "1024", "--audit-log", logPath)
+		if round == 0 {
+			// A second server on the same log is refused, clearly.
+			second := exec.Command(os.Args[0], "-test.run=^$")
+			second.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--audit-log", logPath}, "\x1f"))
+			out, err := second.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "locked by another process") {
+				t.Fatalf("a second server on the same audit log: %v %s", err, out)
+			}
+		}
 		for range n {
 			resp, err := http.Post(base+"/v1/aml/score", "application/json", bytes.NewReader(body))
 			if err != nil {
@@ -105,5 +114,42 @@ func TestAuditSurvivesKill(t *testing.T) {
 	v.SetOut(&out)
 	if err := v.Execute(); err == nil || !strings.Contains(out.String(), "line 1") {
 		t.Errorf("verify of an edited log: %v %s", err, out.String())
+	}
+	trail[i+14] ^= 1
+	os.WriteFile(logPath, trail, 0o600)
+
+	// The log is keyed with the key serve made beside it: without that
+	// key it does not verify; cut after the last acknowledged record it
+	// fails, serve refuses it naming the repair, and repair mends it.
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		c := newAuditCmd()
+		c.SilenceErrors, c.SilenceUsage = true, true
+		c.SetArgs(args)
+		c.SetOut(&out)
+		err := c.Execute()
+		return out.String(), err
+	}
+	other := filepath.Join(dir, "other.key")
+	if out, err := run("keygen", other); err != nil || !strings.Contains(out, "wrote") {
+		t.Fatalf("keygen: %v %s", err, out)
+	}
+	if out, err := run("verify", logPath, "--key-file", other); err == nil || !strings.Contains(err.Error(), "another key") {
+		t.Errorf("verify with another key: %v %s", err, out)
+	}
+	os.WriteFile(logPath, trail[:len(trail)-10], 0o600)
+	if out, err := run("verify", logPath); err == nil || !strings.Contains(out, "acknowledged") {
+		t.Errorf("verify of a cut acknowledged record: %v %s", err, out)
+	}
+	refused := exec.Command(os.Args[0], "-test.run=^$")
+	refused.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--audit-log", logPath}, "\x1f"))
+	if out, err := refused.CombinedOutput(); err == nil || !strings.Contains(string(out), "finserve audit repair") {
+		t.Errorf("serve on a cut acknowledged record: %v %s", err, out)
+	}
+	if out, err := run("repair", logPath); err != nil || !strings.Contains(out, "repaired: 3 whole records") {
+		t.Errorf("repair: %v %s", err, out)
+	}
+	if out, err := run("verify", logPath); err != nil || !strings.Contains(out, "ok: 3 records, keyed") {
+		t.Errorf("verify after repair: %v %s", err, out)
 	}
 }

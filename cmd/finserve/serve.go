@@ -48,6 +48,7 @@ type serveOptions struct {
 
 	amlConfig   string // file; "" for the built-in configuration
 	auditLog    string
+	auditKey    string
 	auditNoSync bool
 
 	logContent                   bool
@@ -128,6 +129,7 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "require client certificates signed by these PEM CAs (mutual TLS)")
 	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, `finserve aml config` prints it)")
 	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response (`finserve audit verify` checks it)")
+	f.StringVar(&o.auditKey, "audit-key-file", "", "HMAC key of the audit log's chain, from `finserve audit keygen` (default: AUDIT-LOG.key, made on first start; keep it apart from the log)")
 	f.BoolVar(&o.auditNoSync, "audit-no-sync", false, "write audit records without fsync (faster; a power loss may lose the last decisions)")
 	defaults := defaultTierSettings()
 	for t := range engine.Tier(engine.NumTiers) {
@@ -217,7 +219,14 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	var auditLog *audit.Log
 	if o.auditLog != "" {
-		if auditLog, err = audit.Open(o.auditLog, audit.Options{NoSync: o.auditNoSync, Logger: log}); err != nil {
+		key, err := auditKey(o.auditLog, o.auditKey, true)
+		if err != nil {
+			return err
+		}
+		if o.auditKey == "" {
+			log.Warn("audit log key beside the log: anyone who can read it can rewrite the log; pass --audit-key-file with a key kept apart", "key", o.auditLog+".key")
+		}
+		if auditLog, err = audit.Open(o.auditLog, audit.Options{NoSync: o.auditNoSync, Key: key, Logger: log}); err != nil {
 			return err
 		}
 		defer auditLog.Close()
