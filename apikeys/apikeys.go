@@ -53,8 +53,28 @@ type Set struct {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// Load reads and checks a key file.
+// CheckMode refuses a secret file (key file, TLS key, audit key) that
+// others may read or that anyone but its owner may write, as sshd refuses
+// private keys: 0600, or 0640/0440 for the service's group, pass; 0644,
+// 0660 and 0604 do not. It follows symlinks (Kubernetes Secret mounts are
+// links into ..data) and judges the file itself.
+func CheckMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if m := fi.Mode().Perm(); m&0o027 != 0 {
+		return fmt.Errorf("%s is open to others (mode %v): it holds secrets; chmod 600 (or 640 for the service's group)", path, m)
+	}
+	return nil
+}
+
+// Load reads and checks a key file, refusing one open to others
+// (CheckMode).
 func Load(path string) (*Set, error) {
+	if err := CheckMode(path); err != nil {
+		return nil, fmt.Errorf("API key file: %w", err)
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading API key file: %w", err)

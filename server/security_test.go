@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -175,5 +176,51 @@ func TestLogContent(t *testing.T) {
 		if !strings.Contains(out, `"tenant":"key-`) || !strings.Contains(out, `"tier":"standard"`) || !strings.Contains(out, `"id":"chatcmpl-`) {
 			t.Errorf("request line lacks id, tenant or tier: %s", out)
 		}
+	}
+}
+
+// TestAmbiguousFraming: a request with both Content-Length and
+// Transfer-Encoding gets a 400 and the connection closes, so that bytes a
+// proxy framed differently are never served as a second request; either
+// header alone works.
+func TestAmbiguousFraming(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{})
+	host := strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://")
+	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body)
+	smuggled := "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, tc := range []struct {
+		name, headers, body string
+		want                int
+		responses           int
+	}{
+		{"both, Content-Length first", fmt.Sprintf("Content-Length: %d\r\nTransfer-Encoding: chunked\r\n", len(chunked)), chunked + smuggled, 400, 1},
+		{"both, Transfer-Encoding first", fmt.Sprintf("transfer-encoding: chunked\r\ncontent-length: %d\r\n", len(chunked)), chunked + smuggled, 400, 1},
+		{"chunked alone", "Transfer-Encoding: chunked\r\n", chunked + smuggled, 200, 2},
+		{"length alone", fmt.Sprintf("Content-Length: %d\r\n", len(body)), body + smuggled, 200, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s\r\n%s", host, tc.headers, tc.body)
+			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			r := bufio.NewReader(conn)
+			var statuses []int
+			for range 2 {
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					break
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				statuses = append(statuses, resp.StatusCode)
+			}
+			if len(statuses) != tc.responses || statuses[0] != tc.want {
+				t.Fatalf("responses %v, want %d of them, the first %d", statuses, tc.responses, tc.want)
+			}
+		})
 	}
 }

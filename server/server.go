@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,6 +195,7 @@ func New(cfg Config) (*Server, error) {
 
 func (s *Server) routes() {
 	app := s.app
+	app.Use(refuseAmbiguousFraming)
 	app.Use(s.metrics.middleware)
 	if s.cfg.Compress {
 		app.Use(compress.New(compress.Config{Next: wantsStream}))
@@ -445,4 +447,29 @@ func wantsStream(c *fiber.Ctx) bool {
 	}
 	_ = json.Unmarshal(c.Body(), &probe)
 	return probe.Stream
+}
+
+// refuseAmbiguousFraming answers 400 and closes the connection for a
+// request that carries both Content-Length and Transfer-Encoding. fasthttp
+// frames it by one of them; a proxy in front may have used the other, and
+// the bytes left over would then be served as a second, smuggled request
+// (RFC 9112 section 6.3 lets a server reject such a message, and it must
+// close the connection after). The raw header block is read because
+// fasthttp's parsed view keeps only one of the two.
+func refuseAmbiguousFraming(c *fiber.Ctx) error {
+	var cl, te bool
+	for _, line := range bytes.Split(c.Request().Header.RawHeaders(), []byte("\n")) {
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		name = bytes.TrimSpace(name)
+		cl = cl || bytes.EqualFold(name, []byte(fiber.HeaderContentLength))
+		te = te || bytes.EqualFold(name, []byte(fiber.HeaderTransferEncoding))
+	}
+	if cl && te {
+		c.Context().SetConnectionClose()
+		return badRequest("", "the request has both Content-Length and Transfer-Encoding; send one")
+	}
+	return c.Next()
 }

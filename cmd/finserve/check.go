@@ -87,8 +87,6 @@ func checkServeConfig(path string) []error {
 	if o.keyFile != "" {
 		if _, err := apikeys.Load(o.keyFile); err != nil {
 			bad(err)
-		} else if fi, err := os.Stat(o.keyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			bad(fmt.Errorf("api-keys: %s is readable by others (mode %v); chmod 600", o.keyFile, fi.Mode().Perm()))
 		}
 	}
 	if _, err := tlsConfig(o.tlsCert, o.tlsKey, o.tlsClientCA); err != nil {

@@ -104,11 +104,24 @@ func tlsConfig(certFile, keyFile, clientCA string) (*tls.Config, error) {
 	case certFile == "" || keyFile == "":
 		return nil, errors.New("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")
 	}
+	if err := apikeys.CheckMode(keyFile); err != nil {
+		return nil, fmt.Errorf("--tls-key: %w", err)
+	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("loading the TLS certificate: %w", err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		// TLS 1.2 suites with forward secrecy and AEAD only (no CBC, no
+		// RSA key exchange, no SHA-1 MACs); TLS 1.3's are all so.
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+	}
 	if clientCA != "" {
 		pem, err := os.ReadFile(clientCA)
 		if err != nil {

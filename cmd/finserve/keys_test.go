@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -125,6 +126,24 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 	if code, err := get(&http.Client{Timeout: 2 * time.Second}, "http://"+addr+"/health", ""); err == nil && code == 200 {
 		t.Error("plain HTTP was served")
 	}
+	// Only TLS 1.2+ with forward-secret AEAD suites: a client that offers
+	// only CBC-SHA1 suites, or only TLS 1.1, gets no session.
+	for name, cfg := range map[string]*tls.Config{
+		"TLS 1.2 with CBC-SHA1 suites only": {MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, tls.TLS_RSA_WITH_AES_128_CBC_SHA}},
+		"TLS 1.2 with RSA key exchange only": {MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+		"TLS 1.1": {MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11},
+	} {
+		cfg.RootCAs, cfg.Certificates = pool, []tls.Certificate{client}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		if _, err := get(c, base+"/health", ""); err == nil {
+			t.Errorf("%s: served", name)
+		}
+	}
+	gcm := &tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}, RootCAs: pool, Certificates: []tls.Certificate{client}}
+	if code, err := get(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: gcm}}, base+"/health", ""); err != nil || code != 200 {
+		t.Errorf("TLS 1.2 with ECDHE-ECDSA-AES128-GCM: %d %v", code, err)
+	}
 	k2, err := apikeys.Add(keys, "second", []string{"batch"}, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -137,5 +156,37 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 		func() string { return "the new key never worked after SIGHUP" })
 	if code, _ := get(good, base+"/v1/models", k1); code != 200 {
 		t.Errorf("the first key after reload: %d", code)
+	}
+}
+
+// TestSecretFileModes: serve refuses a key file or TLS key that others
+// may read (as config check does), and accepts the service group's read.
+func TestSecretFileModes(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.json")
+	if _, err := apikeys.Add(keys, "first", []string{"standard"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o600, true}, {0o640, true}, {0o440, true}, {0o400, true}, {0o644, false}, {0o604, false}, {0o660, false}, {0o666, false}} {
+		os.Chmod(keys, tc.mode)
+		err := apikeys.CheckMode(keys)
+		if (err == nil) != tc.ok {
+			t.Errorf("mode %v: %v, want ok %t", tc.mode, err, tc.ok)
+		}
+	}
+	os.Chmod(keys, 0o644)
+	cmd := newServeCmd()
+	cmd.SilenceErrors, cmd.SilenceUsage = true, true
+	cmd.SetArgs([]string{"--model", filepath.Join(dir, "none.gguf"), "--addr", "127.0.0.1:0", "--api-keys", keys})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("serve with a 0644 key file: %v, want a refusal naming chmod 600", err)
+	}
+	_, _, key, _, _ := certs(t, dir)
+	os.Chmod(key, 0o644)
+	if _, err := tlsConfig(filepath.Join(dir, "server.pem"), key, ""); err == nil || !strings.Contains(err.Error(), "--tls-key") {
+		t.Errorf("a 0644 TLS key: %v", err)
 	}
 }
