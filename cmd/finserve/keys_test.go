@@ -132,7 +132,7 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 		"TLS 1.2 with CBC-SHA1 suites only": {MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, tls.TLS_RSA_WITH_AES_128_CBC_SHA}},
 		"TLS 1.2 with RSA key exchange only": {MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
-		"TLS 1.1": {MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11},
+		"TLS 1.1":                            {MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11},
 	} {
 		cfg.RootCAs, cfg.Certificates = pool, []tls.Certificate{client}
 		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
