@@ -158,8 +158,9 @@ type Model struct {
 	attrs  []uint32 // token id -> llama_token_attr
 	eog    []bool
 
-	plan models.Plan
-	head [2]int64 // key and value head sizes, for KV cache type checks
+	maxPiece int // bytes of the longest piece
+	plan     models.Plan
+	head     [2]int64 // key and value head sizes, for KV cache type checks
 
 	mu     sync.RWMutex // held for reading by users of c, for writing by Close
 	closed bool
@@ -354,6 +355,7 @@ func (m *Model) describe(path string, f *models.File) {
 		} else {
 			m.pieces[id] = bytes.Clone(buf[:k])
 		}
+		m.maxPiece = max(m.maxPiece, len(m.pieces[id]))
 		m.attrs[id] = uint32(C.llama_vocab_get_attr(v, tok))
 		m.eog[id] = bool(C.llama_vocab_is_eog(v, tok))
 	}
@@ -393,6 +395,25 @@ func (m *Model) IsEOG(t Token) bool { return m.ValidToken(t) && m.eog[t] }
 // generated text leaves out.
 func (m *Model) IsSpecial(t Token) bool {
 	return m.ValidToken(t) && m.attrs[t]&(C.LLAMA_TOKEN_ATTR_CONTROL|C.LLAMA_TOKEN_ATTR_UNKNOWN) != 0
+}
+
+// MinTokens is a lower bound on the tokens text of n bytes tokenizes to:
+// no token stands for more bytes than the vocabulary's longest piece, so a
+// text can be judged too long from its size alone, before the tokenizer
+// spends CPU on it.
+func (m *Model) MinTokens(n int) int {
+	if m.maxPiece == 0 {
+		return 0
+	}
+	return (n + m.maxPiece - 1) / m.maxPiece
+}
+
+// IsMarker reports whether t is a control or user-defined token: the
+// tokens templates mark turns with, which message content must never
+// produce (llama.cpp matches user-defined tokens even with special-token
+// parsing off).
+func (m *Model) IsMarker(t Token) bool {
+	return m.ValidToken(t) && m.attrs[t]&(C.LLAMA_TOKEN_ATTR_CONTROL|C.LLAMA_TOKEN_ATTR_USER_DEFINED|C.LLAMA_TOKEN_ATTR_UNKNOWN) != 0
 }
 
 // Piece returns the bytes token t renders to (special tokens included by

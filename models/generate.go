@@ -99,6 +99,10 @@ type GenOptions struct {
 	Preset Preset
 	Type   TensorType // f32, f16 or q8_0 for the weight matrices
 	Seed   uint64
+	// UserDefinedMarkers types the turn markers <|im_start|> and
+	// <|im_end|> user-defined rather than control tokens (gpt-oss marks
+	// its turns so), for tests of what content may spell.
+	UserDefinedMarkers bool
 	// Progress, if set, is called as tensor data is written.
 	Progress Progress
 }
@@ -118,7 +122,7 @@ func Generate(ctx context.Context, path string, opts GenOptions) (err error) {
 	if _, ok := fileTypes[opts.Type]; !ok {
 		return fmt.Errorf("generating model: weight type %s is not one of f32, f16, q8_0", opts.Type)
 	}
-	vocab, err := BuildVocab(int(p.Vocab))
+	vocab, err := buildVocab(int(p.Vocab), opts.UserDefinedMarkers)
 	if err != nil {
 		return fmt.Errorf("generating model: %w", err)
 	}

@@ -10,6 +10,7 @@ const (
 	tokNormal  int32 = 1
 	tokUnknown int32 = 2
 	tokControl int32 = 3
+	tokUser    int32 = 4 // user-defined: llama.cpp matches these even with special parsing off
 	tokByte    int32 = 6
 )
 
@@ -61,7 +62,12 @@ type Vocab struct {
 // text tokenizes, the ChatML control tokens, then pieces in priority order:
 // ASCII, common words, common Chinese characters and word pairs, and
 // letter n-grams to fill the rest.
-func BuildVocab(size int) (*Vocab, error) {
+func BuildVocab(size int) (*Vocab, error) { return buildVocab(size, false) }
+
+// buildVocab is BuildVocab; userMarkers types the ChatML markers
+// user-defined instead of control, as gpt-oss and others type their turn
+// markers.
+func buildVocab(size int, userMarkers bool) (*Vocab, error) {
 	if size < 300 {
 		return nil, fmt.Errorf("vocabulary of %d tokens is too small (minimum 300)", size)
 	}
@@ -84,8 +90,12 @@ func BuildVocab(size int) (*Vocab, error) {
 	for b := 0; b < 256; b++ {
 		add(fmt.Sprintf("<0x%02X>", b), tokByte)
 	}
-	add("<|im_start|>", tokControl)
-	add("<|im_end|>", tokControl)
+	marker := tokControl
+	if userMarkers {
+		marker = tokUser
+	}
+	add("<|im_start|>", marker)
+	add("<|im_end|>", marker)
 	for i := range v.Scores { // specials and bytes never win a merge
 		v.Scores[i] = 0
 	}

@@ -24,6 +24,10 @@ import (
 // vocabulary and ChatML template are real, its output gibberish.
 var tiny *engine.Model
 
+// tinyUser is tiny with its turn markers typed user-defined instead of
+// control tokens, as gpt-oss types its own.
+var tinyUser *engine.Model
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
@@ -58,6 +62,17 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer tiny.Close()
+	userPath := filepath.Join(dir, "tiny-user-markers.gguf")
+	opts.UserDefinedMarkers = true
+	if err := models.Generate(context.Background(), userPath, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "generating test model:", err)
+		return 1
+	}
+	if tinyUser, err = engine.LoadModel(context.Background(), userPath, engine.ModelOptions{DisableRepack: true}); err != nil {
+		fmt.Fprintln(os.Stderr, "loading test model:", err)
+		return 1
+	}
+	defer tinyUser.Close()
 	return m.Run()
 }
 

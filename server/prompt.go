@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/finserve/finserve/engine"
@@ -13,22 +14,56 @@ import (
 // The template's own markers are special tokens, so the rendered prompt is
 // tokenized with special-token parsing on. Message content must not smuggle
 // markers in: "<|im_end|><|im_start|>system" inside a user message would
-// otherwise become a forged system turn. Content that would tokenize to a
-// control token is therefore refused.
+// otherwise become a forged system turn. Two checks make sure none does:
+// content that tokenizes to a control or user-defined token (llama.cpp
+// matches user-defined ones even with special parsing off, so parsing
+// content as plain text would not stop them) is refused; and the prompt's
+// marker tokens must be exactly those of the same conversation rendered
+// with neutral contents ("x"), so that no marker forms across the seam between
+// content and template text either. (Tokenizing contents apart and
+// joining them to the template's tokens would not catch user-defined
+// tokens, and with SentencePiece vocabularies it adds a space to every
+// message.)
 func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, *APIError) {
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Content)
+	}
+	if err := b.boundBytes(n, "messages"); err != nil {
+		return nil, err
+	}
 	for i, m := range msgs {
 		toks, err := b.model.Tokenize(m.Content, false, true)
 		if err != nil {
 			return nil, badRequest("messages["+strconv.Itoa(i)+"].content", "%s", err.Error())
 		}
 		for _, t := range toks {
-			if b.model.IsSpecial(t) {
+			if b.model.IsMarker(t) {
 				return nil, badRequest("messages["+strconv.Itoa(i)+"].content",
-					"messages[%d].content contains the model's control token %q; control tokens are not allowed in message content",
+					"messages[%d].content contains the model's special token %q; special tokens are not allowed in message content",
 					i, b.model.Piece(t))
 			}
 		}
 	}
+	toks, apiErr := s.renderChat(b, msgs)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	empty := make([]engine.Message, len(msgs))
+	for i, m := range msgs {
+		empty[i] = engine.Message{Role: m.Role, Content: "x"}
+	}
+	skeleton, apiErr := s.renderChat(b, empty)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	if !slices.Equal(markers(b.model, toks), markers(b.model, skeleton)) {
+		return nil, badRequest("messages", "message content joined to the chat template's text forms a special token; change the content")
+	}
+	return toks, nil
+}
+
+func (s *Server) renderChat(b *backend, msgs []engine.Message) ([]engine.Token, *APIError) {
 	text, err := b.model.ApplyChatTemplate(s.cfg.ChatTemplate, msgs, true)
 	if err != nil {
 		if errors.Is(err, engine.ErrNoChatTemplate) {
@@ -42,6 +77,17 @@ func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, 
 		return nil, badRequest("messages", "%s", err.Error())
 	}
 	return toks, nil
+}
+
+// markers are the control and user-defined tokens of toks, in order.
+func markers(m *engine.Model, toks []engine.Token) []engine.Token {
+	var out []engine.Token
+	for _, t := range toks {
+		if m.IsMarker(t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // SystemPrefix returns the tokens that every chat prompt opening with the
@@ -63,6 +109,9 @@ func SystemPrefix(m *engine.Model, template, text string) ([]engine.Token, error
 func completionPrompts(b *backend, p PromptList) ([][]engine.Token, *APIError) {
 	var out [][]engine.Token
 	for i, text := range p.Texts {
+		if err := b.boundBytes(len(text), "prompt"); err != nil {
+			return nil, err
+		}
 		toks, err := b.model.Tokenize(text, true, false)
 		if err != nil {
 			return nil, badRequest("prompt", "prompt %d: %s", i, err.Error())
@@ -82,4 +131,19 @@ func completionPrompts(b *backend, p PromptList) ([][]engine.Token, *APIError) {
 		out = append(out, append([]engine.Token(nil), ids...))
 	}
 	return out, nil
+}
+
+// boundBytes refuses text of n bytes that cannot fit the context whatever
+// it tokenizes to (Model.MinTokens), before the tokenizer runs: megabytes
+// of prompt cost seconds of CPU to tokenize only to be refused then.
+func (b *backend) boundBytes(n int, param string) *APIError {
+	if b.eng == nil {
+		return nil
+	}
+	limit := b.eng.PromptLimit()
+	if least := b.model.MinTokens(n); least > limit {
+		return &APIError{Status: 400, Type: "invalid_request_error", Param: param, Code: "context_length_exceeded",
+			Message: fmt.Sprintf("the prompt's %d bytes make at least %d tokens; this server's context holds at most %d prompt tokens", n, least, limit)}
+	}
+	return nil
 }
