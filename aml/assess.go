@@ -17,6 +17,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/finserve/finserve/pii"
 )
 
 // Scorer scores prompts with the model: for each, P(yes) / (P(yes) +
@@ -112,13 +114,18 @@ func (a *Assessor) Assess(ctx context.Context, c *Case) (*Result, error) {
 		order[t.TxnID] = i
 	}
 	res := &Result{
-		CaseID:            c.CaseID,
+		CaseID:            pii.Mask(c.CaseID),
 		Rules:             []Triggered{},
 		RegulatoryReports: []Triggered{},
 		Versions: Versions{Config: cfg.Version, Prompt: cfg.Prompt.Version, Rules: cfg.Rules.Version, RulesSHA256: cfg.rulesHash,
 			FX: cfg.FX.Version, HighRiskCountries: cfg.HighRiskCountries.Version},
 	}
 	for _, t := range cfg.Rules.evaluate(c.Jurisdiction, facts, order) {
+		// Identifiers leave masked: a transaction id may embed a card
+		// or phone number, and the result is logged, audited and read.
+		for i, id := range t.Evidence {
+			t.Evidence[i] = pii.Mask(id)
+		}
 		if t.Kind == KindReport {
 			res.RegulatoryReports = append(res.RegulatoryReports, t)
 		} else {

@@ -36,12 +36,15 @@ type File struct {
 
 // Entry is one key.
 type Entry struct {
-	Name    string    `json:"name"`   // unique; logs and metrics name the key by it
-	SHA256  string    `json:"sha256"` // of the key, hex
-	Hint    string    `json:"hint"`   // the key's first characters, to tell keys apart
-	Tiers   []string  `json:"tiers"`  // tiers it may use, the first its default on /v1
-	Rate    float64   `json:"rate,omitempty"`
-	Created time.Time `json:"created"`
+	Name   string   `json:"name"`   // unique; logs and metrics name the key by it
+	SHA256 string   `json:"sha256"` // of the key, hex
+	Hint   string   `json:"hint"`   // the key's first characters, to tell keys apart
+	Tiers  []string `json:"tiers"`  // tiers it may use, the first its default on /v1
+	Rate   float64  `json:"rate,omitempty"`
+	// Concurrency bounds the key's requests in flight (0: unbounded), so
+	// that one key cannot hold every sequence slot.
+	Concurrency int       `json:"concurrency,omitempty"`
+	Created     time.Time `json:"created"`
 
 	sum [32]byte
 }
@@ -129,6 +132,9 @@ func (e *Entry) check() error {
 	if e.Rate < 0 || math.IsNaN(e.Rate) || math.IsInf(e.Rate, 0) {
 		return errors.New("rate must be a non-negative number of requests per second (0: unlimited)")
 	}
+	if e.Concurrency < 0 || e.Concurrency > 1<<20 {
+		return errors.New("concurrency must be 0 (unbounded) to 1048576 requests in flight")
+	}
 	return nil
 }
 
@@ -152,6 +158,11 @@ func (s *Set) Match(presented string) (*Entry, bool) {
 // when missing), stores its hash and returns the key: the only time it is
 // ever shown.
 func Add(path, name string, tiers []string, rate float64) (string, error) {
+	return AddLimited(path, name, tiers, rate, 0)
+}
+
+// AddLimited is Add with a bound on the key's requests in flight.
+func AddLimited(path, name string, tiers []string, rate float64, concurrency int) (string, error) {
 	f := File{Version: 1}
 	data, err := os.ReadFile(path)
 	switch {
@@ -176,7 +187,7 @@ func Add(path, name string, tiers []string, rate float64) (string, error) {
 	}
 	key := Prefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(key))
-	e := Entry{Name: name, SHA256: hex.EncodeToString(sum[:]), Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate,
+	e := Entry{Name: name, SHA256: hex.EncodeToString(sum[:]), Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate, Concurrency: concurrency,
 		Created: time.Now().UTC().Truncate(time.Second)}
 	if err := e.check(); err != nil {
 		return "", err

@@ -1,9 +1,18 @@
-// Package pii finds and masks personal data in free text: mainland China
-// resident ID numbers (with a valid ISO 7064 MOD 11-2 check character),
-// mobile numbers, bank card numbers (with a valid Luhn digit) and e-mail
-// addresses. Digit strings that fail the checksums are left alone, so
-// amounts, account numbers and timestamps survive. Logs and the audit
-// trail pass everything they keep about a request through Mask.
+// Package pii finds and masks personal data in free text and
+// identifiers: mainland China resident ID numbers (18 characters with a
+// valid ISO 7064 MOD 11-2 check character), mobile numbers (with or
+// without +86), any run of 15 or more digits (legacy 15-digit IDs, IDs
+// with a wrong check character, bank cards and accounts: under PIPL
+// Art. 28 financial accounts are sensitive personal information), Luhn-
+// valid card numbers of 13-14 digits, passport-like words (one or two
+// capitals and 7-9 digits) and e-mail addresses. Digits count wherever
+// they stand: joined to letters (CUST13812345678), spaced or hyphenated
+// (138 1234 5678, 6228 4804 ...), full-width (１３８...). What survives:
+// amounts, dates, short references, and hexadecimal hashes (words of 16
+// or more hex characters with a letter among them). Logs and the audit
+// trail pass everything they keep about a request through Mask; fields
+// that are personal by schema are dropped or masked whole by their owner,
+// whatever their content.
 package pii
 
 import (
@@ -11,82 +20,232 @@ import (
 	"strings"
 )
 
-// Mask returns s with every resident ID, mobile number, bank card and
-// e-mail address masked:
+// Mask returns s with personal data masked, keeping the characters'
+// positions (only full-width forms become ASCII):
 //
-//	110105199003070025 -> 110***********0025 (first 3, last 4)
-//	13812341234        -> 138****1234
-//	6222020200112233446 (Luhn) -> 622202*********3446 (first 6, last 4)
-//	zhang.san@bank.cn  -> z***@bank.cn
+//	110105199003070025   -> 110***********0025 (first 3, last 4)
+//	13812341234          -> 138****1234
+//	138 1234 5678        -> 138 **** 5678
+//	6222020200112233446  -> 622202*********3446 (cards: first 6, last 4)
+//	CUST13812345678      -> CUST138****5678
+//	E12345678            -> E*******78
+//	zhang.san@bank.cn    -> z***@bank.cn
 func Mask(s string) string {
+	s = foldWidth(s)
 	if !mayHold(s) {
+		return s
+	}
+	b := []byte(s)
+	maskDigits(b)
+	maskPassports(b)
+	return maskEmails(string(b))
+}
+
+// foldWidth turns full-width ASCII forms (U+FF01-FF5E) into ASCII and
+// the ideographic space into a space, so that "１３８ １２３４ ５６７８" is
+// seen as the number it is.
+func foldWidth(s string) string {
+	if !strings.Contains(s, "\xef\xbc") && !strings.Contains(s, "\xef\xbd") && !strings.Contains(s, "\u3000") {
 		return s
 	}
 	var b strings.Builder
 	b.Grow(len(s))
-	for i := 0; i < len(s); {
-		switch c := s[i]; {
-		case isDigit(c) && (i == 0 || !isWordByte(s[i-1])):
-			j := i
-			for j < len(s) && isDigit(s[j]) {
-				j++
-			}
-			// A 17-digit run may end with the ID check character X.
-			if j-i == 17 && j < len(s) && (s[j] == 'X' || s[j] == 'x') {
-				j++
-			}
-			if j < len(s) && isWordByte(s[j]) {
-				// Part of a longer word (an identifier, a hex hash): leave it.
-				for j < len(s) && isWordByte(s[j]) {
-					j++
-				}
-				b.WriteString(s[i:j])
-			} else {
-				b.WriteString(maskNumber(s[i:j]))
-			}
-			i = j
+	for _, r := range s {
+		switch {
+		case r >= 0xFF01 && r <= 0xFF5E:
+			b.WriteRune(r - 0xFEE0)
+		case r == 0x3000:
+			b.WriteByte(' ')
 		default:
-			b.WriteByte(c)
-			i++
+			b.WriteRune(r)
 		}
 	}
-	return maskEmails(b.String())
+	return b.String()
 }
 
-// mayHold is a quick filter: text without a run of 11 digits or an '@'
+// mayHold is a quick filter: text with fewer than 7 digits and no '@'
 // holds nothing to mask.
 func mayHold(s string) bool {
-	run := 0
+	digits := 0
 	for i := 0; i < len(s); i++ {
 		switch {
 		case s[i] == '@':
 			return true
 		case isDigit(s[i]):
-			if run++; run >= 11 {
+			if digits++; digits >= 7 {
 				return true
 			}
-		default:
-			run = 0
 		}
 	}
 	return false
 }
 
-// maskNumber masks one whole digit run if it is a resident ID, a mobile
-// number or a card number.
+// group is a run of digits at b[start:end].
+type group struct{ start, end int }
+
+// maskDigits masks, in place, every span of digit groups (joined by single
+// spaces or hyphens) whose digits form personal data, preferring the
+// longest such span of up to 19 digits from each group.
+func maskDigits(b []byte) {
+	var gs []group
+	for i := 0; i < len(b); {
+		if !isDigit(b[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(b) && isDigit(b[j]) {
+			j++
+		}
+		if !inHexWord(b, i, j) {
+			gs = append(gs, group{i, j})
+		}
+		i = j
+	}
+	for i := 0; i < len(gs); {
+		best, bestX := -1, false
+		digits := make([]byte, 0, 32)
+		for j := i; j < len(gs); j++ {
+			if j > i {
+				gap := gs[j].start - gs[j-1].end
+				if gap != 1 || (b[gs[j-1].end] != ' ' && b[gs[j-1].end] != '-') {
+					break
+				}
+			}
+			digits = append(digits, b[gs[j].start:gs[j].end]...)
+			if j > i && len(digits) > 19 {
+				break
+			}
+			// A 17-digit span may end with the ID check character X.
+			x := len(digits) == 17 && gs[j].end < len(b) && (b[gs[j].end] == 'X' || b[gs[j].end] == 'x')
+			if x && ValidResidentID(string(digits)+"X") || personal(digits) {
+				best, bestX = j, x && ValidResidentID(string(digits)+"X")
+			}
+		}
+		if best < 0 {
+			i++
+			continue
+		}
+		span := make([]byte, 0, 32)
+		for k := i; k <= best; k++ {
+			span = append(span, b[gs[k].start:gs[k].end]...)
+		}
+		if bestX {
+			span = append(span, b[gs[best].end])
+		}
+		masked := maskNumber(string(span))
+		// Write the masked characters back over the digits (and the X),
+		// leaving the separators where they were.
+		n := 0
+		for k := i; k <= best; k++ {
+			for p := gs[k].start; p < gs[k].end; p++ {
+				b[p] = masked[n]
+				n++
+			}
+		}
+		if bestX {
+			b[gs[best].end] = masked[n]
+		}
+		i = best + 1
+	}
+}
+
+// personal says whether a digit string is a mobile number (with or without
+// 86), a run of 15 or more digits, or a Luhn-valid card of 13-14 digits.
+func personal(d []byte) bool {
+	s := string(d)
+	switch {
+	case IsMobile(s), len(s) == 13 && s[:2] == "86" && IsMobile(s[2:]):
+		return true
+	case len(s) >= 15:
+		return true
+	case len(s) >= 13 && ValidLuhn(s):
+		return true
+	}
+	return false
+}
+
+// maskNumber masks a personal digit string (an ID's X included).
 func maskNumber(d string) string {
 	switch {
 	case ValidResidentID(d):
 		return d[:3] + strings.Repeat("*", len(d)-7) + d[len(d)-4:]
 	case IsMobile(d):
 		return d[:3] + "****" + d[7:]
-	case len(d) == 13 && d[:2] == "86" && IsMobile(d[2:]): // +86 written without a separator
+	case len(d) == 13 && d[:2] == "86" && IsMobile(d[2:]):
 		return "86" + maskNumber(d[2:])
-	case len(d) >= 13 && len(d) <= 19 && ValidLuhn(d):
+	case len(d) <= 19 && ValidLuhn(d):
 		return d[:6] + strings.Repeat("*", len(d)-10) + d[len(d)-4:]
 	}
-	return d
+	return d[:3] + strings.Repeat("*", len(d)-7) + d[len(d)-4:]
 }
+
+// inHexWord reports whether the digits b[i:j] lie in a word of 16 or more
+// hexadecimal characters with letters among its digits: a hash or a random
+// id, not a number. Letters only in front ("C110105199003070025", "DE"
+// and a number) make an identifier that wraps a number, which is masked.
+func inHexWord(b []byte, i, j int) bool {
+	s, e := i, j
+	for s > 0 && isAlnum(b[s-1]) {
+		s--
+	}
+	for e < len(b) && isAlnum(b[e]) {
+		e++
+	}
+	if e-s < 16 {
+		return false
+	}
+	digitSeen, interleaved := false, false
+	for _, c := range b[s:e] {
+		switch {
+		case isDigit(c):
+			digitSeen = true
+		case c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F':
+			interleaved = interleaved || digitSeen
+		default:
+			return false
+		}
+	}
+	return interleaved
+}
+
+// maskPassports masks words of one or two capitals and 7-9 digits (the
+// shape of Chinese passport numbers such as E12345678 or EA1234567, and of
+// many others), keeping the letters and the last two digits.
+func maskPassports(b []byte) {
+	for i := 0; i < len(b); {
+		if !isAlnum(b[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(b) && isAlnum(b[j]) {
+			j++
+		}
+		letters := 0
+		for letters < j-i && b[i+letters] >= 'A' && b[i+letters] <= 'Z' {
+			letters++
+		}
+		digits := j - i - letters
+		if letters >= 1 && letters <= 2 && digits >= 7 && digits <= 9 && allDigits(b[i+letters:j]) {
+			for p := i + letters; p < j-2; p++ {
+				b[p] = '*'
+			}
+		}
+		i = j
+	}
+}
+
+func allDigits(b []byte) bool {
+	for _, c := range b {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // ValidResidentID reports whether id is an 18-character resident
 // identity number whose last character is its ISO 7064 MOD 11-2 check

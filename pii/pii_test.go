@@ -13,8 +13,23 @@ func TestMask(t *testing.T) {
 		{"ID 110105199003070025 on file", "ID 110***********0025 on file"},
 		{"身份证:11010519491231002X。", "身份证:110***********002X。"},
 		{"id=11010519491231002x", "id=110***********002x"},
-		// A wrong check character: left alone (an 18-digit reference).
-		{"ref 110105199003070023", "ref 110105199003070023"},
+		// A wrong check character, a legacy 15-digit ID, a spaced ID:
+		// 15 or more digits are masked whatever they are.
+		{"ref 110105199003070023", "ref 110***********0023"},
+		{"old id 110105490101002", "old id 110********1002"},
+		{"id 110105 19900307 0025", "id 110*** ******** 0025"},
+		// Joined to letters, spaced, hyphenated, full-width, +86.
+		{"ID11010519491231002X", "ID110***********002X"},
+		{"CUST13812345678", "CUST138****5678"},
+		{"C110105199003070025 DEAD6222020200112233446", "C110***********0025 DEAD622202*********3446"},
+		{"acct_13812341234", "acct_138****1234"},
+		{"mobile 138 1234 5678.", "mobile 138 **** 5678."},
+		{"+86 138-1234-5678", "+86 138-****-5678"},
+		{"１３８１２３４５６７８", "138****5678"},
+		{"６２２８ ４８０４ ０２５６ ４８９０ ０１８", "6228 48** **** ***0 018"},
+		{"evidence 6228480402564890018-1", "evidence 622848*********0018-1"},
+		// Passport-like words.
+		{"passport E12345678, EA1234567", "passport E******78, EA*****67"},
 		// Mobile numbers, with and without +86.
 		{"call 13812341234 now", "call 138****1234 now"},
 		{"tel:+8613812341234", "tel:+86138****1234"},
@@ -22,14 +37,15 @@ func TestMask(t *testing.T) {
 		// Cards: Luhn-valid 16 and 19 digits masked, invalid left.
 		{"card 4111111111111111.", "card 411111******1111."},
 		{"6222020200112233446", "622202*********3446"},
-		{"4111111111111112", "4111111111111112"},
+		{"4111111111111112", "411*********1112"},
 		// E-mail.
 		{"mail zhang.san@bank.example.cn.", "mail z***@bank.example.cn."},
 		{"a@b and x@y.z", "a@b and x***@y.z"},
-		// Amounts, dates, identifiers and hashes survive.
+		// Amounts, dates, short references, ids and hashes survive.
 		{"amount 49999.99 CNY on 2026-11-28T10:00:00Z", "amount 49999.99 CNY on 2026-11-28T10:00:00Z"},
 		{"sha 4111111111111111abc", "sha 4111111111111111abc"},
-		{"acct_13812341234", "acct_13812341234"},
+		{"amldec-49728a038bf0289132694155 T1 T2 A-1", "amldec-49728a038bf0289132694155 T1 T2 A-1"},
+		{"tel 010-12345678, 100 200 300", "tel 010-12345678, 100 200 300"},
 		{"", ""},
 	}
 	for _, tc := range cases {
@@ -93,25 +109,27 @@ func FuzzMask(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		m := Mask(s)
-		if len(m) != len(s) && !strings.Contains(m, "***@") {
+		if len(m) != len(foldWidth(s)) && !strings.Contains(m, "***@") {
 			t.Fatalf("Mask(%q) = %q changes the length", s, m)
 		}
 		if again := Mask(m); again != m {
 			t.Fatalf("Mask is not idempotent: %q -> %q -> %q", s, m, again)
 		}
 		for _, run := range digitRuns(m) {
-			if ValidResidentID(run) || IsMobile(run) || len(run) >= 13 && len(run) <= 19 && ValidLuhn(run) {
+			if ValidResidentID(run) || IsMobile(run) || len(run) >= 15 || len(run) >= 13 && ValidLuhn(run) {
 				t.Fatalf("Mask(%q) = %q leaves %s", s, m, run)
 			}
 		}
 	})
 }
 
-// digitRuns returns the standalone digit runs of s (an ID's X included).
+// digitRuns returns the digit runs of s wherever they stand (an ID's X
+// included), but those inside hexadecimal words (hashes).
 func digitRuns(s string) []string {
 	var runs []string
+	b := []byte(s)
 	for i := 0; i < len(s); {
-		if !isDigit(s[i]) || i > 0 && isWordByte(s[i-1]) {
+		if !isDigit(s[i]) {
 			i++
 			continue
 		}
@@ -119,14 +137,12 @@ func digitRuns(s string) []string {
 		for j < len(s) && isDigit(s[j]) {
 			j++
 		}
+		end := j
 		if j-i == 17 && j < len(s) && (s[j] == 'X' || s[j] == 'x') {
-			j++
+			end++
 		}
-		if j == len(s) || !isWordByte(s[j]) {
-			runs = append(runs, s[i:j])
-		}
-		for j < len(s) && isWordByte(s[j]) {
-			j++
+		if !inHexWord(b, i, j) {
+			runs = append(runs, s[i:end])
 		}
 		i = j
 	}

@@ -53,6 +53,9 @@ stage() {
   cp -r "$ollama/llama/llama.cpp/src" "$ollama/llama/llama.cpp/include" "$dir/ollama/llama/llama.cpp/"
   cp -r "$ollama/ml/backend/ggml/ggml/src" "$ollama/ml/backend/ggml/ggml/include" "$ollama/ml/backend/ggml/ggml/cmake" "$dir/ollama/ml/backend/ggml/ggml/"
   chmod -R u+w "$dir" # the module cache is read-only
+  # A module of its own, so that the project's `go test ./...` does not
+  # walk into the staged llama.cpp sources (cgo packages) and build them.
+  printf 'module finserve-gpu-carry\n\ngo 1.25\n' >"$dir/go.mod"
   # The staged recipe must configure against the staged sources alone.
   local probe
   probe=$(mktemp -d)

@@ -68,11 +68,16 @@ type amlRecord struct {
 	Report        map[string]string `json:"report"`
 }
 
+// amlCustomer is what the audit record keeps of the customer: what the
+// decision depended on (type, country) and a masked identifier to find
+// it by. Personal fields (customer.pii) are personal whatever they hold:
+// the record names which were present and keeps none of their content;
+// the request hash binds the decision to them.
 type amlCustomer struct {
-	CustomerID string   `json:"customer_id"`
+	CustomerID string   `json:"customer_id"` // masked
 	Type       string   `json:"type"`
 	Country    string   `json:"country"`
-	PII        *aml.PII `json:"pii,omitempty"` // masked
+	PIIFields  []string `json:"pii_fields,omitempty"` // names only
 }
 
 // amlScore serves POST /v1/aml/score.
@@ -187,7 +192,8 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 func amlError(err error) error {
 	var fe *aml.FieldError
 	if errors.As(err, &fe) {
-		return badRequest(fe.Field, "%s", fe.Error())
+		// A message may quote what the client sent: masked, as logs are.
+		return badRequest(fe.Field, "%s", pii.Mask(fe.Error()))
 	}
 	var api *APIError
 	if errors.As(err, &api) {
@@ -201,7 +207,11 @@ func amlError(err error) error {
 func amlAuditRecord(c *aml.Case, d *AMLCase, tier string) amlRecord {
 	cu := amlCustomer{CustomerID: pii.Mask(c.Customer.CustomerID), Type: c.Customer.Type, Country: c.Customer.Country}
 	if p := c.Customer.PII; p != nil {
-		cu.PII = &aml.PII{Name: pii.MaskName(p.Name), IDNumber: pii.Mask(p.IDNumber), Mobile: pii.Mask(p.Mobile)}
+		for _, f := range []struct{ name, value string }{{"id_number", p.IDNumber}, {"mobile", p.Mobile}, {"name", p.Name}} {
+			if f.value != "" {
+				cu.PIIFields = append(cu.PIIFields, f.name)
+			}
+		}
 	}
 	report := map[string]string{}
 	for l, text := range d.Report {

@@ -191,7 +191,9 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	c.Set("X-Accel-Buffering", "no")
 	// The writer runs after the handler returns, on fasthttp's goroutine:
 	// it must not touch c.
+	release := streamRelease(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer release()
 		defer s.done()
 		defer stopWatch()
 		if !s.writeStream(w, j, events) {

@@ -8,6 +8,8 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/gofiber/fiber/v2"
 	"golang.org/x/time/rate"
@@ -27,6 +29,10 @@ type apiKey struct {
 	def     engine.Tier
 	rate    float64
 	limiter *rate.Limiter // nil: unlimited
+	// concurrency bounds the key's requests in flight (0: unbounded);
+	// inflight counts them, shared with the key's next compilation.
+	concurrency int
+	inflight    *atomic.Int64
 }
 
 // keyring is the key set in force; SetKeys swaps it whole.
@@ -53,6 +59,10 @@ func (s *Server) compileKeys(plain []string, set *apikeys.Set, old *keyring) (*k
 	add := func(k *apiKey) error {
 		if _, dup := r.byName[k.name]; dup {
 			return fmt.Errorf("API key name %q appears twice", k.name)
+		}
+		k.inflight = new(atomic.Int64)
+		if o := old.lookup(k.name); o != nil {
+			k.inflight = o.inflight // requests in flight stay counted across a reload
 		}
 		if k.rate > 0 {
 			if o := old.lookup(k.name); o != nil && o.rate == k.rate && o.limiter != nil {
@@ -81,7 +91,7 @@ func (s *Server) compileKeys(plain []string, set *apikeys.Set, old *keyring) (*k
 	}
 	if set != nil {
 		for _, e := range set.Keys {
-			k := &apiKey{name: e.Name, rate: e.Rate}
+			k := &apiKey{name: e.Name, rate: e.Rate, concurrency: e.Concurrency}
 			b, _ := hex.DecodeString(e.SHA256)
 			copy(k.sum[:], b)
 			for i, name := range e.Tiers {
@@ -165,9 +175,41 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 			Message:    fmt.Sprintf("this API key may send %g requests per second; retry later", found.rate),
 			RetryAfter: max(1, int(math.Ceil(1/found.rate)))}
 	}
+	if found.concurrency > 0 {
+		if n := found.inflight.Add(1); n > int64(found.concurrency) {
+			found.inflight.Add(-1)
+			return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "concurrency_limit_exceeded",
+				Message:    fmt.Sprintf("this API key may have %d requests in flight; retry when one has finished", found.concurrency),
+				RetryAfter: 1}
+		}
+		var once sync.Once
+		release := func() { once.Do(func() { found.inflight.Add(-1) }) }
+		c.Locals(releaseKey{}, release)
+		// A stream outlives the handler: streamRelease hands the release
+		// to its writer; otherwise the request ends here.
+		defer func() {
+			if r, ok := c.Locals(releaseKey{}).(func()); ok {
+				r()
+			}
+		}()
+	}
 	c.Locals(keyLocal{}, found)
 	// The key's tenant: its name, never anything the client chooses, so
 	// that no request can claim another tenant's cached prefixes.
 	c.Locals(tenantKey{}, found.name)
 	return c.Next()
+}
+
+type releaseKey struct{}
+
+// streamRelease takes over the release of the request's slot in its key's
+// concurrency bound, for a response streamed after the handler returns;
+// the caller runs it when the stream ends. A no-op without a bound.
+func streamRelease(c *fiber.Ctx) func() {
+	r, ok := c.Locals(releaseKey{}).(func())
+	if !ok {
+		return func() {}
+	}
+	c.Locals(releaseKey{}, nil)
+	return r
 }

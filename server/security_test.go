@@ -275,3 +275,69 @@ func TestHugePromptRefusedBySize(t *testing.T) {
 		t.Errorf("a prompt just past the limit: %d %.300s, want the tokenizer's exact count", resp.StatusCode, body)
 	}
 }
+
+// TestKeyConcurrency: a key with a bound on requests in flight gets 429
+// concurrency_limit_exceeded past it, while its stream runs, and not once
+// the stream has ended; another key is not held back.
+func TestKeyConcurrency(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	one, err := apikeys.AddLimited(path, "one-at-a-time", []string{"standard"}, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := apikeys.Add(path, "other", []string{"standard"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := apikeys.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, Config{KeyFile: set}, engine.Options{Parallel: 2, Context: 2048})
+	host := strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"messages":[{"role":"user","content":"x"}],"max_tokens":1500,"ignore_eos":true,"stream":true}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", host, one, len(body), body)
+	r := bufio.NewReader(conn)
+	if _, err := r.ReadString('\n'); err != nil { // the stream has begun
+		t.Fatal(err)
+	}
+	short := `{"messages":[{"role":"user","content":"y"}],"max_tokens":2}`
+	resp, out := ts.post(t, "/chat/completions", short, "Authorization", "Bearer "+one)
+	if resp.StatusCode != 429 || !strings.Contains(out, "concurrency_limit_exceeded") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("second request of the key while its stream runs: %d %s", resp.StatusCode, out)
+	}
+	if resp, out := ts.post(t, "/chat/completions", short, "Authorization", "Bearer "+other); resp.StatusCode != 200 {
+		t.Errorf("another key: %d %s", resp.StatusCode, out)
+	}
+	for { // to the stream's end
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		if strings.HasPrefix(line, "data: [DONE]") {
+			break
+		}
+	}
+	conn.Close()
+	// The slot is released when the stream ends (asynchronously: poll).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, out := ts.post(t, "/chat/completions", short, "Authorization", "Bearer "+one)
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the key never got its slot back: %d %s", resp.StatusCode, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for range 3 { // sequential requests never trip the bound
+		if resp, out := ts.post(t, "/chat/completions", short, "Authorization", "Bearer "+one); resp.StatusCode != 200 {
+			t.Errorf("sequential request: %d %s", resp.StatusCode, out)
+		}
+	}
+}

@@ -23,6 +23,7 @@ func newKeysCmd() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&file, "file", "", "API key file (required)")
 	var tiers string
 	var rate float64
+	var concurrency int
 	add := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Create a key; print it once (only its hash is stored)",
@@ -31,7 +32,7 @@ func newKeysCmd() *cobra.Command {
 			if file == "" {
 				return errors.New("--file is required")
 			}
-			key, err := apikeys.Add(file, args[0], strings.Split(tiers, ","), rate)
+			key, err := apikeys.AddLimited(file, args[0], strings.Split(tiers, ","), rate, concurrency)
 			if err != nil {
 				return err
 			}
@@ -43,6 +44,7 @@ func newKeysCmd() *cobra.Command {
 	}
 	add.Flags().StringVar(&tiers, "tiers", "standard", "tiers the key may use, comma-separated (the first is its default on /v1 unless the server's default tier is among them)")
 	add.Flags().Float64Var(&rate, "rate", 0, "requests per second the key may send (0: unlimited)")
+	add.Flags().IntVar(&concurrency, "concurrency", 0, "requests the key may have in flight at once (0: unlimited), so that one client cannot hold every slot")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the keys: names, hints, tiers, rates (never the keys)",
