@@ -28,6 +28,14 @@ func TestMask(t *testing.T) {
 		{"１３８１２３４５６７８", "138****5678"},
 		{"６２２８ ４８０４ ０２５６ ４８９０ ０１８", "6228 48** **** ***0 018"},
 		{"evidence 6228480402564890018-1", "evidence 622848*********0018-1"},
+		// Boundaries: 7 digits reach the masker; a spaced span joins up to
+		// 19 digits, not 20; hex words from 16 characters; passports with
+		// 1-2 letters and 7-9 digits.
+		{"P1234567", "P*****67"},
+		{"6222 0202 0011 2233 446", "6222 02** **** ***3 446"},
+		{"1381234567a8b9c0 13812345678a9c0", "1381234567a8b9c0 138****5678a9c0"},
+		{"ABC1234567 E123456 E1234567890 e1234567", "ABC1234567 E123456 E1234567890 e1234567"},
+		{"EA123456789", "EA*******89"},
 		// Passport-like words.
 		{"passport E12345678, EA1234567", "passport E******78, EA*****67"},
 		// Mobile numbers, with and without +86.
