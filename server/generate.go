@@ -193,8 +193,8 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	// it must not touch c.
 	release := streamRelease(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer release()
 		defer s.done()
+		defer release() // before done: once the server is idle, the key's slot is free
 		defer stopWatch()
 		if !s.writeStream(w, j, events) {
 			s.clientGone(j)
