@@ -439,7 +439,8 @@ func Verify(r io.Reader, key []byte) (Summary, error) {
 	return sum, err
 }
 
-// verify is Verify that also returns the MAC of record at (0: none).
+// verify is Verify that also returns the MAC of record at and the log's
+// length up to its end, as "MAC@BYTES" (at 0: none).
 func verify(r io.Reader, key []byte, at uint64) (Summary, string, error) {
 	sum := Summary{LastHash: Genesis, Checkpoint: -1}
 	var atMAC string
@@ -501,7 +502,8 @@ func verify(r io.Reader, key []byte, at uint64) (Summary, string, error) {
 		sum.Records, sum.LastHash = e.Seq, got
 		sum.Bytes += int64(len(raw))
 		if e.Seq == at {
-			atMAC = got
+			// The MAC and, after it, the length of the log up to here.
+			atMAC = got + "@" + strconv.FormatInt(sum.Bytes, 10)
 		}
 	}
 }
@@ -553,7 +555,7 @@ func verifyFile(f *os.File, path string, key []byte) (Summary, error) {
 	case !hasCP:
 	case sum.Records < cp.Seq:
 		return sum, &VerifyError{Line: line, Seq: sum.Records + 1, Reason: fmt.Sprintf("the log ends after record %d, but the checkpoint names record %d: records were cut from its end", sum.Records, cp.Seq)}
-	case cp.Seq > 0 && atMAC != cp.Head:
+	case cp.Seq > 0 && atMAC != cp.Head+"@"+strconv.FormatInt(cp.Bytes, 10):
 		return sum, &VerifyError{Line: int(cp.Seq), Seq: cp.Seq, Reason: "record differs from the one the checkpoint names: the log was rewritten"}
 	}
 	return sum, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -90,6 +91,8 @@ func TestTamperingWithoutTheKey(t *testing.T) {
 		{"checkpoint deleted", data, nil, key, "checkpoint file"},
 		{"checkpoint lowered with the log cut", bytes.Join(lines[:17], nil), bytes.Replace(head, []byte(`"seq":20`), []byte(`"seq":17`), 1), key, "checkpoint"},
 		{"no key given", data, head, nil, "needs its key"},
+		// A checkpoint that names the right record at another length.
+		{"checkpoint length edited", data, rehead(t, head, key, func(c *checkpoint) { c.Bytes-- }), key, "rewritten"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "audit.jsonl")
@@ -100,6 +103,10 @@ func TestTamperingWithoutTheKey(t *testing.T) {
 			_, err := VerifyFile(p, tc.verifyKey)
 			if err == nil || !strings.Contains(err.Error(), tc.wantReason) {
 				t.Fatalf("verify: %v, want an error about %q", err, tc.wantReason)
+			}
+			var ve *VerifyError
+			if tc.name == "last 3 records deleted" && (!errors.As(err, &ve) || ve.Line != 18 || ve.Seq != 18) {
+				t.Errorf("the break is placed at %+v, want line and record 18", ve)
 			}
 			if _, err := Open(p, Options{Key: tc.verifyKey}); err == nil {
 				t.Fatal("Open appends to a tampered log")
@@ -137,8 +144,8 @@ func TestAcknowledgedRecordIsNeverDropped(t *testing.T) {
 	if s, err := VerifyFile(path, key); err != nil || s.Records != 9 {
 		t.Fatalf("after repair: %+v %v", s, err)
 	}
-	if _, _, err := Repair(path, key); err == nil {
-		t.Fatal("Repair of a whole log succeeded")
+	if _, _, err := Repair(path, key); err == nil || !strings.Contains(err.Error(), "nothing to repair") {
+		t.Fatalf("Repair of a whole log: %v", err)
 	}
 
 	// Not acknowledged: bytes after the checkpointed head.
@@ -213,5 +220,54 @@ func TestKeyFiles(t *testing.T) {
 	}
 	if _, err := Open(filepath.Join(dir, "a.jsonl"), Options{Key: []byte("short")}); err == nil {
 		t.Error("Open with a short key")
+	}
+}
+
+// rehead rewrites a checkpoint with edit applied, MACed with key.
+func rehead(t *testing.T, data, key []byte, edit func(*checkpoint)) []byte {
+	t.Helper()
+	var c checkpoint
+	if err := json.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	edit(&c)
+	c.MAC = c.mac(key)
+	out, _ := json.Marshal(c)
+	return out
+}
+
+// TestHeadAnchors: the head of the chain reaches the server's log at
+// open, at every AnchorEvery-th record and at close; a log without a
+// checkpoint reports none (-1).
+func TestHeadAnchors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	var logs bytes.Buffer
+	l, err := Open(path, Options{NoSync: true, Key: bytes.Repeat([]byte{3}, KeySize), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var at1000 Receipt
+	for i := range AnchorEvery + 1 {
+		r, err := l.Append(context.Background(), rec{Score: float64(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Seq == AnchorEvery {
+			at1000 = r
+		}
+	}
+	l.Close()
+	out := logs.String()
+	for _, want := range []string{"seq=0 head=" + Genesis, fmt.Sprintf("seq=%d head=%s", AnchorEvery, at1000.Hash), fmt.Sprintf("seq=%d", AnchorEvery+1)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log lacks the anchor %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "audit head") != 3 {
+		t.Errorf("%d head lines, want 3 (open, record %d, close):\n%s", strings.Count(out, "audit head"), AnchorEvery, out)
+	}
+	os.Remove(HeadPath(path))
+	if sum, err := VerifyFile(path, nil); err == nil || sum.Checkpoint != -1 {
+		t.Errorf("keyed log without its checkpoint: %+v %v", sum, err)
 	}
 }
