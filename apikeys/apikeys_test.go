@@ -1,6 +1,7 @@
 package apikeys
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,5 +78,44 @@ func TestParseErrors(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{"version":1,"keys":[` + good + `]}`)); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestCheckMode: secret files pass only without access for others and
+// without group write; a missing file is an error.
+func TestCheckMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys.json")
+	if err := CheckMode(p); err == nil {
+		t.Error("a missing file passed")
+	}
+	os.WriteFile(p, []byte("{}"), 0o600)
+	for mode, ok := range map[os.FileMode]bool{0o600: true, 0o640: true, 0o440: true, 0o400: true, 0o644: false, 0o604: false, 0o660: false, 0o620: false, 0o601: false} {
+		os.Chmod(p, mode)
+		if err := CheckMode(p); (err == nil) != ok {
+			t.Errorf("mode %v: %v, want ok %t", mode, err, ok)
+		}
+	}
+	os.Chmod(p, 0o644)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("Load of a 0644 file: %v", err)
+	}
+}
+
+func TestConcurrencyBounds(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys.json")
+	for _, n := range []int{-1, 1<<20 + 1} {
+		if _, err := AddLimited(p, "k", []string{"standard"}, 0, n); err == nil {
+			t.Errorf("concurrency %d accepted", n)
+		}
+	}
+	for _, n := range []int{0, 1, 1 << 20} {
+		name := fmt.Sprintf("k%d", n)
+		if _, err := AddLimited(p, name, []string{"standard"}, 0, n); err != nil {
+			t.Errorf("concurrency %d: %v", n, err)
+		}
+	}
+	set, err := Load(p)
+	if err != nil || len(set.Keys) != 3 || set.Keys[1].Concurrency != 1 {
+		t.Fatalf("loaded %+v, %v", set, err)
 	}
 }
