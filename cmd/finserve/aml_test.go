@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -152,4 +153,68 @@ func TestAuditSurvivesKill(t *testing.T) {
 	if out, err := run("verify", logPath); err != nil || !strings.Contains(out, "ok: 3 records, keyed") {
 		t.Errorf("verify after repair: %v %s", err, out)
 	}
+}
+
+// TestHangupAndLogSettings: SIGHUP on a server without a key file (what
+// systemctl reload sends) is logged and survived, not an exit 129; and
+// log-format from the config file (and log-level from the environment)
+// take effect: the child's log is JSON at debug level.
+func TestHangupAndLogSettings(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "tiny.gguf")
+	if err := models.Generate(context.Background(), model, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	conf := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(conf, []byte("model: "+model+"\nctx: 256\nthreads: 2\nlog-format: json\naddr: "+addr+"\n"), 0o600)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FINSERVE_TEST_ARGS=serve\x1f--config\x1f"+conf, "FINSERVE_LOG_LEVEL=debug")
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	base := "http://" + addr
+	waitFor(t, 60*time.Second, func() bool { return readyAt(base + "/ready") }, func() string { return "never ready:\n" + logs.String() })
+	for n := 1; n <= 2; n++ {
+		cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, 10*time.Second, func() bool {
+			return strings.Count(logs.String(), `"msg":"SIGHUP: nothing to reload (no --api-keys file)"`) == n
+		}, func() string { return "the hangup was not logged as JSON:\n" + logs.String() })
+	}
+	if !readyAt(base + "/ready") {
+		t.Fatal("not serving after two SIGHUPs")
+	}
+	if !strings.Contains(logs.String(), `"level":"DEBUG"`) {
+		t.Errorf("FINSERVE_LOG_LEVEL=debug did not take effect:\n%.2000s", logs.String())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGHUP, SIGTERM: %v\n%s", err, logs.String())
+	}
+}
+
+// lockedBuffer is a child's stderr that the test may read while it runs.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

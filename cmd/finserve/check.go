@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -45,6 +46,9 @@ is checked as written. Exits 1 listing every problem found.`,
 func checkServeConfig(path string) []error {
 	var o serveOptions
 	serve := newServeCmd()
+	// The root's log flags are serve's settings too (log-format: json).
+	var level, format string
+	logFlags(serve.Flags(), &level, &format)
 	// The file fills serve's flags as it would at start (without the
 	// environment); the values are read back from them.
 	if err := applySettings(serve, path, func(string) (string, bool) { return "", false }); err != nil {
@@ -64,6 +68,9 @@ func checkServeConfig(path string) []error {
 	}
 	if _, err := engine.ParseTier(get("default-tier")); err != nil {
 		bad(fmt.Errorf("default-tier: %w", err))
+	}
+	if err := checkLogSettings(level, format); err != nil {
+		bad(err)
 	}
 	if _, err := parseFlashAttention(get("flash-attn")); err != nil {
 		bad(err)
@@ -112,4 +119,17 @@ func checkServeConfig(path string) []error {
 		}
 	}
 	return problems
+}
+
+// checkLogSettings validates log-level and log-format as setupLogging
+// would, without installing a logger.
+func checkLogSettings(level, format string) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	if format != "text" && format != "json" {
+		return fmt.Errorf("log-format: %q is not text or json", format)
+	}
+	return nil
 }

@@ -50,6 +50,8 @@ func TestConfigCheck(t *testing.T) {
 		{"tls half", good + "tls-cert: " + keys + "\n", []string{"tls"}},
 		{"split mode", good + "split-mode: diagonal\n", []string{"split mode"}},
 		{"gpu layers all", good + "gpu-layers: all\ncache-type-k: q8_0\ncache-type-v: q4_0\n", nil},
+		{"log settings", good + "log-format: json\nlog_level: debug\n", nil},
+		{"log format", good + "log-format: xml\n", []string{"log-format"}},
 		{"gpu layers", good + "gpu-layers: most\n", []string{"gpu-layers", "auto"}},
 		{"gpu layers below -1", good + "gpu-layers: -2\n", []string{"gpu-layers"}},
 		{"kv cache type", good + "cache-type-v: q4_K\n", []string{"cache-type-v", "q8_0"}},

@@ -75,6 +75,9 @@ func newKeysCmd() *cobra.Command {
 // reloadKeysOnHUP reloads the key file on SIGHUP; a file that fails to
 // load leaves the keys in force unchanged.
 func reloadKeysOnHUP(path string, srv *server.Server, log *slog.Logger) (stop func()) {
+	// Always handled: SIGHUP's default action ends the process, and
+	// systemd counts that exit as clean (no restart). path "" has nothing
+	// to reload, which is logged.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -84,12 +87,18 @@ func reloadKeysOnHUP(path string, srv *server.Server, log *slog.Logger) (stop fu
 			case <-done:
 				return
 			case <-hup:
+				if path == "" {
+					log.Info("SIGHUP: nothing to reload (no --api-keys file)")
+					continue
+				}
 				set, err := apikeys.Load(path)
 				if err == nil {
 					err = srv.SetKeys(set)
 				}
 				if err != nil {
 					log.Error("reloading API keys failed; the previous keys stay in force", "err", err)
+				} else {
+					log.Info("SIGHUP: API keys reloaded", "file", path, "keys", len(set.Keys))
 				}
 			}
 		}

@@ -15,20 +15,29 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/finserve/finserve/pii"
 )
 
-func main() {
+func main() { os.Exit(run(os.Args[1:])) }
+
+// run is the binary: SIGINT and SIGTERM cancel the command's context
+// (serve drains), and the exit code is returned. Tests run it as a child
+// process to send it real signals.
+func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := newRoot().ExecuteContext(ctx); err != nil {
+	root := newRoot()
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "finserve:", err)
 		if errors.Is(err, context.Canceled) {
-			os.Exit(130)
+			return 130
 		}
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 func newRoot() *cobra.Command {
@@ -39,27 +48,37 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
-			// Every string a log line carries passes the PII masker.
-			opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: pii.ReplaceAttr}
-			switch logFormat {
-			case "text":
-				slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, opts)))
-			case "json":
-				slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, opts)))
-			default:
-				return fmt.Errorf("--log-format: %q is not text or json", logFormat)
-			}
-			return nil
+			return setupLogging(logLevel, logFormat)
 		},
 	}
-	root.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text, or json (one object per line, for log shippers)")
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
+	logFlags(root.PersistentFlags(), &logLevel, &logFormat)
 	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd(), newAuditCmd(), newAMLCmd(), newKeysCmd(), newConfigCmd(), newSoakCmd())
 	return root
+}
+
+// setupLogging installs the default logger: level and format (text or
+// json), every string attribute passed through the PII masker. serve
+// calls it again once its config file and environment are applied, so
+// that log-format and log-level may come from either.
+func setupLogging(level, format string) error {
+	if err := checkLogSettings(level, format); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(level))
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: pii.ReplaceAttr}
+	if format == "json" {
+		slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, opts)))
+	} else {
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, opts)))
+	}
+	return nil
+}
+
+// logFlags registers --log-format and --log-level on f.
+func logFlags(f *pflag.FlagSet, level, format *string) {
+	f.StringVar(format, "log-format", "text", "log format: text, or json (one object per line, for log shippers)")
+	f.StringVar(level, "log-level", "info", "log level: debug, info, warn or error (llama.cpp's own messages are debug)")
 }
 
 // parseInts parses a comma-separated list such as "1,4,8,16".

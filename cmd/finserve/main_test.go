@@ -12,13 +12,7 @@ import (
 // process to kill: FINSERVE_TEST_ARGS holds its arguments, separated by the unit separator \x1f.
 func TestMain(m *testing.M) {
 	if args := os.Getenv("FINSERVE_TEST_ARGS"); args != "" {
-		root := newRoot()
-		root.SetArgs(strings.Split(args, "\x1f"))
-		if err := root.Execute(); err != nil {
-			os.Stderr.WriteString("finserve: " + err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(run(strings.Split(args, "\x1f"))) // as main, signals included
 	}
 	os.Exit(m.Run())
 }

@@ -86,6 +86,13 @@ for --shutdown-grace, then cancels the rest.`,
 			if err := applySettings(cmd, configPath, os.LookupEnv); err != nil {
 				return err
 			}
+			// log-format and log-level are the root's flags, which the
+			// file and the environment may have set just now.
+			if lf, ll := cmd.Flags().Lookup("log-format"), cmd.Flags().Lookup("log-level"); lf != nil && ll != nil {
+				if err := setupLogging(ll.Value.String(), lf.Value.String()); err != nil {
+					return err
+				}
+			}
 			return runServe(cmd.Context(), o)
 		},
 	}
@@ -264,10 +271,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	if o.keyFile != "" {
-		stopReload := reloadKeysOnHUP(o.keyFile, srv, log)
-		defer stopReload()
-	}
+	stopReload := reloadKeysOnHUP(o.keyFile, srv, log)
+	defer stopReload()
 	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
 
 	var last int
