@@ -214,17 +214,21 @@ func (c checkpoint) mac(key []byte) string {
 // writeHead replaces the checkpoint atomically (temporary file, fsync,
 // rename), so that it never names a record that is not on disk.
 func (l *Log) writeHead(seq uint64, head string, size int64) error {
+	return writeHead(l.path, l.opts, seq, head, size)
+}
+
+func writeHead(path string, opts Options, seq uint64, head string, size int64) error {
 	c := checkpoint{Seq: seq, Head: head, Bytes: size, Time: time.Now().UTC()}
-	if l.opts.Key != nil {
-		c.MAC = c.mac(l.opts.Key)
+	if opts.Key != nil {
+		c.MAC = c.mac(opts.Key)
 	}
 	data, _ := json.Marshal(c)
-	p := HeadPath(l.path)
+	p := HeadPath(path)
 	tmp := p + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
 	if err == nil {
 		_, err = f.Write(append(data, '\n'))
-		if err == nil && !l.opts.NoSync {
+		if err == nil && !opts.NoSync {
 			err = f.Sync()
 		}
 		if cerr := f.Close(); err == nil {
@@ -234,7 +238,7 @@ func (l *Log) writeHead(seq uint64, head string, size int64) error {
 	if err == nil {
 		err = os.Rename(tmp, p)
 	}
-	if err == nil && !l.opts.NoSync {
+	if err == nil && !opts.NoSync {
 		if d, derr := os.Open(filepath.Dir(p)); derr == nil {
 			err = d.Sync()
 			d.Close()
@@ -597,6 +601,5 @@ func Repair(path string, key []byte) (Summary, string, error) {
 	if err := f.Sync(); err != nil {
 		return sum, "", fmt.Errorf("syncing: %w", err)
 	}
-	l := &Log{path: path, opts: Options{Key: key}}
-	return sum, aside, l.writeHead(sum.Records, sum.LastHash, sum.Bytes)
+	return sum, aside, writeHead(path, Options{Key: key}, sum.Records, sum.LastHash, sum.Bytes)
 }

@@ -126,6 +126,7 @@ type Options struct {
 	// q4_1, iq4_nl, q5_0, q5_1. q8_0 halves the cache of f16. A quantized
 	// V cache needs flash attention (not FlashAttentionOff).
 	CacheTypeK, CacheTypeV string
+	typeK, typeV           models.TensorType // parsed by fill
 	// Threads for decoding and ThreadsBatch for prompt processing (default:
 	// the number of CPUs).
 	Threads, ThreadsBatch int
@@ -246,6 +247,7 @@ func (o *Options) checkCacheTypes(m *Model) error {
 	if err != nil {
 		return fmt.Errorf("engine options: %w", err)
 	}
+	o.typeK, o.typeV = tk, tv
 	if tv.Quantized() && o.FlashAttention == FlashAttentionOff {
 		return fmt.Errorf("engine options: a quantized V cache (%s) needs flash attention, which is off", tv)
 	}

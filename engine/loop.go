@@ -15,7 +15,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/finserve/finserve/models"
 	"github.com/finserve/finserve/prefixcache"
 )
 
@@ -292,10 +291,7 @@ func (e *Engine) newLoop() (*loop, error) {
 		// each down to its padding of 256: ask for whole multiples.
 		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * slots)
 	}
-	// Validated by Options.fill.
-	tk, _ := models.ParseKVCacheType(o.CacheTypeK)
-	tv, _ := models.ParseKVCacheType(o.CacheTypeV)
-	p.type_k, p.type_v = C.enum_ggml_type(tk), C.enum_ggml_type(tv)
+	p.type_k, p.type_v = C.enum_ggml_type(o.typeK), C.enum_ggml_type(o.typeV) // parsed by Options.fill
 	switch o.FlashAttention {
 	case FlashAttentionOn:
 		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED

@@ -100,10 +100,8 @@ func auditKey(path, keyFile string, create bool) ([]byte, error) {
 	if !create {
 		return nil, nil
 	}
-	if _, err := os.Stat(path); err == nil {
-		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
-			return nil, fmt.Errorf("audit log %s exists but has no key (%s): it was written unkeyed by an older finserve; verify it with `finserve audit verify`, archive it, and start a new log", path, def)
-		}
+	if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+		return nil, fmt.Errorf("audit log %s exists but has no key (%s): it was written unkeyed by an older finserve; verify it with `finserve audit verify`, archive it, and start a new log", path, def)
 	}
 	return audit.CreateKeyFile(def)
 }
