@@ -30,7 +30,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
+# The context has no .git: pass what finserve version reports, e.g.
+# --build-arg VERSION=$(git describe --tags --always) --build-arg REVISION=$(git rev-parse HEAD)
+ARG VERSION=
+ARG REVISION=
+RUN VERSION=${VERSION} REVISION=${REVISION} CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
 
 # CUDA: llama.cpp and ggml's CUDA backend built with CMake and nvcc from the
 # sources in the ollama module that go.mod pins, installed in /opt/finserve;
@@ -46,7 +50,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN PROVIDER=system CUDA=1 CUDA_ARCHS="${CUDA_ARCHS}" LLAMA_PREFIX=/opt/finserve \
+ARG VERSION=
+ARG REVISION=
+RUN VERSION=${VERSION} REVISION=${REVISION} PROVIDER=system CUDA=1 CUDA_ARCHS="${CUDA_ARCHS}" LLAMA_PREFIX=/opt/finserve \
     CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU} AS cuda

@@ -25,6 +25,15 @@ export CGO_CFLAGS := $(LLAMA_FLAGS)
 export CGO_CXXFLAGS := $(LLAMA_FLAGS)
 export CGO_CPPFLAGS := -DGGML_USE_CPU_REPACK
 
+# What `finserve version` and finserve_build_info report. In a git
+# checkout the Go toolchain stamps the revision itself; a build from a
+# tree without .git (the container's context) gets them from here, as
+# make variables or build arguments.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X main.buildVersion=$(VERSION) -X main.buildRevision=$(REVISION) -X main.buildDate=$(BUILD_DATE)
+
 TEST_FLAGS ?= -race -timeout 20m
 MODELS := testdata/models
 
@@ -46,7 +55,7 @@ headers: prereqs third_party/include/llama.h ## stage llama.cpp headers from the
 
 GO_BUILD_OUT ?= bin/finserve
 build: headers ## build bin/finserve (bundled llama.cpp)
-	$(GO) build -o $(GO_BUILD_OUT) ./cmd/finserve
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(GO_BUILD_OUT) ./cmd/finserve
 
 container-build: ## the container image's build steps without Docker: portable binary, smoke run, staged into bin/image
 	scripts/container-build.sh bin/image
@@ -80,7 +89,7 @@ SYSTEM_CGO = CGO_CFLAGS="-O3 -march=$(CPU_LEVEL) $$(pkg-config --cflags llama)" 
 	CGO_CPPFLAGS= CGO_LDFLAGS="$$(pkg-config --libs llama)"
 build-system: ## build bin/finserve-system against pkg-config llama
 	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
-	$(SYSTEM_CGO) $(GO) build -tags llama_system -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
+	$(SYSTEM_CGO) $(GO) build -tags llama_system -ldflags "$(LDFLAGS) -X github.com/finserve/finserve/engine.systemLlama=$$(pkg-config --modversion llama)" -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
 
 LLAMA_CPU_LEVEL ?= x86-64-v3
 llama-lib: prereqs ## build llama.cpp shared libraries from the ollama module into .tools/llama (CUDA=1: with the CUDA backend)

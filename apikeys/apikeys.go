@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -45,8 +46,19 @@ type Entry struct {
 	// that one key cannot hold every sequence slot.
 	Concurrency int       `json:"concurrency,omitempty"`
 	Created     time.Time `json:"created"`
+	// Previous are the key's earlier values after a rotation (Rotate),
+	// each accepted until it expires, so that clients can move to the new
+	// key without an outage.
+	Previous []Previous `json:"previous,omitempty"`
 
 	sum [32]byte
+}
+
+// Previous is a rotated-out value of a key.
+type Previous struct {
+	SHA256  string    `json:"sha256"`
+	Hint    string    `json:"hint"`
+	Expires time.Time `json:"expires"`
 }
 
 // Set is a loaded, checked key file.
@@ -135,17 +147,33 @@ func (e *Entry) check() error {
 	if e.Concurrency < 0 || e.Concurrency > 1<<20 {
 		return errors.New("concurrency must be 0 (unbounded) to 1048576 requests in flight")
 	}
+	for i, p := range e.Previous {
+		if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != sha256.Size {
+			return fmt.Errorf("previous key %d: sha256 must be 64 hex digits", i)
+		}
+		if p.Expires.IsZero() {
+			return fmt.Errorf("previous key %d: an expiry is needed", i)
+		}
+	}
 	return nil
 }
 
-// Match returns the entry whose key is presented, comparing the hash with
-// every entry in constant time.
+// Match returns the entry whose key is presented (its current value, or
+// a previous one before its expiry), comparing the hash with every value
+// in constant time.
 func (s *Set) Match(presented string) (*Entry, bool) {
 	sum := sha256.Sum256([]byte(presented))
+	now := time.Now()
 	found := -1
 	for i := range s.Keys {
 		if subtle.ConstantTimeCompare(sum[:], s.Keys[i].sum[:]) == 1 {
 			found = i
+		}
+		for _, p := range s.Keys[i].Previous {
+			b, _ := hex.DecodeString(p.SHA256)
+			if subtle.ConstantTimeCompare(sum[:], b) == 1 && now.Before(p.Expires) {
+				found = i
+			}
 		}
 	}
 	if found < 0 {
@@ -163,40 +191,92 @@ func Add(path, name string, tiers []string, rate float64) (string, error) {
 
 // AddLimited is Add with a bound on the key's requests in flight.
 func AddLimited(path, name string, tiers []string, rate float64, concurrency int) (string, error) {
-	f := File{Version: 1}
-	data, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		s, err := Parse(data)
-		if err != nil {
-			return "", fmt.Errorf("API key file %s: %w", path, err)
-		}
-		f.Keys = s.Keys
-	case errors.Is(err, fs.ErrNotExist):
-	default:
-		return "", fmt.Errorf("reading API key file: %w", err)
+	f, err := readForUpdate(path)
+	if err != nil {
+		return "", err
 	}
 	for _, e := range f.Keys {
 		if e.Name == name {
-			return "", fmt.Errorf("a key named %q exists; revoke it first", name)
+			return "", fmt.Errorf("a key named %q exists; revoke or rotate it", name)
 		}
 	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
+	key, sum, err := newKey()
+	if err != nil {
 		return "", err
 	}
-	key := Prefix + base64.RawURLEncoding.EncodeToString(raw[:])
-	sum := sha256.Sum256([]byte(key))
-	e := Entry{Name: name, SHA256: hex.EncodeToString(sum[:]), Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate, Concurrency: concurrency,
+	e := Entry{Name: name, SHA256: sum, Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate, Concurrency: concurrency,
 		Created: time.Now().UTC().Truncate(time.Second)}
 	if err := e.check(); err != nil {
 		return "", err
 	}
 	f.Keys = append(f.Keys, e)
-	if err := write(path, &f); err != nil {
+	if err := write(path, f); err != nil {
 		return "", err
 	}
 	return key, nil
+}
+
+// Rotate gives the key named name a new value, returned (the only time
+// it is shown), and keeps accepting its current value for overlap (0:
+// not at all), so that clients can switch without an outage. The name,
+// tiers and limits stay: the tenant and its cached prefixes are the
+// same. Values whose overlap has passed are dropped.
+func Rotate(path, name string, overlap time.Duration, now time.Time) (string, error) {
+	if overlap < 0 {
+		return "", errors.New("the overlap must not be negative")
+	}
+	f, err := readForUpdate(path)
+	if err != nil {
+		return "", err
+	}
+	i := slices.IndexFunc(f.Keys, func(e Entry) bool { return e.Name == name })
+	if i < 0 {
+		return "", fmt.Errorf("no key named %q in %s", name, path)
+	}
+	e := &f.Keys[i]
+	key, sum, err := newKey()
+	if err != nil {
+		return "", err
+	}
+	e.Previous = slices.DeleteFunc(e.Previous, func(p Previous) bool { return !now.Before(p.Expires) })
+	if overlap > 0 {
+		e.Previous = append(e.Previous, Previous{SHA256: e.SHA256, Hint: e.Hint, Expires: now.Add(overlap).UTC().Truncate(time.Second)})
+	}
+	e.SHA256, e.Hint = sum, key[:len(Prefix)+4]
+	if err := write(path, f); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// readForUpdate reads the key file at path for a change; a missing file
+// is an empty one.
+func readForUpdate(path string) (*File, error) {
+	f := &File{Version: 1}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		s, err := Parse(data)
+		if err != nil {
+			return nil, fmt.Errorf("API key file %s: %w", path, err)
+		}
+		f.Keys = s.Keys
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return nil, fmt.Errorf("reading API key file: %w", err)
+	}
+	return f, nil
+}
+
+// newKey makes a random key and its hash (hex).
+func newKey() (key, sum string, err error) {
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", "", err
+	}
+	key = Prefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	h := sha256.Sum256([]byte(key))
+	return key, hex.EncodeToString(h[:]), nil
 }
 
 // Revoke removes the key named name.
@@ -213,11 +293,23 @@ func Revoke(path, name string) error {
 }
 
 // write replaces the file atomically, so that a server reloading it on
-// SIGHUP never reads half of it.
+// SIGHUP never reads half of it. A file that exists keeps its owner,
+// group and mode (when they pass CheckMode): `keys add` run as root must
+// not make the service's key file unreadable to the service. A new file
+// is 0600, owned by whoever runs the command.
 func write(path string, f *File) error {
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return err
+	}
+	mode, uid, gid := fs.FileMode(0o600), -1, -1
+	if fi, err := os.Stat(path); err == nil {
+		if m := fi.Mode().Perm(); m&0o027 == 0 {
+			mode = m
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			uid, gid = int(st.Uid), int(st.Gid)
+		}
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".keys-*")
 	if err != nil {
@@ -235,7 +327,12 @@ func write(path string, f *File) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
+	if uid >= 0 && (uid != os.Geteuid() || gid != os.Getegid()) {
+		if err := os.Lchown(tmp.Name(), uid, gid); err != nil {
+			return fmt.Errorf("keeping the API key file's owner %d:%d: %w", uid, gid, err)
+		}
+	}
+	if err := os.Chmod(tmp.Name(), mode); err != nil {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)

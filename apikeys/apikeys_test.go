@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestAddMatchRevoke(t *testing.T) {
@@ -117,5 +119,113 @@ func TestConcurrencyBounds(t *testing.T) {
 	set, err := Load(p)
 	if err != nil || len(set.Keys) != 3 || set.Keys[1].Concurrency != 1 {
 		t.Fatalf("loaded %+v, %v", set, err)
+	}
+}
+
+// TestRotate: the new value matches at once, the old one until its
+// overlap ends (and not after), and a rotation without overlap drops the
+// old value; name, tiers and limits stay.
+func TestRotate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	old, err := AddLimited(path, "teller", []string{"realtime"}, 3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	fresh, err := Rotate(path, "teller", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{old, fresh} {
+		if e, ok := s.Match(k); !ok || e.Name != "teller" || e.Rate != 3 || e.Concurrency != 2 || e.Tiers[0] != "realtime" {
+			t.Errorf("after rotation with overlap, %q: %+v %v", k[:8], e, ok)
+		}
+	}
+	if p := s.Keys[0].Previous; len(p) != 1 || !p[0].Expires.Equal(now.Add(time.Hour).UTC().Truncate(time.Second)) {
+		t.Errorf("previous values %+v", p)
+	}
+	// Past the overlap the old value is refused even before the file
+	// changes: Match judges expiry when the key is presented.
+	s.Keys[0].Previous[0].Expires = time.Now().Add(-time.Second)
+	if _, ok := s.Match(old); ok {
+		t.Error("an expired previous value matched")
+	}
+	third, err := Rotate(path, "teller", 0, now.Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ = Load(path)
+	if _, ok := s.Match(fresh); ok {
+		t.Error("a value rotated out without overlap still matches")
+	}
+	if _, ok := s.Match(third); !ok {
+		t.Error("the newest value does not match")
+	}
+	if len(s.Keys[0].Previous) != 0 {
+		t.Errorf("the expired previous value was kept: %+v", s.Keys[0].Previous)
+	}
+	for _, bad := range []struct {
+		name    string
+		overlap time.Duration
+	}{{"nobody", time.Hour}, {"teller", -time.Hour}} {
+		if _, err := Rotate(path, bad.name, bad.overlap, now); err == nil {
+			t.Errorf("rotate %q %v: accepted", bad.name, bad.overlap)
+		}
+	}
+}
+
+// TestRewriteKeepsOwnerAndMode: a key file the service reads (another
+// owner, group-readable 0640) keeps its owner, group and mode when root
+// rewrites it; a new file is 0600.
+func TestRewriteKeepsOwnerAndMode(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.json")
+	if _, err := Add(path, "first", []string{"batch"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := 4242, 4343
+	if os.Geteuid() != 0 {
+		uid, gid = os.Geteuid(), os.Getegid() // a non-root run checks the mode only
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string) {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode().Perm() != 0o640 || int(st.Uid) != uid || int(st.Gid) != gid {
+			t.Errorf("after %s: mode %v owner %d:%d, want 0640 %d:%d", what, fi.Mode().Perm(), st.Uid, st.Gid, uid, gid)
+		}
+	}
+	if _, err := Add(path, "second", []string{"batch"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	check("add")
+	if _, err := Rotate(path, "second", time.Minute, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	check("rotate")
+	if err := Revoke(path, "first"); err != nil {
+		t.Fatal(err)
+	}
+	check("revoke")
+	// A mode open to others is not kept: the rewrite tightens it.
+	os.Chmod(path, 0o644)
+	if _, err := Add(path, "third", []string{"batch"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("a 0644 file rewritten as %v, want 0600", fi.Mode().Perm())
 	}
 }

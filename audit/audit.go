@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -70,6 +71,10 @@ type Options struct {
 	// nil writes plain SHA-256 lines, which an editor can recompute.
 	Key    []byte
 	Logger *slog.Logger
+	// RetryEvery is how often a log whose write failed (a full disk, an
+	// I/O error) tries to recover while no record arrives (default 2s);
+	// each Append tries too.
+	RetryEvery time.Duration
 }
 
 // Receipt identifies an appended record.
@@ -87,6 +92,18 @@ type Log struct {
 	close sync.Once
 	mu    sync.Mutex // guards closed
 	shut  bool
+	// failure is the error of the last failed write while the log has
+	// not recovered from it; nil when healthy.
+	failure atomic.Pointer[error]
+}
+
+// Err reports the log's health: nil while it accepts records, else the
+// write error that stopped it (Append then fails until it recovers).
+func (l *Log) Err() error {
+	if p := l.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 type appendReq struct {
@@ -115,6 +132,9 @@ var ErrLocked = errors.New("audit log is locked by another process")
 func Open(path string, opts Options) (*Log, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.RetryEvery <= 0 {
+		opts.RetryEvery = 2 * time.Second
 	}
 	if opts.Key != nil && len(opts.Key) != KeySize {
 		return nil, fmt.Errorf("audit key: %d bytes, want %d", len(opts.Key), KeySize)
@@ -318,9 +338,43 @@ type entry struct {
 func (l *Log) run(f *os.File, seq uint64, prev string, size int64) {
 	defer close(l.done)
 	defer f.Close()
-	var failed error // after a failed write the chain's tail is unknown: refuse more
+	// After a failed write the file may hold a partial batch past size,
+	// never acknowledged: recovery truncates it and rewrites the
+	// checkpoint, and only then are records accepted again.
+	var failed error
+	tryRecover := func() {
+		err := f.Truncate(size)
+		if err == nil && !l.opts.NoSync {
+			err = f.Sync()
+		}
+		if err == nil {
+			err = l.writeHead(seq, prev, size)
+		}
+		if err != nil {
+			return
+		}
+		l.opts.Logger.Warn("audit log recovered; accepting records again", "path", l.path, "seq", seq, "after", failed)
+		failed = nil
+		l.failure.Store(nil)
+	}
 	var buf bytes.Buffer
-	for req := range l.reqs {
+	for {
+		var retry <-chan time.Time
+		if failed != nil {
+			retry = time.After(l.opts.RetryEvery)
+		}
+		var req *appendReq
+		select {
+		case r, ok := <-l.reqs:
+			if !ok {
+				l.opts.Logger.Info("audit head", "path", l.path, "seq", seq, "head", prev, "closed", true)
+				return
+			}
+			req = r
+		case <-retry:
+			tryRecover()
+			continue
+		}
 		batch := []*appendReq{req}
 		for more := true; more; {
 			select {
@@ -333,6 +387,9 @@ func (l *Log) run(f *os.File, seq uint64, prev string, size int64) {
 			default:
 				more = false
 			}
+		}
+		if failed != nil {
+			tryRecover()
 		}
 		if failed != nil {
 			for _, r := range batch {
@@ -358,7 +415,9 @@ func (l *Log) run(f *os.File, seq uint64, prev string, size int64) {
 		}
 		if err != nil {
 			failed = fmt.Errorf("writing the audit log: %w", err)
-			l.opts.Logger.Error("audit log write failed; decisions are refused until restart", "path", l.path, "err", err)
+			stored := failed
+			l.failure.Store(&stored)
+			l.opts.Logger.Error("audit log write failed; decisions are refused until a retry succeeds", "path", l.path, "err", err, "retry_every", l.opts.RetryEvery)
 			for _, r := range batch {
 				r.reply <- appendResult{err: failed}
 			}
@@ -372,7 +431,6 @@ func (l *Log) run(f *os.File, seq uint64, prev string, size int64) {
 			r.reply <- appendResult{r: receipts[i]}
 		}
 	}
-	l.opts.Logger.Info("audit head", "path", l.path, "seq", seq, "head", prev, "closed", true)
 }
 
 // lineMAC is the MAC (keyed) or hash of a line's body.

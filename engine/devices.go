@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -211,4 +212,20 @@ func (o ModelOptions) applyGPU(params *C.struct_llama_model_params, nGPULayers, 
 	}
 	params.tensor_split = p
 	return func() { C.free(unsafe.Pointer(p)) }
+}
+
+// moduleVersion is the version of the Go module path in this binary's
+// build information ("unknown" in binaries built without it).
+func moduleVersion(path string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == path {
+				if d.Replace != nil {
+					return d.Replace.Version
+				}
+				return d.Version
+			}
+		}
+	}
+	return "unknown"
 }

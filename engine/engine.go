@@ -387,6 +387,8 @@ type Request struct {
 	// NoCache computes the whole prompt, reusing nothing from the prefix
 	// cache (its cells are still kept for others afterwards).
 	NoCache bool
+	// ID names the request in Stats.Work (the server's request id).
+	ID string
 }
 
 // MaxTopLogprobs is the most alternatives a request may ask for per token.
@@ -414,6 +416,7 @@ type ScoreRequest struct {
 	DistributionsFrom int
 	Tier              Tier
 	Tenant            string
+	ID                string // names the request in Stats.Work
 }
 
 // MaxDistributionValues bounds the log-probabilities one Distributions
@@ -460,6 +463,27 @@ type Stats struct {
 	Steps           uint64 // llama_decode calls so far
 	Prefix          PrefixStats
 	Tiers           [NumTiers]TierStats
+	// Work lists the requests the engine holds, running ones first (in
+	// slot order), then those waiting (in arrival order).
+	Work []Work
+}
+
+// Work is one request as the engine sees it, for an operator's view
+// (GET /slots).
+type Work struct {
+	ID     string
+	Kind   string // "generate" or "score"
+	State  string // "running" or "waiting"
+	Tier   Tier
+	Tenant string
+	// Slots are the sequence slots it holds (a score request may hold
+	// several; a waiting request none).
+	Slots        []int
+	PromptTokens int // of the prompt (the longest variant, for scoring)
+	CachedTokens int // prompt tokens reused from the prefix cache
+	Generated    int // tokens generated so far
+	Preemptions  int
+	Age          time.Duration // since submission
 }
 
 // Engine serves generation and scoring requests on one model.

@@ -302,7 +302,7 @@ func (e *Engine) newLoop() (*loop, error) {
 	}
 	ctx := C.llama_init_from_model(e.model.c, p)
 	if ctx == nil {
-		return nil, fmt.Errorf("creating llama context (%d KV cells, %d sequences): llama.cpp refused, see its log", o.KVCells, o.Parallel)
+		return nil, fmt.Errorf("creating llama context (%d KV cells, %d sequences): llama.cpp refused (out of memory for the KV cache? it holds --parallel times --ctx cells: lower either, or use --cache-type-k/--cache-type-v q8_0), see its log at --log-level debug", o.KVCells, o.Parallel)
 	}
 	l := &loop{
 		e:          e,
@@ -498,7 +498,48 @@ func (l *loop) stats() Stats {
 		}
 	}
 	s.Prefix = l.prefixStats()
+	s.Work = l.work()
 	return s
+}
+
+// work lists the tasks the loop holds for Stats.Work.
+func (l *loop) work() []Work {
+	now := time.Now()
+	var out []Work
+	index := map[task]int{}
+	describe := func(t task, state string) Work {
+		b := t.base()
+		w := Work{State: state, Tier: b.tier, Tenant: b.tenant, Age: now.Sub(b.submitted)}
+		switch t := t.(type) {
+		case *genTask:
+			w.ID, w.Kind, w.PromptTokens = t.req.ID, "generate", len(t.req.Prompt)
+			w.CachedTokens, w.Generated, w.Preemptions = t.cached, t.generated, t.preemptions
+		case *scoreTask:
+			w.ID, w.Kind = t.req.ID, "score"
+			for _, v := range t.req.Variants {
+				w.PromptTokens = max(w.PromptTokens, len(v))
+			}
+		}
+		return w
+	}
+	running := slices.Clone(l.running)
+	slices.SortFunc(running, func(a, b *sequence) int { return int(a.slot) - int(b.slot) })
+	for _, sq := range running {
+		t := sq.owner()
+		i, ok := index[t]
+		if !ok {
+			i = len(out)
+			index[t] = i
+			out = append(out, describe(t, "running"))
+		}
+		out[i].Slots = append(out[i].Slots, int(sq.slot))
+	}
+	for _, t := range l.waiting {
+		if _, ok := index[t]; !ok {
+			out = append(out, describe(t, "waiting"))
+		}
+	}
+	return out
 }
 
 // shutdown ends every task with ErrStopped.

@@ -17,6 +17,15 @@ import (
 // Provider names the llama.cpp this binary was built against.
 const Provider = "bundled"
 
+// bundledCommit is the llama.cpp commit the ollama module in go.mod
+// vendors (its Makefile.sync's FETCH_HEAD; a test checks the two agree).
+const bundledCommit = "ec98e2002"
+
+// LlamaCpp says which llama.cpp is linked in.
+func LlamaCpp() string {
+	return "llama.cpp " + bundledCommit + " (bundled from github.com/ollama/ollama " + moduleVersion("github.com/ollama/ollama") + ")"
+}
+
 // loadBackends has nothing to do: the CPU backend is linked in.
 func loadBackends() {}
 

@@ -29,6 +29,13 @@ import "C"
 // Provider names the llama.cpp this binary was built against.
 const Provider = "system"
 
+// systemLlama is the llama.pc version the build linked against, set by
+// make build-system (-ldflags -X).
+var systemLlama = "unknown version"
+
+// LlamaCpp says which llama.cpp is linked in.
+func LlamaCpp() string { return "llama.cpp " + systemLlama + " (system library, pkg-config llama)" }
+
 func loadBackends() { C.ggml_backend_load_all() }
 
 func initPenalties(vocab *C.struct_llama_vocab, lastN C.int32_t, repeat, freq, present C.float) *C.struct_llama_sampler {

@@ -101,11 +101,16 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 			return amlError(err)
 		}
 	}
+	respID := randomID("aml")
+	if requestID(c) == "" {
+		c.Locals(requestIDKey{}, respID) // access sends it as X-Request-Id
+	}
 	scorer, err := newEngineScorer(b, cfg, s.tier(c), s.tenant(c))
 	if err != nil {
 		s.log.Error("AML scoring unavailable", "err", err)
 		return &APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "aml_model_unsuitable", Message: err.Error()}
 	}
+	scorer.id = requestID(c)
 	versions, err := s.modelVersions(b)
 	if err != nil {
 		return err
@@ -159,7 +164,7 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 		if err != nil {
 			s.log.Error("audit log append failed; decision withheld", "err", err)
 			return &APIError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "audit_unavailable",
-				Message: "the decision could not be written to the audit log, so it is not returned; retry later", RetryAfter: 5}
+				Message: "the decision could not be written to the audit log, so it is not returned; retry later (GET /ready/aml says when the log accepts records again)", RetryAfter: 5}
 		}
 		out[i].Audit = &receipt
 	}
@@ -171,15 +176,16 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 			m.amlRules.WithLabelValues(r.ID).Inc()
 		}
 		m.amlEvaluated.Add(float64(d.Explanation.EvaluatedTokens))
+		m.tenantTokens.WithLabelValues(m.tenants.label(s.tenant(c)), "scored").Add(float64(d.Explanation.EvaluatedTokens))
 		m.amlPromptTk.Add(float64(d.Explanation.NaiveTokens))
 	}
 	m.amlSeconds.WithLabelValues(s.tier(c).String()).Observe(time.Since(received).Seconds())
 	for i := range out {
-		s.log.Info("aml decision", "decision_id", out[i].DecisionID, "case_id", pii.Mask(out[i].CaseID), "tier", s.tier(c).String(),
+		s.log.Info("aml decision", "request_id", requestID(c), "decision_id", out[i].DecisionID, "case_id", pii.Mask(out[i].CaseID), "tier", s.tier(c).String(),
 			"risk_level", out[i].RiskLevel, "score", out[i].RiskScore, "players", out[i].Explanation.Players,
 			"coalitions", out[i].Explanation.Coalitions, "ms", time.Since(received).Milliseconds())
 	}
-	resp := AMLResponse{ID: randomID("aml"), Created: received.Unix(), Model: b.id}
+	resp := AMLResponse{ID: respID, Created: received.Unix(), Model: b.id}
 	if list {
 		resp.Object, resp.Data = "list", out
 	} else {
@@ -257,6 +263,7 @@ type engineScorer struct {
 	yes, no engine.Token
 	tier    engine.Tier
 	tenant  string
+	id      string // the request's, for GET /slots
 }
 
 func newEngineScorer(b *backend, cfg *aml.Config, tier engine.Tier, tenant string) (*engineScorer, error) {
@@ -307,7 +314,7 @@ func (s *engineScorer) Score(ctx context.Context, prompts []string, _, _ string)
 		total += len(toks)
 	}
 	res, err := s.b.eng.Score(ctx, engine.ScoreRequest{Variants: variants, Targets: []engine.Token{s.yes, s.no},
-		Tier: s.tier, Tenant: s.tenant})
+		Tier: s.tier, Tenant: s.tenant, ID: s.id})
 	if err != nil {
 		return aml.Scores{}, err
 	}

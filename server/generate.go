@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -82,16 +83,19 @@ type job struct {
 	tier    engine.Tier
 	start   time.Time
 
-	id       string
-	created  int64
-	ctx      context.Context
-	cancel   context.CancelFunc
-	quit     chan struct{} // closed when the response is over
-	quitOnce sync.Once
-	goneOnce sync.Once
-	left     atomic.Bool // the client disconnected
-	streams  []*engine.Stream
-	choices  []choiceState
+	id string
+	// requestID is the client's X-Request-Id (else id); traceID its W3C
+	// trace, if any: both are logged.
+	requestID, traceID string
+	created            int64
+	ctx                context.Context
+	cancel             context.CancelFunc
+	quit               chan struct{} // closed when the response is over
+	quitOnce           sync.Once
+	goneOnce           sync.Once
+	left               atomic.Bool // the client disconnected
+	streams            []*engine.Stream
+	choices            []choiceState
 }
 
 // item is one event of one choice.
@@ -119,6 +123,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	j.m = s.metrics
 	j.created = time.Now().Unix()
 	j.id = newID(j.kind)
+	j.requestID, j.traceID = requestID(c), traceID(c)
 	if !s.begin() {
 		return errDraining
 	}
@@ -137,6 +142,7 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 			Tier:        j.tier,
 			Tenant:      j.tenant,
 			NoCache:     j.p.noCache,
+			ID:          cmp.Or(j.requestID, j.id),
 		})
 		if err != nil {
 			j.cancel()
@@ -153,7 +159,10 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		j.streams = append(j.streams, st)
 	}
 	s.metrics.started(j)
-	c.Set("X-Request-Id", j.id)
+	if j.requestID == "" {
+		j.requestID = j.id
+		c.Locals(requestIDKey{}, j.id) // access sends it as X-Request-Id
+	}
 
 	conn := c.Context().Conn()
 	stopWatch := s.watchClient(conn, func() { s.clientGone(j) })
@@ -341,9 +350,12 @@ func (s *Server) ended(j *job) {
 	for i := range j.choices {
 		preemptions += j.choices[i].final.Preemptions
 	}
-	attrs := []any{"id", j.id, "tenant", j.tenant, "tier", j.tier.String(), "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
+	attrs := []any{"id", j.id, "request_id", j.requestID, "tenant", j.tenant, "tier", j.tier.String(), "stream", j.p.stream, "choices", len(j.choices), "outcome", outcome,
 		"prompt_tokens", u.PromptTokens, "cached_tokens", u.PromptTokensDetails.CachedTokens, "completion_tokens", u.CompletionTokens,
 		"queue_ms", t.QueueMS, "ttft_ms", t.TTFTMS, "total_ms", t.TotalMS, "preemptions", preemptions}
+	if j.traceID != "" {
+		attrs = append(attrs, "trace_id", j.traceID)
+	}
 	if s.cfg.LogContent {
 		// Only when enabled, and masked here whatever the log handler does.
 		var prompt, completion strings.Builder

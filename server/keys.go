@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"golang.org/x/time/rate"
@@ -21,18 +23,26 @@ import (
 // apiKey is a configured key, compiled: its hash, the tiers it may use,
 // its default tier on /v1, and its request-rate limiter.
 type apiKey struct {
-	name    string
-	sum     [32]byte
-	allowed [engine.NumTiers]bool // for keys of the key file
-	ceiling engine.Tier           // for TIER:KEY entries: that tier and those below it
-	capped  bool
-	def     engine.Tier
-	rate    float64
-	limiter *rate.Limiter // nil: unlimited
+	name string
+	sum  [32]byte
+	// previous are hashes the key had before a rotation, each accepted
+	// until its expiry.
+	previous []previousSum
+	allowed  [engine.NumTiers]bool // for keys of the key file
+	ceiling  engine.Tier           // for TIER:KEY entries: that tier and those below it
+	capped   bool
+	def      engine.Tier
+	rate     float64
+	limiter  *rate.Limiter // nil: unlimited
 	// concurrency bounds the key's requests in flight (0: unbounded);
 	// inflight counts them, shared with the key's next compilation.
 	concurrency int
 	inflight    *atomic.Int64
+}
+
+type previousSum struct {
+	sum     [32]byte
+	expires time.Time
 }
 
 // keyring is the key set in force; SetKeys swaps it whole.
@@ -94,6 +104,13 @@ func (s *Server) compileKeys(plain []string, set *apikeys.Set, old *keyring) (*k
 			k := &apiKey{name: e.Name, rate: e.Rate, concurrency: e.Concurrency}
 			b, _ := hex.DecodeString(e.SHA256)
 			copy(k.sum[:], b)
+			for _, p := range e.Previous {
+				var ps previousSum
+				b, _ := hex.DecodeString(p.SHA256)
+				copy(ps.sum[:], b)
+				ps.expires = p.Expires
+				k.previous = append(k.previous, ps)
+			}
 			for i, name := range e.Tiers {
 				t, err := engine.ParseTier(name)
 				if err != nil {
@@ -161,19 +178,33 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 	}
 	sum := sha256.Sum256([]byte(presented))
 	var found *apiKey
+	now := time.Now()
 	for _, k := range r.keys {
 		// every key is compared, whichever matches
 		if subtle.ConstantTimeCompare(sum[:], k.sum[:]) == 1 {
 			found = k
 		}
+		for _, p := range k.previous {
+			if subtle.ConstantTimeCompare(sum[:], p.sum[:]) == 1 && now.Before(p.expires) {
+				found = k
+			}
+		}
 	}
 	if found == nil {
 		return errUnauthorized
 	}
-	if found.limiter != nil && !found.limiter.Allow() {
-		return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
-			Message:    fmt.Sprintf("this API key may send %g requests per second; retry later", found.rate),
-			RetryAfter: max(1, int(math.Ceil(1/found.rate)))}
+	// The key's tenant: its name, never anything the client chooses, so
+	// that no request can claim another tenant's cached prefixes. Set
+	// before the limits so that their refusals name it.
+	c.Locals(tenantKey{}, found.name)
+	if found.limiter != nil {
+		allowed := found.limiter.Allow()
+		setRateHeaders(c, found.limiter)
+		if !allowed {
+			return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
+				Message:    fmt.Sprintf("this API key may send %g requests per second; retry later", found.rate),
+				RetryAfter: max(1, int(math.Ceil(1/found.rate)))}
+		}
 	}
 	if found.concurrency > 0 {
 		if n := found.inflight.Add(1); n > int64(found.concurrency) {
@@ -194,9 +225,6 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 		}()
 	}
 	c.Locals(keyLocal{}, found)
-	// The key's tenant: its name, never anything the client chooses, so
-	// that no request can claim another tenant's cached prefixes.
-	c.Locals(tenantKey{}, found.name)
 	return c.Next()
 }
 
@@ -212,4 +240,15 @@ func streamRelease(c *fiber.Ctx) func() {
 	}
 	c.Locals(releaseKey{}, nil)
 	return r
+}
+
+// setRateHeaders sends the key's request budget as OpenAI does: how many
+// requests the bucket holds, how many remain, and when it is full again.
+func setRateHeaders(c *fiber.Ctx, l *rate.Limiter) {
+	burst := float64(l.Burst())
+	tokens := max(0, l.Tokens())
+	reset := time.Duration((burst - tokens) / float64(l.Limit()) * float64(time.Second)).Round(time.Millisecond)
+	c.Set("X-Ratelimit-Limit-Requests", strconv.Itoa(l.Burst()))
+	c.Set("X-Ratelimit-Remaining-Requests", strconv.Itoa(int(math.Floor(tokens))))
+	c.Set("X-Ratelimit-Reset-Requests", reset.String())
 }

@@ -3,7 +3,7 @@ package server
 import (
 	"context"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -27,6 +27,8 @@ type metrics struct {
 
 	promptTokens, generationTokens prometheus.Counter
 	disconnects                    prometheus.Counter
+	tenantTokens                   *prometheus.CounterVec // by tenant and kind
+	tenants                        tenantLabels
 
 	// AML decisions (aml.go)
 	amlDecisions              *prometheus.CounterVec // by risk level
@@ -77,6 +79,25 @@ func newMetrics(s *Server) *metrics {
 	m.promptTokens = counter("prompt_tokens_total", "Prompt tokens processed.")
 	m.generationTokens = counter("generation_tokens_total", "Tokens generated.")
 	m.disconnects = counter("client_disconnects_total", "Generations cancelled because their client disconnected.")
+	m.tenantTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_tenant_tokens_total",
+		Help: "Tokens by tenant (API key name; \"anonymous\" without keys; \"other\" past the first " + strconv.Itoa(maxTenantLabels) +
+			") and kind: prompt (all prompt tokens), cached (of those, served from the prefix cache), generated, and scored (computed for AML attribution)."}, []string{"tenant", "kind"})
+	m.reg.MustRegister(m.tenantTokens)
+	b := s.cfg.Build
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "finserve_build_info",
+		Help:        "Always 1; the labels say what is running: version, VCS revision, Go version and the llama.cpp it was built with.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion, "llama_cpp": b.LlamaCpp}},
+		func() float64 { return 1 }))
+	if s.audit != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "finserve_audit_healthy",
+			Help: "1 while the AML audit log accepts records; 0 after a failed write (AML decisions answer 503 until a retry succeeds)."},
+			func() float64 {
+				if s.audit.Err() != nil {
+					return 0
+				}
+				return 1
+			}))
+	}
 	m.amlDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_aml_decisions_total",
 		Help: "AML decisions returned, by risk level."}, []string{"risk_level"})
 	m.amlRules = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_aml_rules_fired_total",
@@ -89,29 +110,6 @@ func newMetrics(s *Server) *metrics {
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = adaptor.HTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
-}
-
-// middleware counts every request by route and status.
-func (m *metrics) middleware(c *fiber.Ctx) error {
-	err := c.Next()
-	status := c.Response().StatusCode()
-	if err != nil {
-		// the error handler runs after this middleware returns
-		status = fiber.StatusInternalServerError
-		if api, ok := err.(*APIError); ok {
-			status = api.Status
-		} else if fe, ok := err.(*fiber.Error); ok {
-			status = fe.Code
-		}
-	}
-	route := c.Route().Path
-	if route == "/" && c.Path() != "/" {
-		route = "unmatched"
-	}
-	// fiber's strings alias request buffers that are reused: the labels,
-	// which the counter keeps, must be copies.
-	m.requests.WithLabelValues(strings.Clone(route), strings.Clone(c.Method()), strconv.Itoa(status)).Inc()
-	return err
 }
 
 func (m *metrics) started(j *job) {
@@ -135,6 +133,8 @@ func (m *metrics) finished(j *job) {
 		}
 		m.success.WithLabelValues(reason).Inc()
 		m.generationTokens.Add(float64(ch.tokens))
+		tenant := m.tenants.label(j.tenant)
+		m.tenantTokens.WithLabelValues(tenant, "generated").Add(float64(ch.tokens))
 		if ch.tokens > 0 {
 			m.ttft.WithLabelValues(tier).Observe(seconds(ch.firstAt.Sub(j.start)))
 		}
@@ -148,6 +148,39 @@ func (m *metrics) finished(j *job) {
 		}
 	}
 	m.e2e.WithLabelValues(tier).Observe(time.Since(j.start).Seconds())
+	u := j.usage()
+	tenant := m.tenants.label(j.tenant)
+	m.tenantTokens.WithLabelValues(tenant, "prompt").Add(float64(u.PromptTokens))
+	m.tenantTokens.WithLabelValues(tenant, "cached").Add(float64(u.PromptTokensDetails.CachedTokens))
+}
+
+// maxTenantLabels bounds the tenant label's values: key files are small,
+// but plain --api-key keys and reloads add names.
+const maxTenantLabels = 256
+
+// tenantLabels maps tenants to label values, the first maxTenantLabels
+// by name and the rest to "other".
+type tenantLabels struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (t *tenantLabels) label(tenant string) string {
+	if tenant == "" {
+		return "anonymous"
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.seen == nil {
+		t.seen = map[string]bool{}
+	}
+	if !t.seen[tenant] {
+		if len(t.seen) >= maxTenantLabels {
+			return "other"
+		}
+		t.seen[tenant] = true
+	}
+	return tenant
 }
 
 // engineCollector reports the engine's state at scrape time.

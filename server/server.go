@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,11 @@ type Config struct {
 	// Compress enables gzip/brotli/deflate for JSON responses that accept
 	// it (never for event streams).
 	Compress bool
+	// DrainDelay keeps the listener open after Shutdown begins, answering
+	// 503 shutting_down, until this much time has passed even when no
+	// request is in flight: time for a load balancer's readiness probe to
+	// take the server out of rotation (default 0; at most the grace).
+	DrainDelay time.Duration
 	// KeepAlive is the interval of SSE comment lines while a stream has
 	// nothing to send, so that proxies do not time it out (default 10s).
 	KeepAlive time.Duration
@@ -81,6 +87,13 @@ type Config struct {
 	// leaves. The server does not close it.
 	Audit  *audit.Log
 	Logger *slog.Logger
+	// Build describes the binary, for finserve_build_info.
+	Build BuildInfo
+}
+
+// BuildInfo says what is running.
+type BuildInfo struct {
+	Version, Revision, GoVersion, LlamaCpp string
 }
 
 func (c *Config) fill() error {
@@ -160,8 +173,11 @@ type Server struct {
 	stopErr   error
 
 	metrics *metrics
-	amlCfg  *aml.Config
-	audit   *audit.Log
+	// routePaths are the registered routes, for metric labels of
+	// requests refused before routing.
+	routePaths []string
+	amlCfg     *aml.Config
+	audit      *audit.Log
 }
 
 // New builds a server from cfg.
@@ -195,15 +211,17 @@ func New(cfg Config) (*Server, error) {
 
 func (s *Server) routes() {
 	app := s.app
+	app.Use(s.access)
 	app.Use(refuseAmbiguousFraming)
-	app.Use(s.metrics.middleware)
 	if s.cfg.Compress {
 		app.Use(compress.New(compress.Config{Next: wantsStream}))
 	}
 	app.Get("/health", s.health)
 	app.Use(s.authenticate)
 	app.Get("/ready", s.readyz)
+	app.Get("/ready/aml", s.readyz)
 	app.Get("/metrics", s.metrics.handler)
+	app.Get("/slots", s.slots)
 	// The OpenAI API, once per tier (tier.go).
 	for _, prefix := range []string{"/v1", "/tiers/:tier/v1"} {
 		api := app.Group(prefix, s.resolveTier)
@@ -213,6 +231,11 @@ func (s *Server) routes() {
 		api.Post("/completions", s.completions)
 		api.Post("/embeddings", s.embeddings)
 		api.Post("/aml/score", s.amlScore)
+	}
+	for _, r := range app.GetRoutes(true) {
+		if r.Path != "/" && !slices.Contains(s.routePaths, r.Path) {
+			s.routePaths = append(s.routePaths, r.Path)
+		}
 	}
 }
 
@@ -240,32 +263,29 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.app.Listener(ln)
 }
 
-// Shutdown stops accepting requests and waits for those in flight until
-// ctx is done; then it cancels them, and waits up to hard more for their
-// streams to end. It does not close the engine. Later calls return the
-// first call's result.
+// Shutdown drains the server: from the call on, new requests get 503
+// shutting_down (and /ready 503, so that a load balancer can tell
+// draining from dead: the listener stays open), while those in flight
+// finish until ctx is done; then they are cancelled, and waited for up to
+// hard more. The listener closes once the requests are done and at least
+// Config.DrainDelay has passed (bounded by ctx). It does not close the
+// engine. Later calls return the first call's result.
 func (s *Server) Shutdown(ctx context.Context, hard time.Duration) error {
 	s.stopOnce.Do(func() { s.stopErr = s.shutdown(ctx, hard) })
 	return s.stopErr
 }
 
 func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
+	start := time.Now()
 	// Under the lock: a request either began before (and is waited for)
 	// or sees draining and is refused; none is added during the Wait.
 	s.beginMu.Lock()
 	s.draining.Store(true)
 	s.beginMu.Unlock()
-	// fasthttp waits for every connection to close or go idle; one that
-	// was opened but never sent a request counts as idle only after five
-	// seconds. The listener phase gets its own context so that it can be
-	// abandoned once the requests are done.
-	listenCtx, stopListen := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopListen()
-	done := make(chan error, 1)
-	go func() { done <- s.app.ShutdownWithContext(listenCtx) }()
 	finished := make(chan struct{})
 	go func() { s.inflight.Wait(); close(finished) }()
 
+	var err error
 	select {
 	case <-finished:
 	case <-ctx.Done():
@@ -274,22 +294,27 @@ func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
 		select {
 		case <-finished:
 		case <-time.After(hard):
-			stopListen()
-			return errors.New("shutting down: requests still in flight after cancellation")
+			err = errors.New("shutting down: requests still in flight after cancellation")
+		}
+	}
+	if wait := s.cfg.DrainDelay - time.Since(start); wait > 0 && err == nil {
+		s.log.Info("draining: requests done; answering 503 until the drain delay ends", "left", wait.Round(time.Millisecond))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
 		}
 	}
 	s.cancelAll()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(time.Second):
-		// Only connections without a request are left (idle ones close at
-		// once): the process's exit closes them.
-		stopListen()
-		<-done
-		s.log.Debug("shutdown: leaving connections that sent no request")
-		return nil
+	// fasthttp closes the listener, then waits for every connection to
+	// close or go idle; one that was opened but never sent a request
+	// counts as idle only after five seconds, and the process's exit
+	// closes it anyway, so the wait is short.
+	closeCtx, stop := context.WithTimeout(context.Background(), time.Second)
+	defer stop()
+	if cerr := s.app.ShutdownWithContext(closeCtx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) && err == nil {
+		err = cerr
 	}
+	return err
 }
 
 // begin and done bracket a generation or decision, from its start to the
@@ -360,15 +385,27 @@ func (s *Server) health(c *fiber.Ctx) error {
 }
 
 // readyz is readiness: 200 once the model is loaded and requests are
-// accepted, 503 while loading or shutting down.
+// accepted, 503 while loading or shutting down. The body also says how
+// the AML audit log is ("ok", "unavailable", or "off" without one); the
+// AML routes' own readiness, GET /ready/aml, is 503 while it fails, so
+// that a balancer can keep chat on a replica whose audit disk is full.
 func (s *Server) readyz(c *fiber.Ctx) error {
+	audit := "off"
+	if s.audit != nil {
+		audit = "ok"
+		if s.audit.Err() != nil {
+			audit = "unavailable"
+		}
+	}
 	switch {
 	case s.draining.Load():
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down"})
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down", "audit": audit})
 	case s.backend.Load() == nil:
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading"})
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading", "audit": audit})
+	case c.Route().Path == "/ready/aml" && audit == "unavailable":
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "audit_unavailable", "audit": audit})
 	}
-	return c.JSON(fiber.Map{"status": "ready"})
+	return c.JSON(fiber.Map{"status": "ready", "audit": audit})
 }
 
 type tenantKey struct{}
@@ -472,4 +509,65 @@ func refuseAmbiguousFraming(c *fiber.Ctx) error {
 		return badRequest("", "the request has both Content-Length and Transfer-Encoding; send one")
 	}
 	return c.Next()
+}
+
+// SlotView is one sequence slot in GET /slots.
+type SlotView struct {
+	ID    int    `json:"id"`
+	State string `json:"state"` // "idle" or "busy"
+	*WorkView
+}
+
+// WorkView is a request the engine holds, in GET /slots.
+type WorkView struct {
+	RequestID    string `json:"request_id"`
+	Kind         string `json:"kind"` // generate or score
+	Tier         string `json:"tier"`
+	Tenant       string `json:"tenant,omitempty"`
+	PromptTokens int    `json:"prompt_tokens"`
+	CachedTokens int    `json:"cached_tokens"`
+	Generated    int    `json:"generated_tokens"`
+	Preemptions  int    `json:"preemptions"`
+	AgeMS        int64  `json:"age_ms"`
+}
+
+// SlotsResponse is GET /slots: what each sequence slot is doing and what
+// waits for one (llama-server has a /slots of its own shape).
+type SlotsResponse struct {
+	Object  string         `json:"object"` // "slots"
+	Slots   []SlotView     `json:"slots"`
+	Waiting []WorkView     `json:"waiting"`
+	Queues  map[string]int `json:"queues"` // waiting requests by tier
+}
+
+// slots answers GET /slots.
+func (s *Server) slots(c *fiber.Ctx) error {
+	b, err := s.ready()
+	if err != nil {
+		return err
+	}
+	st, err := b.eng.Stats(c.UserContext())
+	if err != nil {
+		return fromEngine(err)
+	}
+	out := SlotsResponse{Object: "slots", Slots: make([]SlotView, st.Slots), Waiting: []WorkView{}, Queues: map[string]int{}}
+	for i := range out.Slots {
+		out.Slots[i] = SlotView{ID: i, State: "idle"}
+	}
+	for t, ts := range st.Tiers {
+		out.Queues[engine.Tier(t).String()] = ts.Waiting
+	}
+	for _, w := range st.Work {
+		v := &WorkView{RequestID: w.ID, Kind: w.Kind, Tier: w.Tier.String(), Tenant: w.Tenant, PromptTokens: w.PromptTokens,
+			CachedTokens: w.CachedTokens, Generated: w.Generated, Preemptions: w.Preemptions, AgeMS: w.Age.Milliseconds()}
+		if w.State == "waiting" {
+			out.Waiting = append(out.Waiting, *v)
+		}
+		for _, slot := range w.Slots {
+			if slot >= 0 && slot < len(out.Slots) {
+				out.Slots[slot] = SlotView{ID: slot, State: "busy", WorkView: v}
+			}
+		}
+	}
+	return c.JSON(out)
 }

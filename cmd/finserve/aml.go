@@ -16,8 +16,9 @@ func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Check, repair and key the AML decision audit log"}
 	var keyFile string
 	verify := &cobra.Command{
-		Use:   "verify PATH",
-		Short: "Verify an audit log's MAC chain and checkpoint; exit 1 at the first edited, dropped, reordered or cut record",
+		Use:     "verify PATH",
+		Example: "  finserve audit verify /var/lib/finserve/audit.jsonl\n  finserve audit verify audit.jsonl --key-file /etc/finserve/audit.key",
+		Short:   "Verify an audit log's MAC chain and checkpoint; exit 1 at the first edited, dropped, reordered or cut record",
 		Long: `Verify an audit log: every line's HMAC under the log's key, the sequence
 numbers and links, and the checkpoint file (PATH.head) that names the last
 acknowledged record, so that a log cut short, emptied or rewritten without
@@ -49,9 +50,10 @@ the key fails. An auditor also compares the head it prints with the
 		},
 	}
 	repair := &cobra.Command{
-		Use:   "repair PATH",
-		Short: "Truncate a last record cut short after it was acknowledged (keeping its bytes aside), once the cause is known",
-		Args:  cobra.ExactArgs(1),
+		Use:     "repair PATH",
+		Example: "  systemctl stop finserve && finserve audit repair /var/lib/finserve/audit.jsonl",
+		Short:   "Truncate a last record cut short after it was acknowledged (keeping its bytes aside), once the cause is known",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			key, err := auditKey(args[0], keyFile, false)
 			if err != nil {
@@ -66,9 +68,10 @@ the key fails. An auditor also compares the head it prints with the
 		},
 	}
 	keygen := &cobra.Command{
-		Use:   "keygen PATH",
-		Short: "Write a new audit key (32 random bytes as hex, mode 0600) for serve --audit-key-file",
-		Args:  cobra.ExactArgs(1),
+		Use:     "keygen PATH",
+		Example: "  finserve audit keygen /etc/finserve/audit.key && chgrp finserve /etc/finserve/audit.key && chmod 640 /etc/finserve/audit.key",
+		Short:   "Write a new audit key (32 random bytes as hex, mode 0600) for serve --audit-key-file",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := audit.CreateKeyFile(args[0]); err != nil {
 				return err
@@ -109,17 +112,19 @@ func auditKey(path, keyFile string, create bool) ([]byte, error) {
 func newAMLCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "aml", Short: "AML scoring: configuration and the prompts a case is scored with"}
 	cmd.AddCommand(&cobra.Command{
-		Use:   "config",
-		Short: "Print the built-in AML configuration (a starting point for --aml-config)",
-		Args:  cobra.NoArgs,
+		Use:     "config",
+		Example: "  finserve aml config > /etc/finserve/aml.yaml",
+		Short:   "Print the built-in AML configuration (a starting point for --aml-config)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := cmd.OutOrStdout().Write(aml.DefaultYAML())
 			return err
 		},
 	}, &cobra.Command{
-		Use:   "check FILE",
-		Short: "Validate an AML configuration file and print its versions and rule-set hash",
-		Args:  cobra.ExactArgs(1),
+		Use:     "check FILE",
+		Example: "  finserve aml check /etc/finserve/aml.yaml",
+		Short:   "Validate an AML configuration file and print its versions and rule-set hash",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := aml.LoadConfig(args[0])
 			if err != nil {
@@ -136,8 +141,9 @@ func newAMLCmd() *cobra.Command {
 func newAMLPromptsCmd() *cobra.Command {
 	var configPath string
 	prompts := &cobra.Command{
-		Use:   "prompts CASE.json",
-		Short: "Print, one JSON object per line, the prompts scoring a case sends to the model (one per coalition)",
+		Use:     "prompts CASE.json",
+		Example: "  finserve aml prompts aml/testdata/structuring.json",
+		Short:   "Print, one JSON object per line, the prompts scoring a case sends to the model (one per coalition)",
 		Long: `Print the prompts an assessment of a case scores, one per coalition of its
 active features, as JSON lines {"prompt": "..."}: what the model reads, for
 review, and the input of a naive comparison (scripts/aml-bench.sh).`,

@@ -24,8 +24,9 @@ func newBenchCmd() *cobra.Command {
 		perClient, requests int
 	)
 	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Load-test OpenAI-compatible servers (finserve, llama-server, vLLM, Ollama) with streaming clients",
+		Use:     "bench",
+		Example: "  finserve bench --url http://127.0.0.1:8080 --concurrency 1,4,8 --requests 64",
+		Short:   "Load-test OpenAI-compatible servers (finserve, llama-server, vLLM, Ollama) with streaming clients",
 		Long: `Load-test one or more OpenAI-compatible servers with a seeded workload,
 closed loop (--concurrency) or open loop (--rate, Poisson or gamma arrivals),
 and report what LLM serving is measured by, with vLLM's definitions: TTFT,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -18,8 +19,9 @@ import (
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Check serve configuration files"}
 	cmd.AddCommand(&cobra.Command{
-		Use:   "check FILE",
-		Short: "Check a `serve --config` file and every file it names, without starting the server",
+		Use:     "check FILE",
+		Example: "  finserve config check /etc/finserve/finserve.yaml",
+		Short:   "Check a `serve --config` file and every file it names, without starting the server",
 		Long: `Check a serve configuration file: every key is a serve flag with a valid
 value, the tier settings parse, and the files it names are usable: the
 model (validated as GGUF, not loaded), the API key file, the TLS
@@ -105,18 +107,12 @@ func checkServeConfig(path string) []error {
 		}
 	}
 	if o.auditLog != "" {
-		if _, err := os.Stat(o.auditLog); err == nil {
-			key, err := auditKey(o.auditLog, get("audit-key-file"), false)
-			if err != nil {
-				bad(fmt.Errorf("audit-key-file: %w", err))
-			} else if _, err := audit.VerifyFile(o.auditLog, key); err != nil {
-				// serve drops a last line cut before it was acknowledged.
-				var ve *audit.VerifyError
-				if !errors.As(err, &ve) || !ve.Incomplete || ve.Acknowledged {
-					bad(fmt.Errorf("audit-log: %w", err))
-				}
-			}
+		if err := checkAuditLog(o.auditLog, get("audit-key-file")); err != nil {
+			bad(err)
 		}
+	}
+	if pinned, _ := f.GetStringArray("pin-system-prompt"); len(pinned) > 0 && get("prefix-cache") == "false" {
+		bad(errors.New("pin-system-prompt needs prefix-cache"))
 	}
 	return problems
 }
@@ -132,4 +128,66 @@ func checkLogSettings(level, format string) error {
 		return fmt.Errorf("log-format: %q is not text or json", format)
 	}
 	return nil
+}
+
+// checkAuditLog refuses what serve's --audit-log would refuse at start,
+// changing nothing: a directory that is missing or not writable (serve
+// writes the log, its checkpoint and, on first start, its key there), a
+// log it cannot append to, a key it cannot read or would have to invent
+// for a log written without one, and a chain that fails verification. A
+// last line cut before it was acknowledged passes: serve drops it.
+func checkAuditLog(path, keyFile string) error {
+	dir := filepath.Dir(path)
+	if err := writableDir(dir); err != nil {
+		return fmt.Errorf("audit-log: %w", err)
+	}
+	_, statErr := os.Stat(path)
+	if statErr == nil {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("audit-log: serve could not append to it: %w", err)
+		}
+		f.Close()
+	} else if !errors.Is(statErr, os.ErrNotExist) {
+		return fmt.Errorf("audit-log: %w", statErr)
+	}
+	key, err := auditKey(path, keyFile, false)
+	if err != nil {
+		return fmt.Errorf("audit-key-file: %w", err)
+	}
+	if statErr != nil {
+		return nil // serve starts a new log (and, without a key, makes one)
+	}
+	if key == nil {
+		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+			return fmt.Errorf("audit-log: %s exists but has no key (%s.key or audit-key-file): serve refuses to append to it", path, path)
+		}
+		return nil
+	}
+	if _, err := audit.VerifyFile(path, key); err != nil {
+		// serve drops a last line cut before it was acknowledged.
+		var ve *audit.VerifyError
+		if !errors.As(err, &ve) || !ve.Incomplete || ve.Acknowledged {
+			return fmt.Errorf("audit-log: %w", err)
+		}
+	}
+	return nil
+}
+
+// writableDir says whether files can be created in dir, by creating one:
+// permission bits do not tell for root, nor for read-only mounts.
+func writableDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("its directory: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".finserve-check-*")
+	if err != nil {
+		return fmt.Errorf("its directory %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }

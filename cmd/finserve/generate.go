@@ -19,9 +19,10 @@ func newGenerateCmd() *cobra.Command {
 		seed                            int64
 	)
 	cmd := &cobra.Command{
-		Use:   "generate",
-		Short: "Generate text for one prompt on the engine (a smoke test without the server)",
-		Args:  cobra.NoArgs,
+		Use:     "generate",
+		Example: `  finserve generate --model demo.gguf --prompt "Our branch opening hours are" --max-tokens 32`,
+		Short:   "Generate text for one prompt on the engine (a smoke test without the server)",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if model == "" || prompt == "" {
 				return fmt.Errorf("--model and --prompt are required")

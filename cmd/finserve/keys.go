@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,19 +20,38 @@ import (
 
 func newKeysCmd() *cobra.Command {
 	var file string
-	cmd := &cobra.Command{Use: "keys", Short: "Manage the API key file (`serve --api-keys`)"}
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Manage the API key file (serve --api-keys)",
+		Long: `Manage the API key file that serve --api-keys reads. The file holds each
+key's name, allowed tiers and limits, and only a hash of the key: a key is
+shown once, when it is made. A running server takes changes on SIGHUP
+(systemctl reload finserve). A rewrite keeps the file's owner, group and
+mode, so that root may edit the file the service reads (0640, group of
+the service).`,
+		Example: `  finserve keys add teller-app --file /etc/finserve/keys.json --tiers realtime,standard --rate 20
+  finserve keys list --file /etc/finserve/keys.json
+  finserve keys rotate teller-app --file /etc/finserve/keys.json --overlap 24h
+  finserve keys revoke teller-app --file /etc/finserve/keys.json`,
+	}
 	cmd.PersistentFlags().StringVar(&file, "file", "", "API key file (required)")
+	needFile := func(*cobra.Command, []string) error {
+		if file == "" {
+			return errors.New("--file is required: the API key file (serve --api-keys), e.g. --file /etc/finserve/keys.json")
+		}
+		return nil
+	}
 	var tiers string
 	var rate float64
 	var concurrency int
 	add := &cobra.Command{
-		Use:   "add NAME",
-		Short: "Create a key; print it once (only its hash is stored)",
-		Args:  cobra.ExactArgs(1),
+		Use:     "add NAME",
+		Short:   "Create a key; print it once (only its hash is stored)",
+		Example: "  finserve keys add aml-batch --file keys.json --tiers batch --concurrency 2",
+		Args:    cobra.ExactArgs(1),
+		PreRunE: needFile,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if file == "" {
-				return errors.New("--file is required")
-			}
+			_, statErr := os.Stat(file)
 			key, err := apikeys.AddLimited(file, args[0], strings.Split(tiers, ","), rate, concurrency)
 			if err != nil {
 				return err
@@ -39,6 +59,10 @@ func newKeysCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), key)
 			fmt.Fprintf(cmd.ErrOrStderr(), "added key %q (tiers %s, rate %g/s; 0 is unlimited) to %s; it is shown only now. "+
 				"A running server takes it on SIGHUP.\n", args[0], tiers, rate, file)
+			if statErr != nil && os.Geteuid() == 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s is new, owned by root with mode 0600; the service reads it as its own user: "+
+					"chgrp finserve %s && chmod 640 %s (later rewrites keep that)\n", file, file, file)
+			}
 			return nil
 		},
 	}
@@ -46,29 +70,71 @@ func newKeysCmd() *cobra.Command {
 	add.Flags().Float64Var(&rate, "rate", 0, "requests per second the key may send (0: unlimited)")
 	add.Flags().IntVar(&concurrency, "concurrency", 0, "requests the key may have in flight at once (0: unlimited), so that one client cannot hold every slot")
 	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the keys: names, hints, tiers, rates (never the keys)",
-		Args:  cobra.NoArgs,
+		Use:     "list",
+		Example: "  finserve keys list --file /etc/finserve/keys.json",
+		Short:   "List the keys: names, hints, tiers, rates (never the keys)",
+		Args:    cobra.NoArgs,
+		PreRunE: needFile,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := apikeys.Load(file)
 			if err != nil {
 				return err
 			}
+			now := time.Now()
 			for _, e := range s.Keys {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s…\t%s\t%g/s\t%s\n", e.Name, e.Hint, strings.Join(e.Tiers, ","), e.Rate, e.Created.Format("2006-01-02"))
+				old := ""
+				for _, p := range e.Previous {
+					if now.Before(p.Expires) {
+						old += fmt.Sprintf("\tand %s… until %s", p.Hint, p.Expires.Format(time.RFC3339))
+					}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s…\t%s\t%g/s\t%s%s\n", e.Name, e.Hint, strings.Join(e.Tiers, ","), e.Rate, e.Created.Format("2006-01-02"), old)
 			}
 			return nil
 		},
 	}
-	revoke := &cobra.Command{
-		Use:   "revoke NAME",
-		Short: "Remove a key (a running server drops it on SIGHUP)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
-			return apikeys.Revoke(file, args[0])
+	var overlap time.Duration
+	rotate := &cobra.Command{
+		Use:   "rotate NAME",
+		Short: "Give a key a new value; the old one keeps working for --overlap",
+		Long: `Give a key a new value, printed once, keeping its name, tiers and limits
+(its tenant and cached prefixes stay its own). The old value is accepted
+for --overlap more, so that clients can switch without an outage; 0 stops
+it at once. A running server takes the change on SIGHUP.`,
+		Example: "  finserve keys rotate teller-app --file keys.json --overlap 24h && systemctl reload finserve",
+		Args:    cobra.ExactArgs(1),
+		PreRunE: needFile,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := apikeys.Rotate(file, args[0], overlap, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), key)
+			until := "no longer accepted"
+			if overlap > 0 {
+				until = "accepted until " + time.Now().Add(overlap).UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated key %q in %s: the new value is shown only now; the old one is %s. "+
+				"A running server takes it on SIGHUP.\n", args[0], file, until)
+			return nil
 		},
 	}
-	cmd.AddCommand(add, list, revoke)
+	rotate.Flags().DurationVar(&overlap, "overlap", 24*time.Hour, "how long the old value stays valid (0: not at all)")
+	revoke := &cobra.Command{
+		Use:     "revoke NAME",
+		Short:   "Remove a key (a running server drops it on SIGHUP)",
+		Example: "  finserve keys revoke teller-app --file keys.json && systemctl reload finserve",
+		Args:    cobra.ExactArgs(1),
+		PreRunE: needFile,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := apikeys.Revoke(file, args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "revoked key %q in %s; a running server drops it on SIGHUP (systemctl reload finserve)\n", args[0], file)
+			return nil
+		},
+	}
+	cmd.AddCommand(add, list, rotate, revoke)
 	return cmd
 }
 

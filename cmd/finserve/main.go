@@ -52,6 +52,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	logFlags(root.PersistentFlags(), &logLevel, &logFormat)
+	root.SetFlagErrorFunc(flagHint)
 	root.AddCommand(newServeCmd(), newBenchCmd(), newModelCmd(), newGenerateCmd(), newQuantCmd(), newEvalCmd(), newVersionCmd(), newAuditCmd(), newAMLCmd(), newKeysCmd(), newConfigCmd(), newSoakCmd())
 	return root
 }
@@ -112,4 +113,38 @@ func setGoProcs(n, threads int, log *slog.Logger) {
 	}
 	runtime.GOMAXPROCS(n)
 	log.Debug("Go procs", "n", n)
+}
+
+// llamaServerFlags are llama-server's names for serve's settings, for
+// the hint a user coming from it gets.
+var llamaServerFlags = map[string]string{
+	"--port": "--addr HOST:PORT", "--host": "--addr HOST:PORT", "-m": "--model", "--model-path": "--model",
+	"-c": "--ctx (per sequence)", "--ctx-size": "--ctx (per sequence)", "-np": "--parallel", "--n-parallel": "--parallel",
+	"-ngl": "--gpu-layers", "--n-gpu-layers": "--gpu-layers", "-t": "--threads", "-tb": "--threads-batch",
+	"-b": "--batch", "--batch-size": "--batch", "-ub": "--ubatch", "--ubatch-size": "--ubatch", "-fa": "--flash-attn",
+	"--api-key-file": "--api-keys (a file made with finserve keys add)", "-a": "--model-id", "--alias": "--model-id",
+	"-ctk": "--cache-type-k", "-ctv": "--cache-type-v", "-sm": "--split-mode", "-ts": "--tensor-split", "-mg": "--main-gpu",
+}
+
+// flagHint adds, to an unknown-flag error, the finserve name of a
+// llama-server flag.
+func flagHint(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	name := ""
+	switch {
+	case strings.HasPrefix(msg, "unknown flag: "):
+		name, _, _ = strings.Cut(strings.TrimPrefix(msg, "unknown flag: "), "=")
+	case strings.HasPrefix(msg, "unknown shorthand flag: "):
+		// "unknown shorthand flag: 'm' in -m": the argument as typed
+		if i := strings.LastIndex(msg, " in "); i >= 0 {
+			name, _, _ = strings.Cut(msg[i+4:], "=")
+		}
+	}
+	if hint, ok := llamaServerFlags[name]; ok {
+		return fmt.Errorf("%w (llama-server's %s is finserve's %s; see %s --help)", err, name, hint, cmd.CommandPath())
+	}
+	if name != "" {
+		return fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())
+	}
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -30,8 +31,9 @@ func newModelGenCmd() *cobra.Command {
 		seed             uint64
 	)
 	cmd := &cobra.Command{
-		Use:   "gen",
-		Short: "Write a synthetic llama-architecture model with seeded random weights",
+		Use:     "gen",
+		Example: "  finserve model gen --preset tiny --type q8_0 --out demo.gguf",
+		Short:   "Write a synthetic llama-architecture model with seeded random weights",
 		Long: `Write a llama-architecture GGUF model with seeded random weights, a
 byte-fallback SentencePiece vocabulary (any UTF-8 text tokenizes, Chinese
 included) and a ChatML chat template. Presets:
@@ -87,8 +89,9 @@ func newModelInspectCmd() *cobra.Command {
 		gpuFree               string
 	)
 	cmd := &cobra.Command{
-		Use:   "inspect PATH",
-		Short: "Validate a GGUF model and describe it, with the memory it needs to serve and where its layers would go",
+		Use:     "inspect PATH",
+		Example: "  finserve model inspect demo.gguf --parallel 8 --ctx 4096",
+		Short:   "Validate a GGUF model and describe it, with the memory it needs to serve and where its layers would go",
 		Long: `Validate a GGUF model and describe it: shape, tensor types, the memory
 it needs for --parallel sequences of --ctx tokens, and the placement plan
 that serve makes for the same settings (layers per GPU, KV cache, compute
@@ -135,6 +138,9 @@ that a GPU can be chosen before it is bought:
 			fmt.Fprintln(w)
 			if len(plan.Devices) == 0 {
 				fmt.Fprintln(w, "placement: CPU only (no GPU here; --gpu-free 80GiB plans for one)")
+				if warn := memoryWarning(s.MemoryFor(ctx, parallel, ubatch), hostMemory()); warn != "" {
+					fmt.Fprintln(w, warn)
+				}
 				return nil
 			}
 			fmt.Fprintf(w, "placement (KV cache %s, %s keys, %s values):\n", models.HumanBytes(plan.KVBytes), gpu.cacheK, gpu.cacheV)
@@ -187,8 +193,9 @@ func newModelBenchCmd() *cobra.Command {
 		asJSON, noRepack                               bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench PATH",
-		Short: "Measure the engine as llama-bench (pp, tg) and llama-batched-bench (aggregate decode) do",
+		Use:     "bench PATH",
+		Example: "  finserve model bench demo.gguf",
+		Short:   "Measure the engine as llama-bench (pp, tg) and llama-batched-bench (aggregate decode) do",
 		Long: `Measure the engine on a model the way llama.cpp's tools measure llama.cpp:
 prompt processing (--pp) and single-stream decode (--tg) as llama-bench does,
 then aggregate decode throughput at each --npl concurrency level as
@@ -319,4 +326,43 @@ func parseFlashAttention(s string) (engine.FlashAttention, error) {
 		return engine.FlashAttentionOff, nil
 	}
 	return 0, fmt.Errorf("--flash-attn %q: want auto, on or off", s)
+}
+
+// memoryWarning says when serving on the CPU would need more memory than
+// the machine has available (0: unknown), naming what to lower.
+func memoryWarning(m models.Memory, avail int64) string {
+	switch {
+	case avail <= 0 || m.Total() <= avail:
+		return ""
+	case m.KVCache > avail/2:
+		return fmt.Sprintf("warning: serving needs about %s but %s is available here, and the KV cache alone takes %s: "+
+			"lower --parallel or --ctx (the cache is their product), or use --cache-type-k/--cache-type-v q8_0",
+			models.HumanBytes(m.Total()), models.HumanBytes(avail), models.HumanBytes(m.KVCache))
+	default:
+		return fmt.Sprintf("warning: serving needs about %s but %s is available here: the weights take %s; "+
+			"use a smaller quantization (finserve quant), or lower --parallel or --ctx",
+			models.HumanBytes(m.Total()), models.HumanBytes(avail), models.HumanBytes(m.Weights))
+	}
+}
+
+// hostMemory is the memory available to this process: MemAvailable, or
+// the cgroup's limit when lower (a container's); 0 when unknown.
+func hostMemory() int64 {
+	var avail int64
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+				var kib int64
+				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kib)
+				avail = kib << 10
+			}
+		}
+	}
+	if data, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		var limit int64
+		if _, err := fmt.Sscan(strings.TrimSpace(string(data)), &limit); err == nil && limit > 0 && (avail == 0 || limit < avail) {
+			avail = limit
+		}
+	}
+	return avail
 }

@@ -21,8 +21,9 @@ func newQuantCmd() *cobra.Command {
 		o       engine.QuantizeOptions
 	)
 	cmd := &cobra.Command{
-		Use:   "quant",
-		Short: "Quantize a GGUF model with llama.cpp's quantization",
+		Use:     "quant",
+		Example: "  finserve quant --in model-f16.gguf --out model-q4_k_m.gguf --type q4_k_m",
+		Short:   "Quantize a GGUF model with llama.cpp's quantization",
 		Long: `Quantize a GGUF model (best from its f16 or f32 original) with llama.cpp's
 own quantization, as llama-quantize does. The input is validated first; the
 output appears only when it is complete and valid. Then measure what the
@@ -64,8 +65,9 @@ func newEvalCmd() *cobra.Command {
 		asJSON            bool
 	)
 	cmd := &cobra.Command{
-		Use:   "eval",
-		Short: "Measure how much of a reference model a candidate (its quantization) keeps",
+		Use:     "eval",
+		Example: "  finserve eval --reference model-f16.gguf --candidate model-q4_k_m.gguf --corpus testdata/corpus/finance-zh-en.txt",
+		Short:   "Measure how much of a reference model a candidate (its quantization) keeps",
 		Long: `Compare a candidate model with its reference on a text corpus, as llama.cpp's
 llama-perplexity --kl-divergence does: the corpus is cut into chunks of --ctx
 tokens, and at every position of each chunk's second half both models'

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,7 +36,7 @@ type serveOptions struct {
 	maxTokens, bodyLimitKiB, goProcs              int
 	unifiedKV, compress                           bool
 	readTimeout, writeTimeout, idleTimeout        time.Duration
-	shutdownGrace, keepAlive                      time.Duration
+	shutdownGrace, keepAlive, drainDelay          time.Duration
 	apiKeys                                       []string
 
 	prefixCache, prefixCompress bool
@@ -60,8 +62,9 @@ func newServeCmd() *cobra.Command {
 	var o serveOptions
 	var configPath string
 	cmd := &cobra.Command{
-		Use:   "serve",
-		Short: "Serve a GGUF model over the OpenAI-compatible HTTP API",
+		Use:     "serve",
+		Example: "  finserve serve --model demo.gguf --addr 127.0.0.1:8080\n  finserve serve --config /etc/finserve/finserve.yaml --log-format json\n  FINSERVE_PARALLEL=8 finserve serve --model model.gguf --api-keys keys.json",
+		Short:   "Serve a GGUF model over the OpenAI-compatible HTTP API",
 		Long: `Serve a GGUF model over the OpenAI-compatible HTTP API.
 
 The server listens at once. GET /health (liveness, no key needed) answers
@@ -118,6 +121,7 @@ for --shutdown-grace, then cancels the rest.`,
 	f.DurationVar(&o.writeTimeout, "write-timeout", 0, "time to write a whole response, streams included (0: none)")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 120*time.Second, "how long a keep-alive connection waits for its next request")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long requests in flight may finish before they are cancelled")
+	f.DurationVar(&o.drainDelay, "drain-delay", 0, "on SIGTERM, keep answering (503 shutting_down, /ready included) at least this long before closing the listener, so that load balancers notice (at most --shutdown-grace)")
 	f.DurationVar(&o.keepAlive, "sse-keep-alive", 10*time.Second, "interval of keep-alive comments on an idle event stream")
 	f.BoolVar(&o.compress, "compress", true, "compress JSON responses for clients that accept it (never event streams)")
 	f.IntVar(&o.goProcs, "go-procs", 0, "CPUs for Go code (HTTP, JSON); 0: the CPUs --threads leaves free, 1 to 4 (GOMAXPROCS in the environment wins)")
@@ -130,13 +134,13 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringVar(&o.defaultTier, "default-tier", "standard", "tier of /v1 requests whose API key declares none: realtime, standard or batch")
 	f.DurationVar(&o.tierAging, "tier-aging", engine.DefaultAging, "a request held back by higher tiers gains one priority level per this much waiting (0: no aging)")
 	f.BoolVar(&o.logContent, "log-content", false, "log each request's prompt and completion (masked for personal data); off: they hold customer data")
-	f.StringVar(&o.keyFile, "api-keys", "", "API key file made with `finserve keys add` (names, allowed tiers, rates; hashes only); reloaded on SIGHUP")
+	f.StringVar(&o.keyFile, "api-keys", "", "API key file made with 'finserve keys add' (names, allowed tiers, rates; hashes only); reloaded on SIGHUP")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "require client certificates signed by these PEM CAs (mutual TLS)")
-	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, `finserve aml config` prints it)")
-	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response (`finserve audit verify` checks it)")
-	f.StringVar(&o.auditKey, "audit-key-file", "", "HMAC key of the audit log's chain, from `finserve audit keygen` (default: AUDIT-LOG.key, made on first start; keep it apart from the log)")
+	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, which 'finserve aml config' prints)")
+	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response ('finserve audit verify' checks it)")
+	f.StringVar(&o.auditKey, "audit-key-file", "", "HMAC key of the audit log's chain, from 'finserve audit keygen' (default: AUDIT-LOG.key, made on first start; keep it apart from the log)")
 	f.BoolVar(&o.auditNoSync, "audit-no-sync", false, "write audit records without fsync (faster; a power loss may lose the last decisions)")
 	defaults := defaultTierSettings()
 	for t := range engine.Tier(engine.NumTiers) {
@@ -214,10 +218,17 @@ func runServe(ctx context.Context, o serveOptions) error {
 		aging = -1 // the engine's "never"
 	}
 	log := slog.Default()
+	info, built := build()
+	log.Info("finserve", "version", info.Version, "revision", info.Revision, "built", built, "go", info.GoVersion, "llama_cpp", info.LlamaCpp)
 	for _, d := range engine.GPUs() {
 		log.Info("GPU device", "name", d.Name, "description", d.Description, "free_mib", d.FreeBytes>>20, "total_mib", d.TotalBytes>>20)
 	}
 	setGoProcs(o.goProcs, o.threads, log)
+	stopTracing, err := setupTracing(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	amlCfg := aml.DefaultConfig()
 	if o.amlConfig != "" {
 		if amlCfg, err = aml.LoadConfig(o.amlConfig); err != nil {
@@ -258,6 +269,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTimeout, IdleTimeout: o.idleTimeout,
 		APIKeys: o.apiKeys, Compress: o.compress, KeepAlive: o.keepAlive, Logger: log,
 		Tiers: tierLimits, DefaultTier: o.defaultTier,
+		DrainDelay: min(o.drainDelay, o.shutdownGrace), Build: info,
 	})
 	if err != nil {
 		return err
@@ -280,6 +292,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		if pct := int(p * 100); pct >= last+10 || pct == 100 && last != 100 {
 			last = pct
 			log.Info("loading model", "percent", pct)
+			sdNotify(log, fmt.Sprintf("STATUS=loading model: %d%%", pct))
 		}
 	}
 	m, err := engine.LoadModel(ctx, o.model, mo)
@@ -306,13 +319,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	defer e.Close()
 	srv.SetEngine(e, id)
+	sdNotify(log, "READY=1", "STATUS=serving "+id)
 
 	select {
 	case err := <-served:
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down", "grace", o.shutdownGrace)
+	log.Info("shutting down", "grace", o.shutdownGrace, "drain_delay", min(o.drainDelay, o.shutdownGrace))
+	sdNotify(log, "STOPPING=1", "STATUS=draining")
 	return shutdown(srv, o.shutdownGrace)
 }
 
@@ -355,8 +370,21 @@ func parseBytes(s string) (int64, error) {
 	return int64(v * mult), nil
 }
 
+// shutdown drains srv for up to grace. A second SIGTERM or SIGINT ends
+// the grace at once (an operator's second Ctrl-C).
 func shutdown(srv *server.Server, grace time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-again:
+			slog.Warn("second stop signal: ending the shutdown grace now")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	return srv.Shutdown(ctx, 5*time.Second)
 }

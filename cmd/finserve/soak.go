@@ -15,8 +15,9 @@ func newSoakCmd() *cobra.Command {
 	var o bench.SoakOptions
 	var amlCase, jsonOut string
 	cmd := &cobra.Command{
-		Use:   "soak",
-		Short: "Soak a finserve server: many clients mixing tiers, disconnects and over-rate keys, for a bounded time",
+		Use:     "soak",
+		Example: "  finserve soak --url http://127.0.0.1:8080 --duration 2m",
+		Short:   "Soak a finserve server: many clients mixing tiers, disconnects and over-rate keys, for a bounded time",
 		Long: `Soak a finserve server on loopback: --clients clients for --duration, an
 eighth sending as fast as they can with --rate-key (429s expected), an eighth
 leaving their streams after the first chunks, the rest mixing realtime chat,
