@@ -125,6 +125,14 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./bench -run '^$$' -fuzz FuzzParseTarget -fuzztime $(FUZZTIME)
 	$(GO) test ./aml -run '^$$' -fuzz FuzzDecodeCases -fuzztime $(FUZZTIME)
 	$(GO) test ./pii -run '^$$' -fuzz FuzzMask -fuzztime $(FUZZTIME)
+	$(GO) test ./apikeys -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./audit -run '^$$' -fuzz FuzzVerify -fuzztime $(FUZZTIME)
+	$(GO) test ./aml -run '^$$' -fuzz FuzzParseConfig -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/finserve -run '^$$' -fuzz FuzzServeSettings -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/finserve -run '^$$' -fuzz FuzzTierSpec -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/finserve -run '^$$' -fuzz FuzzParseBytes -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzAuthHeaders -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzAMLHandler -fuzztime $(FUZZTIME)
 
 bench: headers ## engine micro-benchmarks (go test -bench)
 	$(GO) test ./engine -run '^$$' -bench . -benchtime 3x

@@ -1,6 +1,7 @@
 package aml
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -484,4 +485,37 @@ func TestSchemaMatchesTypes(t *testing.T) {
 	if len(channels) != len(Channels) {
 		t.Errorf("schema channels %v, code %v", channels, Channels)
 	}
+}
+
+// FuzzParseConfig: any AML configuration file is refused with an error,
+// or yields a configuration whose every rule names known facts and
+// operators and that scores a case without panicking.
+func FuzzParseConfig(f *testing.F) {
+	f.Add(DefaultYAML())
+	f.Add(bytes.Replace(DefaultYAML(), []byte(`value: "50000"`), []byte(`value: "-1"`), 1))
+	f.Add(bytes.Replace(DefaultYAML(), []byte("base: USD"), []byte("base: CNY"), 1))
+	f.Add([]byte("version: x\n"))
+	f.Add([]byte("rules: [\n"))
+	data, _ := os.ReadFile("testdata/structuring.json")
+	f.Fuzz(func(t *testing.T, yaml []byte) {
+		cfg, err := ParseConfig(yaml)
+		if err != nil {
+			return
+		}
+		for _, r := range cfg.Rules.Rules {
+			for _, cd := range append(slices.Clone(r.All), r.Any...) {
+				if !slices.Contains(FactNames(), cd.Fact) {
+					t.Fatalf("accepted unknown fact %q", cd.Fact)
+				}
+			}
+		}
+		cs, _, err := DecodeCases(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cs[0].Validate(cfg, "") != nil {
+			return
+		}
+		NewAssessor(cfg, &textModel{}).Assess(context.Background(), &cs[0])
+	})
 }

@@ -39,11 +39,14 @@ type SoakOptions struct {
 type SoakReport struct {
 	Clients  int
 	Duration time.Duration
-	// Status counts outcomes by behaviour: "200", "429", "503", "transport",
+	// Status counts outcomes by behaviour: "200", "429 queue_full", "503 queue_timeout" (status and error code), "transport",
 	// "disconnected" (a client that left on purpose) and so on.
 	Status map[string]map[string]int
-	// Unintended counts outcomes other than success, intended disconnects
-	// and 429s on the rate-limited key.
+	// Shed counts requests the server refused by design under load: 429
+	// queue_full and 503 queue_timeout, with Retry-After.
+	Shed int
+	// Unintended counts outcomes other than success, intended disconnects,
+	// 429s on the rate-limited key and shed load.
 	Unintended int
 	Samples    []SoakSample
 	// After the clients stopped and the server went idle.
@@ -161,10 +164,13 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 	sample()
 	for beh, st := range r.Status {
 		for s, n := range st {
-			if s == "200" || beh == behDisconnect && s == "disconnected" || beh == behRate && s == "429" {
-				continue
+			switch {
+			case s == "200" || beh == behDisconnect && s == "disconnected" || beh == behRate && s == "429 rate_limit_exceeded":
+			case shedding[s]:
+				r.Shed += n
+			default:
+				r.Unintended += n
 			}
-			r.Unintended += n
 		}
 	}
 	return r, nil
@@ -235,8 +241,7 @@ func (o SoakOptions) request(ctx context.Context, beh string, rng *rand.Rand) st
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		io.Copy(io.Discard, resp.Body)
-		return strconv.Itoa(resp.StatusCode)
+		return refusal(resp)
 	}
 	if beh == behDisconnect {
 		// Read a few events, then leave mid-stream (an error event, such as
@@ -274,9 +279,12 @@ func (o SoakOptions) get(ctx context.Context, key, path string) string {
 	if err != nil {
 		return "transport"
 	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return refusal(resp)
+	}
 	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return strconv.Itoa(resp.StatusCode)
+	return "200"
 }
 
 // scrape reads the server's Prometheus metrics as name -> value (label
@@ -328,7 +336,7 @@ func (r *SoakReport) WriteText(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "unintended outcomes: %d\n", r.Unintended)
+	fmt.Fprintf(w, "shed under load (429 queue_full, 503 queue_timeout): %d\nunintended outcomes: %d\n", r.Shed, r.Unintended)
 	if n := len(r.Samples); n > 0 {
 		first, last := r.Samples[0], r.Samples[n-1]
 		peak := 0.0
@@ -339,4 +347,23 @@ func (r *SoakReport) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "after: running %.0f, waiting %.0f, KV reserved by requests %.3f, prefix-cache resident tokens %.0f\n",
 		r.IdleRunning, r.IdleWaiting, r.IdleKVUsage, r.IdlePrefixTokens)
+}
+
+// shedding are the refusals a loaded server answers by design.
+var shedding = map[string]bool{"429 queue_full": true, "503 queue_timeout": true}
+
+// refusal names a non-200 answer by its status and OpenAI error code,
+// such as "503 queue_timeout".
+func refusal(resp *http.Response) string {
+	var body struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	status := strconv.Itoa(resp.StatusCode)
+	if json.Unmarshal(data, &body) == nil && body.Error.Code != "" {
+		return status + " " + body.Error.Code
+	}
+	return status
 }

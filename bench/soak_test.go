@@ -32,12 +32,14 @@ func TestSoakShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Load shed by design (429 queue_full, 503 queue_timeout: a loaded
+	// machine may see some) is not a failure; anything else is.
 	if r.Unintended != 0 {
 		t.Errorf("unintended outcomes: %+v", r.Status)
 	}
 	// (Batch streams, lowest priority and preemptible, may not finish in
 	// seconds beside this load; the 10-minute soak counts them.)
-	if r.Status["over-rate"]["429"] == 0 || r.Status["disconnecting"]["disconnected"] == 0 || r.Status["aml-score"]["200"] == 0 ||
+	if r.Status["over-rate"]["429 rate_limit_exceeded"] == 0 || r.Status["disconnecting"]["disconnected"] == 0 || r.Status["aml-score"]["200"] == 0 ||
 		r.Status["realtime-chat"]["200"] == 0 || r.Status["standard-chat"]["200"] == 0 {
 		t.Errorf("behaviours not exercised: %+v", r.Status)
 	}

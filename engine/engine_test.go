@@ -613,11 +613,13 @@ func TestFinishAndUsage(t *testing.T) {
 // TestQueueFullAndTierOrder: a full queue refuses at once; a freed slot
 // goes to the highest tier waiting, whatever the arrival order.
 func TestQueueFullAndTierOrder(t *testing.T) {
-	e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, MaxQueue: 2})
+	// The hog cannot end before the test cancels it (16,000 tokens take
+	// seconds even on the tiny model), however slow the machine.
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, MaxQueue: 2, Context: 16384})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p := prompt(t, tinyQ8, testPrompts[0])
-	hog, err := e.Generate(ctx, engine.Request{Prompt: p, MaxTokens: 400, IgnoreEOS: true, Tier: engine.TierBatch})
+	hog, err := e.Generate(ctx, engine.Request{Prompt: p, MaxTokens: 16000, IgnoreEOS: true, Tier: engine.TierBatch})
 	if err != nil {
 		t.Fatal(err)
 	}

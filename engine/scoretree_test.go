@@ -2,12 +2,15 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/finserve/finserve/engine"
 )
+
+var errNotYet = errors.New("not yet")
 
 // coalitionVariants renders one prompt per subset of features, each
 // feature either present or replaced by its baseline, the way Shapley
@@ -115,24 +118,49 @@ func TestScoreTree(t *testing.T) {
 func TestScoreTreeCancel(t *testing.T) {
 	e := newEngine(t, tinyQ8, engine.Options{Parallel: 3, UnifiedKV: true, KVCells: 1024})
 	vs := coalitionVariants(t, tinyQ8, 6)
+	// Cancelled while queued behind a generation that holds the only slot
+	// and outlasts the test (16,000 tokens): the cancel is certain to
+	// reach a tree that has not finished.
+	q := newEngine(t, tinyQ8, engine.Options{Parallel: 1, Context: 16384})
+	hog, err := q.Generate(context.Background(), engine.Request{Prompt: []engine.Token{1, 2, 3}, MaxTokens: 16000, IgnoreEOS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStats(t, q, "the hog runs", func(s engine.Stats) bool { return s.Running == 1 })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	go func() {
+		_, err := q.Score(ctx, engine.ScoreRequest{Variants: vs, Targets: []engine.Token{5}})
+		done <- err
+	}()
+	waitStats(t, q, "the tree waits", func(s engine.Stats) bool { return s.Waiting == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("a tree cancelled before it started: %v, want context.Canceled", err)
+	}
+	hog.Close()
+	hog.Collect()
+	checkIdle(t, q, "after a tree cancelled in the queue")
+
+	// And cancelled in the middle: some steps done, the tree unfinished.
+	ctx, cancel = context.WithCancel(context.Background())
 	go func() {
 		_, err := e.Score(ctx, engine.ScoreRequest{Variants: vs, Targets: []engine.Token{5}})
 		done <- err
 	}()
-	for {
-		s, err := e.Stats(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.Steps > 3 {
-			break
+	// A few steps in (or finished: whichever comes first), cancel; either
+	// way nothing may be left behind.
+	var result error = errNotYet
+	for result == errNotYet {
+		select {
+		case result = <-done:
+		default:
+			if st, err := e.Stats(context.Background()); err != nil || st.Steps > 3 {
+				cancel()
+				result = <-done
+			}
 		}
 	}
 	cancel()
-	if err := <-done; err == nil {
-		t.Log("finished before the cancellation")
-	}
 	checkIdle(t, e, "after a cancelled tree")
 }

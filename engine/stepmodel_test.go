@@ -64,3 +64,57 @@ func TestMinChunk(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkCap: how many prompt tokens a lower tier's sequence may add to
+// a step: unbounded unless a higher tier with a TTFT target was active in
+// the last minute; then what keeps the step within a sixth of the
+// smallest such target by the step-time model, at least the minimum
+// chunk for the step's first capped sequence, only what is left for the
+// rest.
+func TestChunkCap(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	var measured stepModel
+	for _, s := range [][2]float64{{4, 38}, {40, 110}, {100, 230}, {4, 38}, {64, 158}} {
+		measured.add(int(s[0]), ms(s[1]))
+	}
+	fitRT, _ := measured.tokensWithin(600 * time.Millisecond / stepShare)
+	fitStd, _ := measured.tokensWithin(1200 * time.Millisecond / stepShare)
+	floor := measured.minChunk(512)
+	if fitRT <= floor || fitStd <= fitRT {
+		t.Fatalf("the fixture does not separate the cases: fit %d and %d, minimum chunk %d", fitRT, fitStd, floor)
+	}
+	now := time.Now()
+	active, idle := now, now.Add(-2*activeWindow)
+	tiers := DefaultTiers()
+	tiers[TierRealtime].TTFTTarget = 600 * time.Millisecond
+	tiers[TierStandard].TTFTTarget = 1200 * time.Millisecond
+	batch, standard, realtime := tiers[TierBatch].Priority, tiers[TierStandard].Priority, tiers[TierRealtime].Priority
+	cases := []struct {
+		name       string
+		seen       [NumTiers]time.Time // realtime, standard, batch
+		model      stepModel
+		p, n       int
+		capped     bool
+		want       int
+		wantCapped bool
+	}{
+		{"no higher tier active", [NumTiers]time.Time{idle, idle, active}, measured, batch, 0, false, 0, false},
+		{"realtime active: a sixth of its target", [NumTiers]time.Time{active, idle, active}, measured, batch, 0, false, fitRT, true},
+		{"only standard active: a sixth of its target", [NumTiers]time.Time{idle, active, active}, measured, batch, 0, false, fitStd, true},
+		{"both active: the smaller target", [NumTiers]time.Time{active, active, active}, measured, batch, 0, false, fitRT, true},
+		{"standard under realtime", [NumTiers]time.Time{active, active, active}, measured, standard, 0, false, fitRT, true},
+		{"realtime is never capped", [NumTiers]time.Time{active, active, active}, measured, realtime, 0, false, 0, false},
+		{"nothing measured yet", [NumTiers]time.Time{active, idle, idle}, stepModel{}, batch, 0, false, 0, false},
+		{"first capped: what is left", [NumTiers]time.Time{active, idle, idle}, measured, batch, fitRT - floor - 3, false, floor + 3, true},
+		{"first capped: at least the minimum chunk", [NumTiers]time.Time{active, idle, idle}, measured, batch, fitRT, false, floor, true},
+		{"later capped: only what is left", [NumTiers]time.Time{active, idle, idle}, measured, batch, fitRT - 5, true, 5, true},
+		{"later capped: nothing left", [NumTiers]time.Time{active, idle, idle}, measured, batch, fitRT + 5, true, 0, true},
+	}
+	for _, tc := range cases {
+		l := &loop{e: &Engine{opts: Options{Tiers: tiers, UBatch: 512}}, lastSeen: tc.seen, stepTime: tc.model}
+		got, capped := l.chunkCap(tc.p, tc.n, tc.capped)
+		if got != tc.want || capped != tc.wantCapped {
+			t.Errorf("%s: chunkCap = %d, %v; want %d, %v", tc.name, got, capped, tc.want, tc.wantCapped)
+		}
+	}
+}

@@ -338,3 +338,42 @@ func TestTierOptions(t *testing.T) {
 		t.Error("ParseTier accepted an unknown tier")
 	}
 }
+
+// TestPreemptForCells: with a unified KV cache that batch generations
+// fill while slots are still free, a realtime request preempts one of
+// them for its cells (not for a slot); both batch generations still
+// deliver every token.
+func TestPreemptForCells(t *testing.T) {
+	// Each hog reserves a whole 2,048-cell context: two fill the cache.
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 4, Context: 2048, KVCells: 4096, UnifiedKV: true})
+	p := prompt(t, tinyQ8, testPrompts[0])
+	req := engine.Request{Prompt: p, MaxTokens: 2048 - len(p), IgnoreEOS: true, Tier: engine.TierBatch}
+	var hogs []*engine.Stream
+	for range 2 {
+		st, err := e.Generate(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hogs = append(hogs, st)
+	}
+	s := waitStats(t, e, "both hogs run", func(s engine.Stats) bool { return s.Sequences == 2 })
+	if s.KVCellsReserved < s.KVCells || s.Slots-s.Sequences < 2 {
+		t.Fatalf("the fixture does not fill the cells with slots to spare: %+v", s)
+	}
+	rt := generate(t, e, engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[1]), MaxTokens: 8, IgnoreEOS: true, Tier: engine.TierRealtime})
+	if len(rt.tokens) != 8 || rt.final.Err != nil {
+		t.Fatalf("realtime: %d tokens, %v", len(rt.tokens), rt.final.Err)
+	}
+	preempted := 0
+	for i, h := range hogs {
+		r := collect(t, h)
+		if r.final.Err != nil || len(r.tokens) != req.MaxTokens {
+			t.Errorf("batch %d: %d tokens, %v", i, len(r.tokens), r.final.Err)
+		}
+		preempted += r.final.Preemptions
+	}
+	if preempted < 1 {
+		t.Error("no batch generation was preempted for the realtime request's cells")
+	}
+	checkIdle(t, e, "after preemption for cells")
+}

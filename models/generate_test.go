@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -17,7 +19,9 @@ func TestPresetShapes(t *testing.T) {
 		preset string
 		params int64
 	}{
-		{"tiny", 819840},
+		// embeddings in and out, output norm, 2 layers of norms, q, k, v, o
+		// (kv heads 2 of 4: k and v are 64 wide) and a gated feed-forward
+		{"tiny", 2*2048*128 + 128 + 2*(2*128+2*128*128+2*128*64+3*128*256)},
 		{"bench", 134105856}, // DESIGN.md's 134M
 		{"13b", 13015864320}, // a llama 13B
 	} {
@@ -168,5 +172,60 @@ func TestInspectGolden(t *testing.T) {
 	}
 	if buf.String() != string(want) {
 		t.Errorf("inspect output differs from %s:\n%s", golden, buf.String())
+	}
+}
+
+// TestPresetArithmetic: the tiny preset's parameter count, tensor bytes
+// and serving memory, derived here from its shape (a llama model with
+// separate input and output embeddings, grouped-query attention and a
+// gated feed-forward), agree with what Summarize reads from the file
+// and with the inspect golden file, so that neither is merely a copy of
+// the output.
+func TestPresetArithmetic(t *testing.T) {
+	p := Presets["tiny"]
+	e, l, v, ff := int64(p.Embd), int64(p.Layers), int64(p.Vocab), int64(p.FF)
+	kvDim := e / int64(p.Heads) * int64(p.HeadsKV)
+	perLayer := 2*e + // attention and feed-forward norms
+		e*e + 2*e*kvDim + e*e + // q, k, v, o
+		3*e*ff // gate, up, down
+	norms := 2*l*e + e
+	params := 2*v*e + e + l*perLayer // embeddings in and out, output norm, layers
+	// q8_0: blocks of 32 values in 34 bytes; the norms stay f32.
+	q8Bytes := (params - norms) / 32 * 34
+	f32Bytes := norms * 4
+	const ctx, seqs = 2048, 4
+	kvBytes := 2 * l * kvDim * ctx * seqs * 2 // keys and values, f16
+	logits := seqs * v * 4
+
+	path := filepath.Join(t.TempDir(), "tiny.gguf")
+	if err := Generate(context.Background(), path, GenOptions{Preset: p, Type: TypeQ8_0, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Check(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Summarize(path, f)
+	if s.Params != params || s.TensorBytes != q8Bytes+f32Bytes {
+		t.Errorf("params %d, tensor bytes %d; derived %d and %d", s.Params, s.TensorBytes, params, q8Bytes+f32Bytes)
+	}
+	if m := s.MemoryFor(ctx, seqs, 512); m.KVCache != kvBytes || m.Outputs != logits || m.Weights != q8Bytes+f32Bytes {
+		t.Errorf("memory %+v; derived kv %d, logits %d", m, kvBytes, logits)
+	}
+	golden, err := os.ReadFile(filepath.Join("testdata", "inspect-tiny-q8_0.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("parameters                        %d (", params),
+		"tensors q8_0                      16 tensors, " + HumanBytes(q8Bytes),
+		"tensors f32                       5 tensors, " + HumanBytes(f32Bytes),
+		"kv cache (f16)                  " + HumanBytes(kvBytes),
+		"logits                          " + HumanBytes(logits),
+		fmt.Sprintf("memory at ctx %d x %d sequences", ctx, seqs),
+	} {
+		if !strings.Contains(string(golden), want) {
+			t.Errorf("the golden file lacks the derived %q", want)
+		}
 	}
 }

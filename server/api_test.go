@@ -251,9 +251,14 @@ func TestSDKErrors(t *testing.T) {
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.Code != "context_length_exceeded" {
 		t.Fatalf("long prompt: %v", err)
 	}
+	// The error object as the SDK hands it to the application.
 	var body map[string]any
 	if err := json.Unmarshal([]byte(apiErr.RawJSON()), &body); err != nil {
 		t.Fatal(err)
+	}
+	if msg, _ := body["message"].(string); !strings.Contains(msg, "tokens") || body["type"] != "invalid_request_error" ||
+		body["param"] != "messages" || body["code"] != "context_length_exceeded" {
+		t.Errorf("the error object the SDK got: %s", apiErr.RawJSON())
 	}
 }
 
@@ -277,6 +282,22 @@ func TestSeedReproducible(t *testing.T) {
 	}
 	if texts[0] != texts[1] {
 		t.Fatalf("same seed, different text: %q vs %q", texts[0], texts[1])
+	}
+	// A server that ignored temperature or the seed would repeat itself
+	// across seeds too.
+	differ := 0
+	for _, seed := range []int64{43, 44, 45} {
+		params.Seed = openai.Int(seed)
+		resp, err := ts.client().Chat.Completions.New(context.Background(), params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Choices[0].Message.Content != texts[0] {
+			differ++
+		}
+	}
+	if differ == 0 {
+		t.Errorf("seeds 43, 44 and 45 all gave seed 42's text %q: sampling ignores the seed or the temperature", texts[0])
 	}
 }
 
@@ -316,7 +337,9 @@ func TestJSONObjectFormat(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d of 6 objects complete", stopped)
+	if stopped == 0 {
+		t.Error("no answer completed its JSON object: the grammar never lets the model stop")
+	}
 	resp, body := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},"ignore_eos":true}`)
 	checkError(t, resp, body, 400, "ignore_eos", "")
 }

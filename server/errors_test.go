@@ -198,8 +198,10 @@ func TestLoading(t *testing.T) {
 // TestQueueFull: with every slot busy and the queue full, a request gets
 // 429 with Retry-After, and the server recovers.
 func TestQueueFull(t *testing.T) {
-	ts := startServer(t, Config{}, engine.Options{Parallel: 1, MaxQueue: 1, Context: 4096})
-	long := `{"messages":[{"role":"user","content":"go"}],"max_tokens":4000,"ignore_eos":true,"stream":true}`
+	// Streams that cannot end before the test closes them, however slow
+	// the machine (16,000 tokens; 4,000 once did, under load).
+	ts := startServer(t, Config{Limits: Limits{MaxTokens: 16000}}, engine.Options{Parallel: 1, MaxQueue: 1, Context: 16384})
+	long := `{"messages":[{"role":"user","content":"go"}],"max_tokens":16000,"ignore_eos":true,"stream":true}`
 	// Hold the only slot and the only queue place with two streams.
 	var bodies []*http.Response
 	for i := range 2 {

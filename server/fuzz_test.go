@@ -1,12 +1,20 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/finserve/finserve/apikeys"
 	"github.com/finserve/finserve/engine"
 )
 
@@ -176,5 +184,128 @@ func FuzzChatContent(f *testing.F) {
 				t.Fatalf("%s: content %q: prompt markers %v, template's %v", b.id, content, got, want)
 			}
 		}
+	})
+}
+
+// httpServer is a server on the tiny model with a key file (a
+// realtime-only key and an all-tier key), answering in process through
+// fiber's app.Test.
+func httpServer(f *testing.F, cfg Config) (*Server, string, string) {
+	path := filepath.Join(f.TempDir(), "keys.json")
+	rt, err := apikeys.Add(path, "rt", []string{"realtime"}, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	all, err := apikeys.Add(path, "all", []string{"standard", "realtime", "batch"}, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	set, err := apikeys.Load(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg.KeyFile = set
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	e, err := engine.New(tiny, engine.Options{Parallel: 2, Context: 1024, Threads: 2})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { e.Close() })
+	s.SetEngine(e, "tiny")
+	return s, rt, all
+}
+
+// checkAnswer fails unless resp is a 2xx or a 4xx/503 OpenAI error
+// object: no input may produce a 500 or a body that is not one.
+func checkAnswer(t *testing.T, resp *http.Response, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode < 300 {
+		return
+	}
+	var e ErrorBody
+	if resp.StatusCode >= 500 && resp.StatusCode != 503 || json.Unmarshal(body, &e) != nil || e.Error.Message == "" || e.Error.Type == "" {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+}
+
+// FuzzAuthHeaders: any Authorization and X-Finserve-Tier header, on the
+// API and on a tier's path, get 200, or 400, 401 or 403 as an error
+// object; a request is served only with a valid key, and never on a tier
+// the key may not use.
+func FuzzAuthHeaders(f *testing.F) {
+	s, rt, all := httpServer(f, Config{})
+	for _, seed := range [][3]string{{"Bearer " + all, "batch", "/v1/models"}, {"Bearer " + rt, "batch", "/tiers/realtime/v1/models"},
+		{"Bearer " + rt, "", "/tiers/batch/v1/models"}, {"bearer " + all, "", "/v1/models"}, {"Bearer  " + all, "gold", "/v1/models"},
+		{"Basic x", "realtime", "/metrics"}, {"", "", "/ready"}, {"Bearer " + all + "\x00", "", "/slots"}} {
+		f.Add(seed[0], seed[1], seed[2])
+	}
+	f.Fuzz(func(t *testing.T, auth, tier, path string) {
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#%") || strings.ContainsFunc(path, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+			path = "/v1/models"
+		}
+		req := httptest.NewRequest(http.MethodGet, "http://finserve"+path, nil)
+		if !validHeaderValue(auth) || !validHeaderValue(tier) {
+			return
+		}
+		req.Header.Set("Authorization", auth)
+		if tier != "" {
+			req.Header.Set(TierHeader, tier)
+		}
+		resp, err := s.app.Test(req, -1)
+		if err == nil && resp.StatusCode == 200 && path != "/health" {
+			key, _ := strings.CutPrefix(auth, "Bearer ")
+			if key != rt && key != all {
+				t.Fatalf("%s served with %q", path, auth)
+			}
+			if key == rt && (strings.Contains(path, "/tiers/batch/") || strings.Contains(path, "/tiers/standard/")) {
+				t.Fatalf("the realtime-only key was served on %s", path)
+			}
+		}
+		checkAnswer(t, resp, err)
+	})
+}
+
+// validHeaderValue says whether net/http can send v as a header value.
+func validHeaderValue(v string) bool {
+	for _, r := range v {
+		if r < 0x20 && r != '\t' || r == 0x7f || r > 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzAMLHandler: any body posted to /v1/aml/score is decided (200, and
+// with the model's answer) or refused with a 4xx error object; never a
+// 500, never a hang.
+func FuzzAMLHandler(f *testing.F) {
+	s, _, all := httpServer(f, Config{})
+	for _, name := range []string{"structuring.json", "salary.json"} {
+		data, err := os.ReadFile(filepath.Join("..", "aml", "testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+		f.Add(data[:len(data)/2])
+		f.Add([]byte(`{"cases":[` + string(data) + `]}`))
+	}
+	f.Add([]byte(`{"cases":[]}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"case_id":"x","jurisdiction":"CN","as_of":"2026-11-28T12:00:00Z","customer":{"customer_id":"c","type":"individual","country":"CN"},"accounts":[{"account_id":"A"}],"transactions":[{"txn_id":"t","timestamp":"2026-11-27T12:00:00Z","from":{"account_id":"X"},"to":{"account_id":"A"},"amount":{"amount":"1e400","currency":"CNY"},"channel":"cash"}]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req := httptest.NewRequest(http.MethodPost, "http://finserve/v1/aml/score", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+all)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := s.app.Test(req, 60_000)
+		checkAnswer(t, resp, err)
 	})
 }

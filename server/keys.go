@@ -178,7 +178,7 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 	}
 	sum := sha256.Sum256([]byte(presented))
 	var found *apiKey
-	now := time.Now()
+	now := s.cfg.Clock()
 	for _, k := range r.keys {
 		// every key is compared, whichever matches
 		if subtle.ConstantTimeCompare(sum[:], k.sum[:]) == 1 {
@@ -198,8 +198,8 @@ func (s *Server) authenticate(c *fiber.Ctx) error {
 	// before the limits so that their refusals name it.
 	c.Locals(tenantKey{}, found.name)
 	if found.limiter != nil {
-		allowed := found.limiter.Allow()
-		setRateHeaders(c, found.limiter)
+		allowed := found.limiter.AllowN(now, 1)
+		setRateHeaders(c, found.limiter, now)
 		if !allowed {
 			return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
 				Message:    fmt.Sprintf("this API key may send %g requests per second; retry later", found.rate),
@@ -244,9 +244,9 @@ func streamRelease(c *fiber.Ctx) func() {
 
 // setRateHeaders sends the key's request budget as OpenAI does: how many
 // requests the bucket holds, how many remain, and when it is full again.
-func setRateHeaders(c *fiber.Ctx, l *rate.Limiter) {
+func setRateHeaders(c *fiber.Ctx, l *rate.Limiter, now time.Time) {
 	burst := float64(l.Burst())
-	tokens := max(0, l.Tokens())
+	tokens := max(0, l.TokensAt(now))
 	reset := time.Duration((burst - tokens) / float64(l.Limit()) * float64(time.Second)).Round(time.Millisecond)
 	c.Set("X-Ratelimit-Limit-Requests", strconv.Itoa(l.Burst()))
 	c.Set("X-Ratelimit-Remaining-Requests", strconv.Itoa(int(math.Floor(tokens))))

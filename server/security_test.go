@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,7 +43,10 @@ func TestSecurity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := startServer(t, Config{KeyFile: set, ReadTimeout: 500 * time.Millisecond}, engine.Options{Parallel: 2})
+	// The rate limiter's clock stands still unless the test moves it: the
+	// bucket's state does not depend on how fast the machine is.
+	clock := &fakeClock{now: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	ts := startServer(t, Config{KeyFile: set, ReadTimeout: 500 * time.Millisecond, Clock: clock.Now}, engine.Options{Parallel: 2})
 	root := strings.TrimSuffix(ts.url, "/v1")
 	chat := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
 	routes := []struct{ method, path, body string }{
@@ -97,7 +101,7 @@ func TestSecurity(t *testing.T) {
 		t.Errorf("all-tier key lowering to batch: %d %s", resp.StatusCode, body)
 	}
 	// Rate: 2 a second, a burst of 2: the third at once is refused.
-	time.Sleep(1100 * time.Millisecond) // the bucket refills after the 403 above
+	clock.Advance(1100 * time.Millisecond) // the bucket refills after the 403 above
 	var codes []int
 	for range 3 {
 		code, body := send("GET", "/v1/models", "", "Authorization", "Bearer "+rtKey)
@@ -331,4 +335,22 @@ func TestKeyConcurrency(t *testing.T) {
 			t.Errorf("sequential request: %d %s", resp.StatusCode, out)
 		}
 	}
+}
+
+// fakeClock is a clock that moves only when told.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }

@@ -89,6 +89,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Build describes the binary, for finserve_build_info.
 	Build BuildInfo
+	// Clock is the time API keys' rates and rotation overlaps are judged
+	// by (default time.Now); tests inject their own.
+	Clock func() time.Time
 }
 
 // BuildInfo says what is running.
@@ -131,6 +134,9 @@ func (c *Config) fill() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	if c.AML == nil {
 		c.AML = aml.DefaultConfig()

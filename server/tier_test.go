@@ -216,7 +216,11 @@ func TestTierQueueErrors(t *testing.T) {
 // realtime request through the SDK completes while they run; each batch
 // stream is preempted or paused, resumes, and still delivers every token.
 func TestRealtimeBesideBatchStreams(t *testing.T) {
-	ts := startServer(t, Config{}, engine.Options{Parallel: 2, Context: 2048})
+	// 3,000-token streams: still running when the realtime request comes,
+	// a few milliseconds after they fill the slots, however loaded the
+	// machine.
+	const answer = 3000
+	ts := startServer(t, Config{}, engine.Options{Parallel: 2, Context: 4096})
 	ctx := context.Background()
 	batch := ts.client(option.WithBaseURL(ts.tierURL("batch") + "/"))
 	const n = 3 // one more than the slots: one waits
@@ -225,7 +229,7 @@ func TestRealtimeBesideBatchStreams(t *testing.T) {
 		streams[i] = make(chan int, 1)
 		st := batch.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
 			Messages:      []openai.ChatCompletionMessageParamUnion{openai.UserMessage("write a long report " + strconv.Itoa(i))},
-			MaxTokens:     openai.Int(600),
+			MaxTokens:     openai.Int(answer),
 			StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}},
 			option.WithJSONSet("ignore_eos", true))
 		go func(out chan<- int) {
@@ -252,8 +256,11 @@ func TestRealtimeBesideBatchStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out.Usage.CompletionTokens < 1 || st.Tiers[engine.TierBatch].Preemptions != 1 {
-		t.Fatalf("realtime: %+v; batch preemptions %d, want 1", out.Usage, st.Tiers[engine.TierBatch].Preemptions)
+	// Both slots held batch streams: at least one was preempted for the
+	// realtime request (more if a resumed one met it again).
+	preempted := st.Tiers[engine.TierBatch].Preemptions
+	if out.Usage.CompletionTokens < 1 || preempted < 1 {
+		t.Fatalf("realtime: %+v; batch preemptions %d, want at least 1", out.Usage, preempted)
 	}
 	for i, ch := range streams {
 		select {
@@ -263,12 +270,12 @@ func TestRealtimeBesideBatchStreams(t *testing.T) {
 		}
 	}
 	for i, ch := range streams {
-		if got := <-ch; got != 600 {
-			t.Errorf("batch stream %d: %d tokens, want 600", i, got)
+		if got := <-ch; got != answer {
+			t.Errorf("batch stream %d: %d tokens, want %d", i, got, answer)
 		}
 	}
 	_, metrics := ts.get(t, "/metrics")
-	for _, want := range []string{`finserve_tier_preemptions_total{tier="batch"} 1`,
+	for _, want := range []string{`finserve_tier_preemptions_total{tier="batch"} ` + strconv.FormatUint(preempted, 10),
 		`finserve_time_to_first_token_seconds_count{tier="realtime"} 1`, `finserve_time_to_first_token_seconds_count{tier="batch"} 3`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -188,6 +189,12 @@ func (n *notifySocket) has(state string) bool {
 // told READY=1 once the model serves and STOPPING=1 at the signal; a
 // second SIGTERM ends the drain at once and the exit is clean.
 func TestDrainKeepsListening(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) { drainTest(t, sig) })
+	}
+}
+
+func drainTest(t *testing.T, sig syscall.Signal) {
 	dir := t.TempDir()
 	model := tinyModel(t, dir)
 	notify := listenNotify(t)
@@ -199,7 +206,7 @@ func TestDrainKeepsListening(t *testing.T) {
 		t.Fatal("STOPPING=1 before the stop")
 	}
 
-	c.cmd.Process.Signal(syscall.SIGTERM)
+	c.cmd.Process.Signal(sig)
 	var status int
 	var body string
 	waitFor(t, 10*time.Second, func() bool {
@@ -227,15 +234,15 @@ func TestDrainKeepsListening(t *testing.T) {
 		t.Fatalf("the listener closed during the drain delay: %v", err)
 	}
 
-	c.cmd.Process.Signal(syscall.SIGTERM)
+	c.cmd.Process.Signal(sig)
 	select {
 	case err := <-c.exit:
 		c.exit <- err // for the cleanup
 		if err != nil {
-			t.Fatalf("exit after the second SIGTERM: %v", err)
+			t.Fatalf("exit after the second %v: %v", sig, err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("a second SIGTERM did not end the drain")
+		t.Fatalf("a second %v did not end the drain", sig)
 	}
 	if !strings.Contains(c.logs.String(), "second stop signal") {
 		t.Error("the second signal was not logged")
@@ -504,6 +511,16 @@ func TestConfigCheckMatchesServe(t *testing.T) {
 		return p
 	}
 	unacked, acked := cutCopy("unacked", heads[0]), cutCopy("acked", heads[1])
+	// A whole log with one decision's risk level edited.
+	tampered := filepath.Join(dir, "tampered")
+	os.Mkdir(tampered, 0o750)
+	edited := bytes.Replace(trail, []byte(`"risk_level":"high"`), []byte(`"risk_level":"low"`), 1)
+	if bytes.Equal(edited, trail) {
+		t.Fatal("no risk level to edit in the log")
+	}
+	os.WriteFile(filepath.Join(tampered, "audit.jsonl"), edited, 0o640)
+	os.WriteFile(filepath.Join(tampered, "audit.jsonl.key"), key, 0o600)
+	os.WriteFile(filepath.Join(tampered, "audit.jsonl.head"), heads[1], 0o640)
 
 	base := "model: " + model + "\nthreads: 2\nctx: 256\n"
 	cases := []struct {
@@ -517,6 +534,8 @@ func TestConfigCheckMatchesServe(t *testing.T) {
 		{"tls key 0600", base + "tls-cert: " + cert + "\ntls-key: " + tlsKey + "\n", true},
 		{"cut before acknowledgement", base + "audit-log: " + unacked + "\n", true},
 		{"cut after acknowledgement", base + "audit-log: " + acked + "\n", false},
+		{"an edited record", base + "audit-log: " + filepath.Join(tampered, "audit.jsonl") + "\n", false},
+		{"a whole log", base + "audit-log: " + logPath + "\n", true},
 		{"pinned prompt without prefix cache", base + "prefix-cache: false\npin-system-prompt: [hello]\n", false},
 	}
 	for _, tc := range cases {
@@ -598,4 +617,100 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("exposure %.1f, want at most 2.5:\n%s", score, out)
 	}
 	fmt.Fprintf(io.Discard, "%s", m[1])
+}
+
+// TestBrokenKeyFileKeepsKeys: a SIGHUP while the key file is broken (not
+// JSON, or open to others) is logged and leaves the keys in force; the
+// next good file is taken.
+func TestBrokenKeyFileKeepsKeys(t *testing.T) {
+	dir := t.TempDir()
+	model := tinyModel(t, dir)
+	keys := filepath.Join(dir, "keys.json")
+	first, err := apikeys.Add(keys, "first", []string{"standard"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := os.ReadFile(keys)
+	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "256", "--api-keys", keys)
+	waitFor(t, 60*time.Second, func() bool {
+		resp, _, err := try("GET", c.base+"/ready", "", first)
+		return err == nil && resp.StatusCode == 200
+	}, func() string { return "never ready" })
+	for i, broken := range []func(){
+		func() { os.WriteFile(keys, []byte(`{"version":1,"keys":[`), 0o600) },
+		func() { os.WriteFile(keys, good, 0o600); os.Chmod(keys, 0o644) },
+	} {
+		broken()
+		c.cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, 10*time.Second, func() bool { return strings.Count(c.logs.String(), "reloading API keys failed") == i+1 },
+			func() string { return "the failed reload was not logged" })
+		if resp, _ := call(t, "GET", c.base+"/v1/models", "", first); resp.StatusCode != 200 {
+			t.Errorf("broken file %d: the key in force got %d", i, resp.StatusCode)
+		}
+	}
+	os.Chmod(keys, 0o600)
+	second, err := apikeys.Add(keys, "second", []string{"standard"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(c.logs.String(), "API keys reloaded") },
+		func() string { return "the good reload was not logged" })
+	if resp, _ := call(t, "GET", c.base+"/v1/models", "", second); resp.StatusCode != 200 {
+		t.Errorf("the key of the mended file: %d", resp.StatusCode)
+	}
+}
+
+// TestBinaryLogsMasked: the binary's own JSON log (not a test's handler)
+// masks personal data in every string attribute: a card number sent as a
+// request id and as an AML case id never appears in the log, which is one
+// JSON object per line.
+func TestBinaryLogsMasked(t *testing.T) {
+	dir := t.TempDir()
+	model := tinyModel(t, dir)
+	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "1024")
+	c.waitReady(t)
+	const card = "4111111111111111"
+	req, _ := http.NewRequest("GET", c.base+"/v1/no-such-route", nil)
+	req.Header.Set("X-Request-Id", card)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || resp.Header.Get("X-Request-Id") != card {
+		t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("X-Request-Id"))
+	}
+	amlCase, _ := os.ReadFile("../../aml/testdata/salary.json")
+	var cs map[string]any
+	json.Unmarshal(amlCase, &cs)
+	cs["case_id"] = "CASE-" + card
+	body, _ := json.Marshal(cs)
+	if resp, text := call(t, "POST", c.base+"/v1/aml/score", string(body), ""); resp.StatusCode != 200 {
+		t.Fatalf("aml: %d %s", resp.StatusCode, text)
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	<-c.exit
+	c.exit <- nil
+	logs := c.logs.String()
+	if strings.Contains(logs, card) {
+		t.Errorf("the card number is in the binary's log:\n%s", logs)
+	}
+	lines := 0
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("not a JSON line: %q", line)
+			continue
+		}
+		lines++
+	}
+	for _, msg := range []string{`"msg":"request refused"`, `"msg":"aml decision"`} {
+		if !strings.Contains(logs, msg) {
+			t.Errorf("no %s line", msg)
+		}
+	}
+	if lines < 5 {
+		t.Errorf("%d log lines", lines)
+	}
 }

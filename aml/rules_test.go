@@ -1,0 +1,222 @@
+package aml
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// tx is a transaction of a hand-built case, seen from the customer's
+// account "A": in (from a counterparty to A) or out (from A).
+type tx struct {
+	id, at  string // RFC 3339
+	dir     string // "in" or "out"
+	cpty    string // counterparty account ("" for cash without one)
+	country string // the counterparty's
+	amount  string
+	ccy     string
+	channel string
+}
+
+// handCase builds a validated CN case for an individual (country CN,
+// declared income CNY 12,000 a month, account A) as of 2026-11-28 12:00
+// UTC; mod may change it before validation.
+func handCase(t *testing.T, txs []tx, mod func(*Case)) *Case {
+	t.Helper()
+	c := &Case{CaseID: "HAND", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN",
+			DeclaredMonthlyIncome: &Money{Amount: decimal.NewFromInt(12000), Currency: "CNY"}},
+		Accounts: []Account{{AccountID: "A"}}}
+	for _, x := range txs {
+		other := Party{AccountID: x.cpty, Country: x.country}
+		if x.cpty != "" {
+			other.BankID = "B-" + x.cpty
+		}
+		own := Party{AccountID: "A", Country: "CN"}
+		from, to := other, own
+		if x.dir == "out" {
+			from, to = own, other
+		}
+		ch := x.channel
+		if ch == "" {
+			ch = "wire"
+		}
+		ccy := x.ccy
+		if ccy == "" {
+			ccy = "CNY"
+		}
+		c.Transactions = append(c.Transactions, Transaction{TxnID: x.id, Timestamp: mustTime(x.at), From: from, To: to,
+			Amount: Money{Amount: decimal.RequireFromString(x.amount), Currency: ccy}, Channel: ch})
+	}
+	if mod != nil {
+		mod(c)
+	}
+	if err := c.Validate(DefaultConfig(), ""); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// fired runs the default rules over a case and returns the ids that fired
+// with their evidence.
+func fired(c *Case) map[string][]string {
+	cfg := DefaultConfig()
+	_, facts := computeFeatures(c, cfg)
+	order := map[string]int{}
+	for i, t := range sortedTxns(c) {
+		order[t.TxnID] = i
+	}
+	out := map[string][]string{}
+	for _, r := range cfg.Rules.evaluate(c.Jurisdiction, facts, order) {
+		out[r.ID] = r.Evidence
+	}
+	return out
+}
+
+// series makes n transactions a day apart from start, each from its own
+// counterparty when distinct, else from pairs of them.
+func series(prefix string, n int, start, dir, amount string, distinct int) []tx {
+	t0 := mustTime(start)
+	var out []tx
+	for i := range n {
+		out = append(out, tx{id: fmt.Sprintf("%s%d", prefix, i), at: t0.Add(time.Duration(i) * 3 * time.Hour).Format(time.RFC3339), dir: dir,
+			cpty: fmt.Sprintf("%s-cp%d", prefix, i%distinct), country: "CN", amount: amount})
+	}
+	return out
+}
+
+// TestRulesFireAndNearMiss: each suspicion rule of the default set fires
+// on a case built for it, with its evidence, and not on a near miss just
+// past its threshold. Thresholds and their sources are in default.yaml.
+func TestRulesFireAndNearMiss(t *testing.T) {
+	// CN's cash threshold is CNY 50,000; "just below" starts at 90% of it.
+	cash := func(id, at, amount string) tx {
+		return tx{id: id, at: at, dir: "in", amount: amount, channel: "cash"}
+	}
+	cases := []struct {
+		name, rule string
+		txs        []tx
+		mod        func(*Case)
+		fires      bool
+		evidence   []string // nil: not checked
+	}{
+		{"structuring", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "45000")}, nil, true, []string{"S1", "S2"}},
+		{"structuring near miss: one below 90%", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "44999.99")}, nil, false, nil},
+		{"structuring near miss: one at the threshold", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "50000")}, nil, false, nil},
+
+		// 10 inbound under a fifth of the threshold (CNY 10,000) from 5 senders.
+		{"smurfing", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "900", 5), nil, true, nil},
+		{"smurfing near miss: 4 senders", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "900", 4), nil, false, nil},
+		{"smurfing near miss: 9 deposits", "SMURFING", series("M", 9, "2026-11-20T00:00:00Z", "in", "900", 5), nil, false, nil},
+
+		{"rapid in-out: 90% within 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
+			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "9000"}}, nil, true, []string{"R1", "R2"}},
+		{"rapid in-out near miss: 89.99%", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
+			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "8999"}}, nil, false, nil},
+		{"rapid in-out near miss: after 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
+			{id: "R2", at: "2026-11-22T00:00:01Z", dir: "out", cpty: "y", country: "CN", amount: "10000"}}, nil, false, nil},
+
+		{"fan-in: 10 senders", "FAN-IN", series("I", 10, "2026-11-01T00:00:00Z", "in", "20000", 10), nil, true, nil},
+		{"fan-in near miss: 9 senders", "FAN-IN", series("I", 10, "2026-11-01T00:00:00Z", "in", "20000", 9), nil, false, nil},
+		{"fan-out: 10 recipients", "FAN-OUT", series("O", 10, "2026-11-01T00:00:00Z", "out", "2000", 10), nil, true, nil},
+		{"fan-out near miss: 9 recipients", "FAN-OUT", series("O", 10, "2026-11-01T00:00:00Z", "out", "2000", 9), nil, false, nil},
+
+		// Silent since 180 (179) days before the window's first transaction.
+		{"dormant 180 days", "DORMANT", []tx{{id: "D1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-05-24T00:00:00Z")) }, true, []string{"D1"}},
+		{"dormant near miss: 179 days", "DORMANT", []tx{{id: "D1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-05-25T00:00:00Z")) }, false, nil},
+
+		// Half of at least four transactions in whole thousands.
+		{"round amounts: 2 of 4", "ROUND-AMOUNTS", []tx{
+			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
+			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2026-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, true, []string{"A1", "A2"}},
+		{"round amounts near miss: 1 of 4", "ROUND-AMOUNTS", []tx{
+			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000.50"},
+			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2026-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, false, nil},
+		{"round amounts near miss: 2 of 3", "ROUND-AMOUNTS", []tx{
+			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
+			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"}}, nil, false, nil},
+
+		{"high-risk geography: Iran", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2026-11-20T00:00:00Z", dir: "out", cpty: "x", country: "IR", amount: "100"}}, nil, true, []string{"G1"}},
+		{"high-risk geography near miss: UAE", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2026-11-20T00:00:00Z", dir: "out", cpty: "x", country: "AE", amount: "100"}}, nil, false, nil},
+
+		// Inflows of 5 months' declared income (CNY 60,000) in 30 days.
+		{"profile mismatch: 5x income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "60000"}}, nil, true, []string{"P1"}},
+		{"profile mismatch near miss: 4.99x", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "59900"}}, nil, false, nil},
+		{"profile mismatch: no declared income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "600000"}},
+			func(c *Case) { c.Customer.DeclaredMonthlyIncome = nil }, false, nil},
+
+		// Four transactions in the last 7 days against no history (the
+		// floor of one a week): 4x.
+		{"velocity 4x", "VELOCITY", series("V", 4, "2026-11-25T00:00:00Z", "in", "100", 1), nil, true, nil},
+		{"velocity near miss: 3 recent", "VELOCITY", series("V", 3, "2026-11-25T00:00:00Z", "in", "100", 1), nil, false, nil},
+		{"velocity near miss: 28 recent beside 90 in the baseline", "VELOCITY",
+			append(series("H", 90, "2026-08-01T00:00:00Z", "in", "100", 1), series("V", 27, "2026-11-22T00:00:00Z", "in", "100", 1)...), nil, false, nil},
+		{"velocity: 28 recent beside 90 in the baseline", "VELOCITY",
+			append(series("H", 90, "2026-08-01T00:00:00Z", "in", "100", 1), series("V", 28, "2026-11-22T00:00:00Z", "in", "100", 1)...), nil, true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := fired(handCase(t, tc.txs, tc.mod))
+			ev, ok := got[tc.rule]
+			if ok != tc.fires {
+				t.Fatalf("%s fired %v, want %v (fired: %v)", tc.rule, ok, tc.fires, got)
+			}
+			if tc.evidence != nil && !slices.Equal(ev, tc.evidence) {
+				t.Errorf("%s evidence %v, want %v", tc.rule, ev, tc.evidence)
+			}
+		})
+	}
+}
+
+// TestFeatureValues: the eleven model features of one hand-built case,
+// computed by hand (FX: CNY 0.1381 USD; inflows T1 2,762 + T3 6,352.6 +
+// T4 1,500 = 10,614.6 USD; all flows 13,100.4 USD).
+func TestFeatureValues(t *testing.T) {
+	c := handCase(t, []tx{
+		{id: "T1", at: "2026-11-01T10:00:00Z", dir: "in", cpty: "X1", country: "CN", amount: "20000"},
+		{id: "T2", at: "2026-11-02T09:00:00Z", dir: "out", cpty: "Y1", country: "HK", amount: "15000"},
+		{id: "T3", at: "2026-11-10T10:00:00Z", dir: "in", amount: "46000", channel: "cash"},
+		{id: "T4", at: "2026-11-22T10:00:00Z", dir: "in", cpty: "X2", country: "IR", amount: "1500", ccy: "USD"},
+		{id: "T5", at: "2026-11-25T10:00:00Z", dir: "out", cpty: "Y2", country: "CN", amount: "3000"},
+	}, func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-06-01T00:00:00Z")) })
+	feats, _ := computeFeatures(c, DefaultConfig())
+	want := map[string]struct {
+		value string
+		why   string
+	}{
+		"cash_near_threshold": {"1", "T3: CNY 46,000 is 92% of the CNY 50,000 threshold"},
+		"pass_through":        {"19.5156", "T2 (2,071.5) within 48 h of T1, of 10,614.6 in: 19.51557%"},
+		"fan_in":              {"2", "X1, X2 (the cash deposit has no sender account)"},
+		"fan_out":             {"2", "Y1, Y2"},
+		"dormant_days":        {"153", "2026-06-01 to 2026-11-01 10:00"},
+		"round_amounts":       {"80", "T1, T2, T3, T5 of five are whole thousands"},
+		"high_risk_geography": {"1", "T4 from Iran"},
+		"turnover_vs_income":  {"6.4051", "10,614.6 in against 12,000 x 0.1381 = 1,657.2 for 30 days"},
+		"velocity":            {"2", "T4, T5 in the last 7 days against the floor of one a week"},
+		"cross_border":        {"27.2625", "T2 (HK) 2,071.5 + T4 (IR) 1,500 of 13,100.4"},
+		"cash_share":          {"48.4916", "T3 6,352.6 of 13,100.4"},
+	}
+	if len(feats) != len(want) {
+		t.Fatalf("%d features, want %d", len(feats), len(want))
+	}
+	for _, f := range feats {
+		w, ok := want[f.def.name]
+		if !ok {
+			t.Errorf("unexpected feature %s", f.def.name)
+			continue
+		}
+		if !f.value.Equal(decimal.RequireFromString(w.value)) || f.missing {
+			t.Errorf("%s = %s (missing %v), want %s: %s", f.def.name, f.value, f.missing, w.value, w.why)
+		}
+	}
+}
