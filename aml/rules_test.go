@@ -108,7 +108,8 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		{"structuring near miss: one at the threshold", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "50000")}, nil, false, nil},
 
 		// 10 inbound under a fifth of the threshold (CNY 10,000) from 5 senders.
-		{"smurfing", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "900", 5), nil, true, nil},
+		{"smurfing", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "9999.99", 5), nil, true, nil},
+		{"smurfing near miss: at a fifth of the threshold", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "10000", 5), nil, false, nil},
 		{"smurfing near miss: 4 senders", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "900", 4), nil, false, nil},
 		{"smurfing near miss: 9 deposits", "SMURFING", series("M", 9, "2026-11-20T00:00:00Z", "in", "900", 5), nil, false, nil},
 

@@ -164,11 +164,10 @@ func Soak(ctx context.Context, o SoakOptions) (*SoakReport, error) {
 	sample()
 	for beh, st := range r.Status {
 		for s, n := range st {
-			switch {
-			case s == "200" || beh == behDisconnect && s == "disconnected" || beh == behRate && s == "429 rate_limit_exceeded":
-			case shedding[s]:
+			switch classify(beh, s) {
+			case outcomeShed:
 				r.Shed += n
-			default:
+			case outcomeUnintended:
 				r.Unintended += n
 			}
 		}
@@ -349,8 +348,26 @@ func (r *SoakReport) WriteText(w io.Writer) {
 		r.IdleRunning, r.IdleWaiting, r.IdleKVUsage, r.IdlePrefixTokens)
 }
 
-// shedding are the refusals a loaded server answers by design.
-var shedding = map[string]bool{"429 queue_full": true, "503 queue_timeout": true}
+// Outcome kinds of a soak request.
+const (
+	outcomeIntended = iota
+	outcomeShed
+	outcomeUnintended
+)
+
+// classify sorts an outcome of a behaviour: success, intended
+// disconnects and the rate-limited key's 429s are intended; 429
+// queue_full and 503 queue_timeout are load a loaded server sheds by
+// design; anything else is unintended.
+func classify(beh, outcome string) int {
+	switch {
+	case outcome == "200", beh == behDisconnect && outcome == "disconnected", beh == behRate && outcome == "429 rate_limit_exceeded":
+		return outcomeIntended
+	case outcome == "429 queue_full", outcome == "503 queue_timeout":
+		return outcomeShed
+	}
+	return outcomeUnintended
+}
 
 // refusal names a non-200 answer by its status and OpenAI error code,
 // such as "503 queue_timeout".
