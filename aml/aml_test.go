@@ -383,9 +383,35 @@ func TestConfigChecks(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	c := DefaultConfig()
-	if c.Rules.Rules[0].Any[0].Value.String() != "50000" || len(c.RulesHash()) != 64 {
-		t.Errorf("rule values or hash not parsed: %v %q", c.Rules.Rules[0].Any[0].Value, c.RulesHash())
+	// A table based on CNY with no USD rate passed the check, then took
+	// the server down on the first cash case (decimal division by zero).
+	cnyBase := strings.Replace(strings.Replace(good, "base: USD", "base: CNY", 1), `    USD: "1"`+"\n", "", 1)
+	cnyBase = strings.Replace(cnyBase, `CNY: "0.1381"`, `CNY: "1"`, 1)
+	if _, err := ParseConfig([]byte(cnyBase)); err == nil || !strings.Contains(err.Error(), "fx.rates.USD") {
+		t.Errorf("a table without USD: %v", err)
+	}
+	// With a USD rate, a CNY base scores a foreign-currency cash case and
+	// its statutory report the same as the USD base does.
+	withUSD := strings.Replace(cnyBase, `CNY: "1"`, `CNY: "1"`+"\n    USD: \"7.2411\"", 1)
+	cfg, err := ParseConfig([]byte(withUSD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Case{CaseID: "FX", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN"}, Accounts: []Account{{AccountID: "A"}},
+		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2026-11-27T01:00:00Z"), From: Party{AccountID: "X"}, To: Party{AccountID: "A"},
+			Amount: Money{Amount: decimal.NewFromInt(10000), Currency: "USD"}, Channel: "cash"}}}
+	if err := c.Validate(cfg, ""); err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewAssessor(cfg, &textModel{}).Assess(context.Background(), c)
+	if err != nil || len(r.RegulatoryReports) != 1 || r.RegulatoryReports[0].ID != "CN-LVT-CASH" {
+		t.Errorf("USD 10,000 in cash under a CNY base: %v %+v", err, r)
+	}
+
+	c2 := DefaultConfig()
+	if c2.Rules.Rules[0].Any[0].Value.String() != "50000" || len(c2.RulesHash()) != 64 {
+		t.Errorf("rule values or hash not parsed: %v %q", c2.Rules.Rules[0].Any[0].Value, c2.RulesHash())
 	}
 }
 

@@ -168,6 +168,10 @@ func (c *Config) check() error {
 			bad("fx.rates.%s: need a three-letter code and a positive rate", cur)
 		}
 	}
+	if _, ok := c.FX.Rates["USD"]; !ok {
+		// Features and reports convert to USD, whatever the base.
+		bad("fx.rates.USD: required: the statutory thresholds (PBOC Order No. 3 [2016] Art. 5 for foreign currency, 31 CFR 1010.311) are in US dollars")
+	}
 	if len(c.Jurisdictions) == 0 {
 		bad("jurisdictions: at least one is needed")
 	}

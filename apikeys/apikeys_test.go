@@ -145,8 +145,11 @@ func TestRotate(t *testing.T) {
 			t.Errorf("after rotation with overlap, %q: %+v %v", k[:8], e, ok)
 		}
 	}
-	if p := s.Keys[0].Previous; len(p) != 1 || !p[0].Expires.Equal(now.Add(time.Hour).UTC().Truncate(time.Second)) {
+	if p := s.Keys[0].Previous; len(p) != 1 || !p[0].Expires.Equal(now.Add(time.Hour).UTC().Truncate(time.Second)) || p[0].Hint != old[:len(Prefix)+4] {
 		t.Errorf("previous values %+v", p)
+	}
+	if h := s.Keys[0].Hint; h != fresh[:len(Prefix)+4] {
+		t.Errorf("hint %q of the new value %q", h, fresh)
 	}
 	// Past the overlap the old value is refused even before the file
 	// changes: Match judges expiry when the key is presented.
@@ -184,8 +187,15 @@ func TestRotate(t *testing.T) {
 func TestRewriteKeepsOwnerAndMode(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "keys.json")
-	if _, err := Add(path, "first", []string{"batch"}, 0); err != nil {
+	k, err := Add(path, "first", []string{"batch"}, 0)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if s, _ := Load(path); s.Keys[0].Hint != k[:len(Prefix)+4] {
+		t.Errorf("hint %q of %q", s.Keys[0].Hint, k)
+	}
+	if fi, _ := os.Stat(path); fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) || fi.Mode().Perm() != 0o600 {
+		t.Errorf("a new key file: owner %d mode %v, want %d and 0600", fi.Sys().(*syscall.Stat_t).Uid, fi.Mode().Perm(), os.Geteuid())
 	}
 	uid, gid := 4242, 4343
 	if os.Geteuid() != 0 {

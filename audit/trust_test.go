@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func keyedLog(t *testing.T, n int) (path string, key []byte) {
@@ -269,5 +270,67 @@ func TestHeadAnchors(t *testing.T) {
 	os.Remove(HeadPath(path))
 	if sum, err := VerifyFile(path, nil); err == nil || sum.Checkpoint != -1 {
 		t.Errorf("keyed log without its checkpoint: %+v %v", sum, err)
+	}
+}
+
+// TestRecoversAfterFailedWrite: a write that fails (here its checkpoint,
+// blocked by a directory where the temporary file goes) refuses that
+// record and the next ones while the cause lasts, reports itself in Err,
+// and recovers without a restart once the cause is gone, by a retry or by
+// the next record: the unacknowledged bytes are dropped, so the chain
+// goes on from the last acknowledged record and verifies.
+func TestRecoversAfterFailedWrite(t *testing.T) {
+	for _, byRetry := range []bool{true, false} {
+		t.Run(fmt.Sprintf("by retry %v", byRetry), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			key := bytes.Repeat([]byte{3}, KeySize)
+			every := time.Hour // the next record recovers it
+			if byRetry {
+				every = 5 * time.Millisecond
+			}
+			l, err := Open(path, Options{Key: key, RetryEvery: every})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ctx := context.Background()
+			if r, err := l.Append(ctx, "one"); err != nil || r.Seq != 1 || l.Err() != nil {
+				t.Fatalf("first record: %+v %v %v", r, err, l.Err())
+			}
+			block := HeadPath(path) + ".tmp"
+			os.Mkdir(block, 0o700)
+			os.WriteFile(filepath.Join(block, "x"), nil, 0o600)
+			for range 2 {
+				if _, err := l.Append(ctx, "refused"); err == nil {
+					t.Fatal("a record was acknowledged while its checkpoint could not be written")
+				}
+			}
+			if l.Err() == nil {
+				t.Fatal("Err is nil after a failed write")
+			}
+			time.Sleep(20 * time.Millisecond) // retries that still fail
+			if l.Err() == nil {
+				t.Fatal("recovered while the cause lasts")
+			}
+			os.RemoveAll(block)
+			if byRetry {
+				deadline := time.Now().Add(10 * time.Second)
+				for l.Err() != nil {
+					if time.Now().After(deadline) {
+						t.Fatal("no recovery by retry")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			r, err := l.Append(ctx, "two")
+			if err != nil || r.Seq != 2 || l.Err() != nil {
+				t.Fatalf("after recovery: %+v %v %v", r, err, l.Err())
+			}
+			l.Close()
+			sum, err := VerifyFile(path, key)
+			if err != nil || sum.Records != 2 || sum.Checkpoint != 2 {
+				t.Errorf("the log after recovery: %+v %v", sum, err)
+			}
+		})
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,7 +46,7 @@ func (s *Server) access(c *fiber.Ctx) error {
 		trace.WithAttributes(attribute.String("http.request.method", c.Method()), attribute.String("url.path", c.Path())))
 	c.SetUserContext(ctx)
 
-	err := c.Next()
+	err := s.safely("serving "+c.Method()+" "+c.Route().Path, c.Next)
 
 	status, code := outcome(c, err)
 	route := s.routeLabel(c)
@@ -193,4 +195,22 @@ func matchRoute(pattern, path string) bool {
 		}
 	}
 	return len(ps) == len(xs)
+}
+
+// errPanic is what a client sees of a panic: a 500 without detail.
+var errPanic = &APIError{Status: fiber.StatusInternalServerError, Type: "server_error", Code: "internal_error",
+	Message: "internal error; the server logged it and keeps serving"}
+
+// safely runs fn, turning a panic into errPanic and an error log line
+// with the stack: no request may take the process down. Goroutines a
+// handler starts (AML cases, stream writers) run their work through it
+// too, as a panic there is beyond the middleware's reach.
+func (s *Server) safely(what string, fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic: the request failed and the server keeps serving", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errPanic
+		}
+	}()
+	return fn()
 }

@@ -134,14 +134,18 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := assessor.Assess(ctx, &cases[i])
-			if err != nil {
-				errs[i] = err
+			errs[i] = s.safely("assessing an AML case", func() error {
+				r, err := assessor.Assess(ctx, &cases[i])
+				if err != nil {
+					return err
+				}
+				r.Versions.Model, r.Versions.ModelSHA256 = versions.Model, versions.ModelSHA256
+				out[i] = AMLCase{DecisionID: randomID("amldec"), Result: r, ReceivedAt: received, DecidedAt: time.Now().UTC()}
+				return nil
+			})
+			if errs[i] != nil {
 				cancel()
-				return
 			}
-			r.Versions.Model, r.Versions.ModelSHA256 = versions.Model, versions.ModelSHA256
-			out[i] = AMLCase{DecisionID: randomID("amldec"), Result: r, ReceivedAt: received, DecidedAt: time.Now().UTC()}
 		}()
 	}
 	wg.Wait()

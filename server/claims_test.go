@@ -7,14 +7,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/andybalholm/brotli"
+	"github.com/gofiber/fiber/v2"
 
 	"github.com/finserve/finserve/aml"
 	"github.com/finserve/finserve/audit"
@@ -217,5 +220,44 @@ func TestAuditNoSync(t *testing.T) {
 	lg.Close()
 	if sum, err := audit.VerifyFile(path, nil); err != nil || sum.Records != 2 {
 		t.Errorf("verify: %+v %v", sum, err)
+	}
+}
+
+// TestPanicRecovered: a handler that panics answers 500 internal_error
+// as an error object, logs the panic with its stack, and the server keeps
+// serving; work a handler runs in its own goroutine (AML cases, stream
+// writers) goes through the same guard.
+func TestPanicRecovered(t *testing.T) {
+	logs := &syncBuffer{}
+	s, err := New(Config{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.app.Get("/boom", func(*fiber.Ctx) error { panic("decimal division by 0") })
+	for range 2 {
+		resp, err := s.app.Test(httptest.NewRequest(http.MethodGet, "/boom", nil), -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 500 || !strings.Contains(string(body), `"code":"internal_error"`) {
+			t.Fatalf("a panicking handler: %d %s", resp.StatusCode, body)
+		}
+	}
+	resp, err := s.app.Test(httptest.NewRequest(http.MethodGet, "/health", nil), -1)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("after the panics: %v %v", resp, err)
+	}
+	if l := logLines(logs, "panic: the request failed and the server keeps serving"); len(l) != 2 ||
+		l[0]["panic"] != "decimal division by 0" || !strings.Contains(l[0]["stack"].(string), "claims_test.go") {
+		t.Errorf("panic log lines: %v", l)
+	}
+	done := make(chan error)
+	go func() { done <- s.safely("a goroutine", func() error { var m map[string]int; m["x"] = 1; return nil }) }()
+	if err := <-done; err != errPanic {
+		t.Errorf("a panic in a guarded goroutine: %v", err)
+	}
+	if err := s.safely("no panic", func() error { return errDraining }); err != errDraining {
+		t.Errorf("an ordinary error through the guard: %v", err)
 	}
 }

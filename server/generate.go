@@ -205,8 +205,15 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 		defer s.done()
 		defer release() // before done: once the server is idle, the key's slot is free
 		defer stopWatch()
-		if !s.writeStream(w, j, events) {
-			s.clientGone(j)
+		// A panic here is past the middleware (fasthttp runs the writer
+		// after the handler): the stream is cut, the process lives.
+		if s.safely("streaming a response", func() error {
+			if !s.writeStream(w, j, events) {
+				s.clientGone(j)
+			}
+			return nil
+		}) != nil {
+			j.cancel()
 		}
 		j.finish()
 		s.ended(j)
