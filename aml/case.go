@@ -92,6 +92,11 @@ type Explain struct {
 	Seed    *uint64 `json:"seed,omitempty"`    // default 0
 }
 
+// IsCash says whether a channel moves cash: over the counter, or at an
+// ATM (PBOC Order No. 3 [2016] Art. 5(1) names every form of cash
+// receipt and payment; 31 CFR 1010.311 every currency transaction).
+func IsCash(channel string) bool { return channel == "cash" || channel == "atm" }
+
 // Channels are the accepted transaction channels.
 var Channels = []string{"cash", "wire", "ach", "cheque", "card", "crypto", "transfer", "mobile", "atm", "other"}
 
@@ -289,12 +294,24 @@ func (c *Case) Validate(cfg *Config, prefix string) error {
 		if !own[t.From.AccountID] && !own[t.To.AccountID] {
 			return f(p+"from.account_id", "neither from nor to is one of the customer's accounts")
 		}
-		if t.Channel != "cash" && (t.From.AccountID == "" || t.To.AccountID == "") {
+		if !IsCash(t.Channel) && (t.From.AccountID == "" || t.To.AccountID == "") {
 			side := "from"
 			if t.From.AccountID != "" {
 				side = "to"
 			}
-			return f(p+side+".account_id", "required unless the channel is cash")
+			return f(p+side+".account_id", "required unless the channel is cash or atm")
+		}
+		// A transfer's counterparty bank country decides whether it is
+		// cross-border; unknown, it could be either, and domestic is not
+		// a safe guess.
+		if !IsCash(t.Channel) && !(own[t.From.AccountID] && own[t.To.AccountID]) {
+			side, pt := "to", t.To
+			if own[t.To.AccountID] {
+				side, pt = "from", t.From
+			}
+			if pt.Country == "" {
+				return f(p+side+".country", "required for a transfer: the counterparty bank's country decides whether it is cross-border")
+			}
 		}
 	}
 	e := &c.Options.Explain

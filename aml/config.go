@@ -70,6 +70,10 @@ func (fx *FXTable) ToBase(m Money) decimal.Decimal { return m.Amount.Mul(fx.Rate
 
 // Jurisdiction holds what differs between regulators.
 type Jurisdiction struct {
+	// Country is where the reporting bank is (ISO 3166-1 alpha-2): a
+	// transfer is cross-border when the counterparty's bank is elsewhere,
+	// whatever the customer's nationality.
+	Country       string `yaml:"country" json:"country"`
 	Timezone      string `yaml:"timezone" json:"timezone"`
 	CashThreshold Money  `yaml:"cash_threshold" json:"cash_threshold"`
 	loc           *time.Location
@@ -181,6 +185,9 @@ func (c *Config) check() error {
 			bad("jurisdictions.%s.timezone: %v", name, err)
 		}
 		j.loc = loc
+		if !isCountry(j.Country) {
+			bad("jurisdictions.%s.country: the bank's country as an ISO 3166-1 alpha-2 code, got %q", name, j.Country)
+		}
 		if err := c.checkMoney(j.CashThreshold, true); err != nil {
 			bad("jurisdictions.%s.cash_threshold: %v", name, err)
 		}

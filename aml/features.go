@@ -183,7 +183,7 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	low := thr.Mul(w.NearThreshold)
 	var near, small []string
 	for _, f := range win {
-		if f.Channel == "cash" && f.base.GreaterThanOrEqual(low) && f.base.LessThan(thr) {
+		if IsCash(f.Channel) && f.base.GreaterThanOrEqual(low) && f.base.LessThan(thr) {
 			near = append(near, f.TxnID)
 		}
 		if f.dir == 1 && f.base.LessThan(thr.Div(decimal.NewFromInt(5))) {
@@ -281,7 +281,11 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	put("round_amounts", share(len(round), len(win)), round)
 	set("txn_count", decimal.NewFromInt(int64(len(win))), nil)
 
-	// High-risk geography, cross-border share, cash share.
+	// High-risk geography, cross-border share, cash share. Cross-border
+	// is where the counterparty's bank is against the reporting bank's
+	// country (validation requires it for transfers), never the
+	// customer's nationality.
+	isXB := func(f flow) bool { return !IsCash(f.Channel) && f.cpty.Country != j.Country }
 	var risky, xb, cash []string
 	total, xbAmt, cashAmt := decimal.Zero, decimal.Zero, decimal.Zero
 	for _, f := range win {
@@ -292,11 +296,11 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		if _, ok := cfg.highRisk[f.cpty.Country]; ok {
 			risky = append(risky, f.TxnID)
 		}
-		if f.cpty.Country != "" && f.cpty.Country != c.Customer.Country {
+		if isXB(f) {
 			xb = append(xb, f.TxnID)
 			xbAmt = xbAmt.Add(f.base)
 		}
-		if f.Channel == "cash" {
+		if IsCash(f.Channel) {
 			cash = append(cash, f.TxnID)
 			cashAmt = cashAmt.Add(f.base)
 		}
@@ -348,16 +352,23 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	}
 	set("individual", individual, nil)
 	usdRate := cfg.FX.Rates["USD"]
+	// Per day and per direction: money in and money out are aggregated
+	// apart (a day's deposits are not added to its withdrawals), as the
+	// statutory thresholds are read.
 	perDay := func(name string, keep func(f flow) bool, amount func(f flow) decimal.Decimal) {
 		byDay := map[string]*Group{}
 		for _, f := range win {
 			if f.dir == 0 || !keep(f) {
 				continue
 			}
-			g := byDay[f.day]
+			key := f.day + " in"
+			if f.dir < 0 {
+				key = f.day + " out"
+			}
+			g := byDay[key]
 			if g == nil {
-				g = &Group{Key: f.day}
-				byDay[f.day] = g
+				g = &Group{Key: key}
+				byDay[key] = g
 			}
 			g.Value = g.Value.Add(amount(f))
 			g.Evidence = append(g.Evidence, f.TxnID)
@@ -372,19 +383,23 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		}
 		facts[name] = fact
 	}
-	isCash := func(f flow) bool { return f.Channel == "cash" }
+	isCash := func(f flow) bool { return IsCash(f.Channel) }
+	isTransfer := func(f flow) bool { return !IsCash(f.Channel) }
 	isCNY := func(f flow) bool { return f.Amount.Currency == "CNY" }
-	isXB := func(f flow) bool { return f.cpty.Country != "" && f.cpty.Country != c.Customer.Country }
 	nominal := func(f flow) decimal.Decimal { return f.Amount.Amount }
 	inUSD := func(f flow) decimal.Decimal {
 		if f.Amount.Currency == "USD" {
 			return f.Amount.Amount
 		}
-		return f.base.Div(usdRate) // the base is USD in the default table: exact
+		return f.base.Div(usdRate) // the check requires a positive USD rate
 	}
 	perDay("cash_cny_daily_max", func(f flow) bool { return isCash(f) && isCNY(f) }, nominal)
 	perDay("cash_foreign_daily_max_usd", func(f flow) bool { return isCash(f) && !isCNY(f) }, inUSD)
 	perDay("cash_usd_daily_max", isCash, inUSD)
+	perDay("transfer_cny_daily_max", func(f flow) bool { return isTransfer(f) && isCNY(f) }, nominal)
+	perDay("transfer_foreign_daily_max_usd", func(f flow) bool { return isTransfer(f) && !isCNY(f) }, inUSD)
+	perDay("domestic_transfer_cny_daily_max", func(f flow) bool { return isTransfer(f) && !isXB(f) && isCNY(f) }, nominal)
+	perDay("domestic_transfer_foreign_daily_max_usd", func(f flow) bool { return isTransfer(f) && !isXB(f) && !isCNY(f) }, inUSD)
 	perDay("cross_border_cny_daily_max", func(f flow) bool { return isXB(f) && isCNY(f) }, nominal)
 	perDay("cross_border_foreign_daily_max_usd", func(f flow) bool { return isXB(f) && !isCNY(f) }, inUSD)
 

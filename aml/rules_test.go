@@ -1,6 +1,7 @@
 package aml
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -219,5 +220,83 @@ func TestFeatureValues(t *testing.T) {
 		if !f.value.Equal(decimal.RequireFromString(w.value)) || f.missing {
 			t.Errorf("%s = %s (missing %v), want %s: %s", f.def.name, f.value, f.missing, w.value, w.why)
 		}
+	}
+}
+
+// TestStatutoryReports: the large-value reports of PBOC Order No. 3
+// [2016] Art. 5 and the US CTR (31 CFR 1010.311/313) aggregate each
+// direction of a day on its own, count ATM cash as cash, judge
+// cross-border by the counterparty bank's country, and cover
+// non-natural persons' transfers (Art. 5(2)) and individuals' domestic
+// transfers (Art. 5(3)).
+func TestStatutoryReports(t *testing.T) {
+	in := func(id, at, amount, ch, country string) tx {
+		x := tx{id: id, at: at, dir: "in", amount: amount, channel: ch, country: country}
+		if ch != "cash" && ch != "atm" {
+			x.cpty = "cp-" + id
+		}
+		return x
+	}
+	out := func(id, at, amount, ch, country string) tx {
+		x := in(id, at, amount, ch, country)
+		x.dir = "out"
+		return x
+	}
+	usd := func(x tx) tx { x.ccy = "USD"; return x }
+	entity := func(c *Case) { c.Customer.Type = "entity"; c.Customer.DeclaredMonthlyIncome = nil }
+	hkNational := func(c *Case) { c.Customer.Country = "HK" }
+	us := func(c *Case) { c.Jurisdiction = "US"; c.Customer.Country = "US" }
+	const day = "2026-11-27T0"
+	cases := []struct {
+		name   string
+		txs    []tx
+		mod    func(*Case)
+		report string
+		fires  bool
+	}{
+		{"cash in 30,000 and out 25,000: apart", []tx{in("C1", day+"1:00:00Z", "30000", "cash", ""), out("C2", day+"2:00:00Z", "25000", "cash", "")}, nil, "CN-LVT-CASH", false},
+		{"cash in 30,000 and 20,000: one direction", []tx{in("C1", day+"1:00:00Z", "30000", "cash", ""), in("C2", day+"2:00:00Z", "20000", "cash", "")}, nil, "CN-LVT-CASH", true},
+		{"three ATM withdrawals of 20,000", []tx{out("A1", day+"1:00:00Z", "20000", "atm", ""), out("A2", day+"2:00:00Z", "20000", "atm", ""), out("A3", day+"3:00:00Z", "20000", "atm", "")}, nil, "CN-LVT-CASH", true},
+		{"two ATM withdrawals of 20,000", []tx{out("A1", day+"1:00:00Z", "20000", "atm", ""), out("A2", day+"2:00:00Z", "20000", "atm", "")}, nil, "CN-LVT-CASH", false},
+		{"US: cash in 6,000 and out 5,000: apart", []tx{usd(in("U1", day+"1:00:00Z", "6000", "cash", "")), usd(out("U2", day+"2:00:00Z", "5000", "cash", ""))}, us, "US-CTR", false},
+		{"US: cash in 6,000 and 5,000", []tx{usd(in("U1", day+"1:00:00Z", "6000", "cash", "")), usd(in("U2", day+"2:00:00Z", "5000", "cash", ""))}, us, "US-CTR", true},
+		{"US: ATM withdrawals of 6,000 and 5,000", []tx{usd(out("U1", day+"1:00:00Z", "6000", "atm", "")), usd(out("U2", day+"2:00:00Z", "5000", "atm", ""))}, us, "US-CTR", true},
+		{"HK national pays a mainland landlord 250,000", []tx{out("H1", day+"1:00:00Z", "250000", "wire", "CN")}, hkNational, "CN-LVT-XBORDER", false},
+		{"CN national pays 250,000 to Hong Kong", []tx{out("H1", day+"1:00:00Z", "250000", "wire", "HK")}, nil, "CN-LVT-XBORDER", true},
+		{"individual domestic 600,000 pass-through", []tx{in("P1", day+"1:00:00Z", "600000", "wire", "CN"), out("P2", day+"3:00:00Z", "600000", "wire", "CN")}, nil, "CN-LVT-DOMESTIC", true},
+		{"individual domestic 499,999.99", []tx{in("P1", day+"1:00:00Z", "499999.99", "wire", "CN")}, nil, "CN-LVT-DOMESTIC", false},
+		{"individual domestic USD 100,000", []tx{usd(in("P1", day+"1:00:00Z", "100000", "wire", "CN"))}, nil, "CN-LVT-DOMESTIC", true},
+		{"individual cross-border 600,000 is not domestic", []tx{in("P1", day+"1:00:00Z", "600000", "wire", "SG")}, nil, "CN-LVT-DOMESTIC", false},
+		{"entity transfers 2,000,000", []tx{in("E1", day+"1:00:00Z", "1500000", "wire", "CN"), in("E2", day+"2:00:00Z", "500000", "wire", "SG")}, entity, "CN-LVT-TRANSFER-ENTITY", true},
+		{"entity transfers 1,999,999.99", []tx{in("E1", day+"1:00:00Z", "1999999.99", "wire", "CN")}, entity, "CN-LVT-TRANSFER-ENTITY", false},
+		{"entity in 1,500,000 and out 1,500,000: apart", []tx{in("E1", day+"1:00:00Z", "1500000", "wire", "CN"), out("E2", day+"2:00:00Z", "1500000", "wire", "CN")}, entity, "CN-LVT-TRANSFER-ENTITY", false},
+		{"entity USD 200,000", []tx{usd(out("E1", day+"1:00:00Z", "200000", "wire", "US"))}, entity, "CN-LVT-TRANSFER-ENTITY", true},
+		{"an individual's transfers are not Art. 5(2)", []tx{in("E1", day+"1:00:00Z", "2000000", "wire", "CN")}, nil, "CN-LVT-TRANSFER-ENTITY", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := fired(handCase(t, tc.txs, tc.mod))
+			if _, ok := got[tc.report]; ok != tc.fires {
+				t.Errorf("%s fired %v, want %v (fired: %v)", tc.report, ok, tc.fires, got)
+			}
+		})
+	}
+}
+
+// TestTransferNeedsCountry: a transfer whose counterparty bank country is
+// unknown is refused naming the field, rather than counted as domestic.
+func TestTransferNeedsCountry(t *testing.T) {
+	c := &Case{CaseID: "X", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN"}, Accounts: []Account{{AccountID: "A"}},
+		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2026-11-27T01:00:00Z"), From: Party{AccountID: "A"}, To: Party{AccountID: "B"},
+			Amount: Money{Amount: decimal.NewFromInt(250000), Currency: "CNY"}, Channel: "wire"}}}
+	err := c.Validate(DefaultConfig(), "")
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "transactions[0].to.country" {
+		t.Fatalf("a wire without the counterparty's country: %v", err)
+	}
+	c.Transactions[0].Channel, c.Transactions[0].To = "atm", Party{}
+	if err := c.Validate(DefaultConfig(), ""); err != nil {
+		t.Errorf("an ATM withdrawal without a counterparty: %v", err)
 	}
 }
