@@ -76,7 +76,10 @@ type Jurisdiction struct {
 	Country       string `yaml:"country" json:"country"`
 	Timezone      string `yaml:"timezone" json:"timezone"`
 	CashThreshold Money  `yaml:"cash_threshold" json:"cash_threshold"`
-	loc           *time.Location
+	// ForeignCashThreshold, when set, is the threshold of cash in other
+	// currencies than CashThreshold's (CN: USD 10,000 equivalent).
+	ForeignCashThreshold *Money `yaml:"foreign_cash_threshold,omitempty" json:"foreign_cash_threshold,omitempty"`
+	loc                  *time.Location
 }
 
 // CountryLists are named lists of high-risk countries (FATF's).
@@ -190,6 +193,11 @@ func (c *Config) check() error {
 		}
 		if err := c.checkMoney(j.CashThreshold, true); err != nil {
 			bad("jurisdictions.%s.cash_threshold: %v", name, err)
+		}
+		if ft := j.ForeignCashThreshold; ft != nil {
+			if err := c.checkMoney(*ft, true); err != nil {
+				bad("jurisdictions.%s.foreign_cash_threshold: %v", name, err)
+			}
 		}
 		c.Jurisdictions[name] = j
 	}

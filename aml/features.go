@@ -1,6 +1,7 @@
 package aml
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -178,13 +179,40 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		}
 	}
 
-	// Cash just below the threshold (90% of it up to, not including, it).
+	// Cash just below the threshold (90% of it up to, not including, it),
+	// against the threshold of its currency: the jurisdiction's own, or
+	// its foreign-currency one (CN: USD 10,000 equivalent).
 	thr := cfg.FX.ToBase(j.CashThreshold)
-	low := thr.Mul(w.NearThreshold)
+	threshold := func(f flow) (decimal.Decimal, string) {
+		if ft := j.ForeignCashThreshold; ft != nil && f.Amount.Currency != j.CashThreshold.Currency {
+			return cfg.FX.ToBase(*ft), "foreign"
+		}
+		return thr, "domestic"
+	}
 	var near, small []string
+	type split struct {
+		sum, limit decimal.Decimal
+		n          int
+		ev         []string
+	}
+	splits := map[string]*split{}
 	for _, f := range win {
-		if IsCash(f.Channel) && f.base.GreaterThanOrEqual(low) && f.base.LessThan(thr) {
-			near = append(near, f.TxnID)
+		if IsCash(f.Channel) {
+			limit, class := threshold(f)
+			if f.base.LessThan(limit) {
+				if f.base.GreaterThanOrEqual(limit.Mul(w.NearThreshold)) {
+					near = append(near, f.TxnID)
+				}
+				// Splitting: one day's cash in one direction, each piece
+				// under the threshold, together over it.
+				key := fmt.Sprintf("%s %d %s", f.day, f.dir, class)
+				sp := splits[key]
+				if sp == nil {
+					sp = &split{limit: limit}
+					splits[key] = sp
+				}
+				sp.sum, sp.n, sp.ev = sp.sum.Add(f.base), sp.n+1, append(sp.ev, f.TxnID)
+			}
 		}
 		if f.dir == 1 && f.base.LessThan(thr.Div(decimal.NewFromInt(5))) {
 			small = append(small, f.TxnID)
@@ -192,6 +220,15 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	}
 	put("cash_near_threshold", decimal.NewFromInt(int64(len(near))), near)
 	set("small_inbound_count", decimal.NewFromInt(int64(len(small))), small)
+	var splitDays int64
+	var splitEv []string
+	for _, k := range slices.Sorted(maps.Keys(splits)) {
+		if sp := splits[k]; sp.n >= 2 && sp.sum.GreaterThanOrEqual(sp.limit) {
+			splitDays++
+			splitEv = append(splitEv, sp.ev...)
+		}
+	}
+	set("cash_split_days", decimal.NewFromInt(splitDays), splitEv)
 
 	// Pass-through: outflows within the window after an inflow.
 	hold := time.Duration(w.PassThroughHours) * time.Hour

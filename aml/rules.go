@@ -45,7 +45,7 @@ const (
 // FactNames lists every fact rules may name: the model features and the
 // rule-only facts.
 func FactNames() []string {
-	return append(FeatureNames(), "small_inbound_count", "txn_count", "individual", "cash_cny_daily_max",
+	return append(FeatureNames(), "small_inbound_count", "cash_split_days", "txn_count", "individual", "cash_cny_daily_max",
 		"cash_foreign_daily_max_usd", "cash_usd_daily_max", "transfer_cny_daily_max", "transfer_foreign_daily_max_usd",
 		"domestic_transfer_cny_daily_max", "domestic_transfer_foreign_daily_max_usd",
 		"cross_border_cny_daily_max", "cross_border_foreign_daily_max_usd")

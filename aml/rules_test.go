@@ -108,6 +108,31 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		{"structuring near miss: one below 90%", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "44999.99")}, nil, false, nil},
 		{"structuring near miss: one at the threshold", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "50000")}, nil, false, nil},
 
+		// Foreign cash in CN against USD 10,000: 95% twice.
+		{"structuring: USD 9,500 twice in CN", "STRUCTURING", []tx{
+			{id: "F1", at: "2026-11-20T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"},
+			{id: "F2", at: "2026-11-22T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"}}, nil, true, []string{"F1", "F2"}},
+		{"structuring near miss: USD 8,900 twice in CN", "STRUCTURING", []tx{
+			{id: "F1", at: "2026-11-20T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"},
+			{id: "F2", at: "2026-11-22T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"}}, nil, false, nil},
+		// Split on one day: each piece under the threshold, together over it.
+		{"structuring: CNY 20,000 three times in a day", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
+			cash("D3", "2026-11-20T05:00:00Z", "20000")}, nil, true, []string{"D1", "D2", "D3"}},
+		{"structuring near miss: CNY 20,000 twice in and once out", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
+			{id: "D3", at: "2026-11-20T05:00:00Z", dir: "out", amount: "20000", channel: "cash"}}, nil, false, nil},
+		{"structuring: USD 8,500 four times in a day (US)", "STRUCTURING", []tx{
+			{id: "U1", at: "2026-11-20T14:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U2", at: "2026-11-20T15:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U3", at: "2026-11-20T16:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U4", at: "2026-11-20T17:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"}},
+			func(c *Case) { c.Jurisdiction, c.Customer.Country = "US", "US" }, true, []string{"U1", "U2", "U3", "U4"}},
+		{"structuring near miss: USD 2,400 four times in a day (US)", "STRUCTURING", []tx{
+			{id: "U1", at: "2026-11-20T14:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U2", at: "2026-11-20T15:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U3", at: "2026-11-20T16:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U4", at: "2026-11-20T17:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"}},
+			func(c *Case) { c.Jurisdiction, c.Customer.Country = "US", "US" }, false, nil},
+
 		// 10 inbound under a fifth of the threshold (CNY 10,000) from 5 senders.
 		{"smurfing", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "9999.99", 5), nil, true, nil},
 		{"smurfing near miss: at a fifth of the threshold", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "10000", 5), nil, false, nil},
