@@ -111,7 +111,9 @@ func TestEfficiency(t *testing.T) {
 			shares := 0.0
 			for _, f := range r.Features {
 				shares += f.Share
-				if !f.Active && (f.Phi != 0 || f.Value != f.Baseline) {
+				// An inactive feature reads its baseline, or says it has no
+				// value and nothing to say (velocity without history).
+				if !f.Active && (f.Phi != 0 || f.Value != f.Baseline && f.Value != "no baseline") {
 					t.Errorf("%s: inactive feature %s has phi %g, value %q, baseline %q", name, f.Name, f.Phi, f.Value, f.Baseline)
 				}
 			}
@@ -340,6 +342,10 @@ func TestValidationNamesField(t *testing.T) {
 	}
 	// Eleven active features: exact is refused, the default samples.
 	c := loadCase(t, "eight.json")
+	// A transaction in the baseline period gives velocity a rate to
+	// compare with.
+	c.Transactions = append(c.Transactions, Transaction{TxnID: "H0", Timestamp: mustTime("2026-08-15T01:00:00Z"),
+		To: Party{AccountID: "E-1"}, Amount: Money{Amount: decimal.RequireFromString("120"), Currency: "CNY"}, Channel: "cash"})
 	for i, amt := range []string{"46000", "47000", "300"} {
 		c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("C", i), Timestamp: mustTime(fmt.Sprintf("2026-11-2%dT01:00:00Z", 4+i)),
 			To: Party{AccountID: "E-1"}, Amount: Money{Amount: decimal.RequireFromString(amt), Currency: "CNY"}, Channel: "cash"})

@@ -32,6 +32,11 @@ type featureDef struct {
 	label    Label
 	unit     unit
 	baseline decimal.Decimal // the value of an unremarkable case: an absent feature reads so
+	absent   Label           // how a value that cannot be computed reads
+	// neutral: an absent value says nothing (no history to compare with),
+	// so the feature is no player; else its absence is a fact (no
+	// declared income) the model weighs.
+	neutral bool
 }
 
 var (
@@ -43,17 +48,17 @@ var (
 // features are the model's features, in prompt order. Every one is
 // deterministic given the case and the configuration.
 var features = []featureDef{
-	{"cash_near_threshold", Label{"现金交易金额略低于申报标准的笔数", "cash transactions just below the reporting threshold"}, count, zero},
-	{"pass_through", Label{"资金48小时内转出比例", "share of inflows moved on within 48 hours"}, percent, zero},
-	{"fan_in", Label{"转入对手方数量", "distinct senders"}, count, one},
-	{"fan_out", Label{"转出对手方数量", "distinct recipients"}, count, one},
-	{"dormant_days", Label{"账户启用前休眠天数", "days dormant before reactivation"}, days, zero},
-	{"round_amounts", Label{"整数金额交易占比", "share of round-amount transactions"}, percent, zero},
-	{"high_risk_geography", Label{"涉及高风险国家或地区的交易笔数", "transactions with high-risk jurisdictions"}, count, zero},
-	{"turnover_vs_income", Label{"入账金额与申报收入之比", "inflows against declared income"}, ratio, one},
-	{"velocity", Label{"近7天交易频率与90天基线之比", "last 7 days' transaction rate against the 90-day baseline"}, ratio, one},
-	{"cross_border", Label{"跨境交易金额占比", "cross-border share of amounts"}, percent, zero},
-	{"cash_share", Label{"现金交易金额占比", "cash share of amounts"}, percent, zero},
+	{"cash_near_threshold", Label{"现金交易金额略低于申报标准的笔数", "cash transactions just below the reporting threshold"}, count, zero, Label{}, false},
+	{"pass_through", Label{"资金48小时内转出比例", "share of inflows moved on within 48 hours"}, percent, zero, Label{}, false},
+	{"fan_in", Label{"转入对手方数量", "distinct senders"}, count, one, Label{}, false},
+	{"fan_out", Label{"转出对手方数量", "distinct recipients"}, count, one, Label{}, false},
+	{"dormant_days", Label{"账户启用前休眠天数", "days dormant before reactivation"}, days, zero, Label{}, false},
+	{"round_amounts", Label{"整数金额交易占比", "share of round-amount transactions"}, percent, zero, Label{}, false},
+	{"high_risk_geography", Label{"涉及高风险国家或地区的交易笔数", "transactions with high-risk jurisdictions"}, count, zero, Label{}, false},
+	{"turnover_vs_income", Label{"入账金额与申报收入之比", "inflows against declared income"}, ratio, one, Label{"未申报", "not declared"}, false},
+	{"velocity", Label{"近7天交易频率与90天基线之比", "last 7 days' transaction rate against the 90-day baseline"}, ratio, one, Label{"无基线数据", "no baseline"}, true},
+	{"cross_border", Label{"跨境交易金额占比", "cross-border share of amounts"}, percent, zero, Label{}, false},
+	{"cash_share", Label{"现金交易金额占比", "cash share of amounts"}, percent, zero, Label{}, false},
 }
 
 // FeatureNames lists the model features in prompt order.
@@ -104,15 +109,15 @@ const minDormantDays = 30
 type featureValue struct {
 	def     *featureDef
 	value   decimal.Decimal
-	missing bool // no data (no declared income): reads "not declared"
+	missing bool // no data (no declared income, no baseline): reads def.absent
 }
 
 func (f featureValue) text(lang string) string {
 	if f.missing {
 		if lang == "zh" {
-			return "未申报"
+			return f.def.absent.ZH
 		}
-		return "not declared"
+		return f.def.absent.EN
 	}
 	return f.def.unit.format(f.value, lang)
 }
@@ -123,7 +128,12 @@ func (f featureValue) baselineText(lang string) string {
 
 // active says whether the feature reads differently from its baseline;
 // only active features can move the score.
-func (f featureValue) active() bool { return f.text("en") != f.baselineText("en") }
+func (f featureValue) active() bool {
+	if f.missing && f.def.neutral {
+		return false
+	}
+	return f.text("en") != f.baselineText("en")
+}
 
 // flow is a transaction as seen from the customer.
 type flow struct {
@@ -365,8 +375,10 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	}
 
 	// Velocity: transactions in the recent days against the baseline's
-	// rate, counting at least one a week so that a new account is not
-	// infinitely fast.
+	// rate. A case without transactions in the baseline period has no
+	// rate to compare with: velocity is then absent (no rule fires on
+	// it), since a case sent with only its last weeks would otherwise
+	// look sudden every time.
 	recent, before := 0, 0
 	var velEv []string
 	for _, f := range all {
@@ -378,9 +390,17 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 			before++
 		}
 	}
-	expected := decimal.NewFromInt(int64(before * w.RecentDays)).Div(decimal.NewFromInt(int64(w.BaselineDays)))
-	expected = decimal.Max(expected, decimal.NewFromInt(int64(w.RecentDays)).Div(decimal.NewFromInt(7)))
-	put("velocity", decimal.NewFromInt(int64(recent)).DivRound(expected, 4), velEv)
+	if before == 0 {
+		put("velocity", decimal.Zero, velEv)
+		fv := val["velocity"]
+		fv.missing = true
+		val["velocity"] = fv
+		facts["velocity"].Value = decimal.NewFromInt(-1)
+	} else {
+		expected := decimal.NewFromInt(int64(before * w.RecentDays)).Div(decimal.NewFromInt(int64(w.BaselineDays)))
+		expected = decimal.Max(expected, decimal.NewFromInt(int64(w.RecentDays)).Div(decimal.NewFromInt(7)))
+		put("velocity", decimal.NewFromInt(int64(recent)).DivRound(expected, 4), velEv)
+	}
 
 	// Per-day facts for the statutory reports.
 	individual := decimal.Zero

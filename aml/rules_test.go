@@ -182,10 +182,15 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		{"profile mismatch: no declared income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "600000"}},
 			func(c *Case) { c.Customer.DeclaredMonthlyIncome = nil }, false, nil},
 
-		// Four transactions in the last 7 days against no history (the
-		// floor of one a week): 4x.
-		{"velocity 4x", "VELOCITY", series("V", 4, "2026-11-25T00:00:00Z", "in", "100", 1), nil, true, nil},
-		{"velocity near miss: 3 recent", "VELOCITY", series("V", 3, "2026-11-25T00:00:00Z", "in", "100", 1), nil, false, nil},
+		// Without transactions in the baseline period there is no rate to
+		// compare with: a case sent with its last weeks only is not
+		// "sudden" (it was, for every such case, before).
+		{"velocity without history", "VELOCITY", series("V", 20, "2026-11-25T00:00:00Z", "in", "100", 1), nil, false, nil},
+		// One baseline transaction: the floor of one a week; 4 recent: 4x.
+		{"velocity 4x against the weekly floor", "VELOCITY", append(series("H", 1, "2026-08-01T00:00:00Z", "in", "100", 1),
+			series("V", 4, "2026-11-25T00:00:00Z", "in", "100", 1)...), nil, true, nil},
+		{"velocity near miss: 3 recent", "VELOCITY", append(series("H", 1, "2026-08-01T00:00:00Z", "in", "100", 1),
+			series("V", 3, "2026-11-25T00:00:00Z", "in", "100", 1)...), nil, false, nil},
 		{"velocity near miss: 28 recent beside 90 in the baseline", "VELOCITY",
 			append(series("H", 90, "2026-08-01T00:00:00Z", "in", "100", 1), series("V", 27, "2026-11-22T00:00:00Z", "in", "100", 1)...), nil, false, nil},
 		{"velocity: 28 recent beside 90 in the baseline", "VELOCITY",
@@ -229,7 +234,7 @@ func TestFeatureValues(t *testing.T) {
 		"round_amounts":       {"80", "T1, T2, T3, T5 of five are whole thousands"},
 		"high_risk_geography": {"1", "T4 from Iran"},
 		"turnover_vs_income":  {"6.4051", "10,614.6 in against 12,000 x 0.1381 = 1,657.2 for 30 days"},
-		"velocity":            {"2", "T4, T5 in the last 7 days against the floor of one a week"},
+		"velocity":            {"absent", "no transaction in the 90 days before the window: no baseline"},
 		"cross_border":        {"27.2625", "T2 (HK) 2,071.5 + T4 (IR) 1,500 of 13,100.4"},
 		"cash_share":          {"48.4916", "T3 6,352.6 of 13,100.4"},
 	}
@@ -240,6 +245,12 @@ func TestFeatureValues(t *testing.T) {
 		w, ok := want[f.def.name]
 		if !ok {
 			t.Errorf("unexpected feature %s", f.def.name)
+			continue
+		}
+		if w.value == "absent" {
+			if !f.missing || f.active() || f.text("en") != "no baseline" {
+				t.Errorf("%s = %s (missing %v, active %v), want absent and no player: %s", f.def.name, f.value, f.missing, f.active(), w.why)
+			}
 			continue
 		}
 		if !f.value.Equal(decimal.RequireFromString(w.value)) || f.missing {
