@@ -41,12 +41,15 @@ func (s *Server) access(c *fiber.Ctx) error {
 		rid = ""
 	}
 	c.Locals(requestIDKey{}, rid)
+	// fiber's strings alias request buffers that are reused: whatever
+	// outlives the request (span attributes, metric labels) is a copy.
+	method, path := strings.Clone(c.Method()), strings.Clone(c.Path())
 	ctx := traceContext.Extract(c.UserContext(), headerCarrier{c})
-	ctx, span := tracer().Start(ctx, c.Method()+" "+c.Path(), trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(attribute.String("http.request.method", c.Method()), attribute.String("url.path", c.Path())))
+	ctx, span := tracer().Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", method), attribute.String("url.path", path)))
 	c.SetUserContext(ctx)
 
-	err := s.safely("serving "+c.Method()+" "+c.Route().Path, c.Next)
+	err := s.safely("serving "+method+" "+path, c.Next)
 
 	status, code := outcome(c, err)
 	route := s.routeLabel(c)
@@ -61,15 +64,15 @@ func (s *Server) access(c *fiber.Ctx) error {
 		// (and so, behind a balancer, to another replica).
 		c.Context().SetConnectionClose()
 	}
+	// Named by route, not path, as OpenTelemetry's HTTP conventions ask:
+	// span names stay few.
+	span.SetName(method + " " + route)
 	span.SetAttributes(attribute.String("http.route", route), attribute.Int("http.response.status_code", status),
 		attribute.String("finserve.request_id", rid))
 	if status >= 500 {
 		span.SetStatus(codes.Error, code)
 	}
 	span.End()
-	// fiber's strings alias request buffers that are reused: the labels,
-	// which the counter keeps, must be copies.
-	method := strings.Clone(c.Method())
 	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 	// Readiness answering 503 while loading or draining is a state, not a
 	// refusal: probes would flood the log.
