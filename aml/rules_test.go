@@ -1,6 +1,7 @@
 package aml
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -334,5 +335,33 @@ func TestTransferNeedsCountry(t *testing.T) {
 	c.Transactions[0].Channel, c.Transactions[0].To = "atm", Party{}
 	if err := c.Validate(DefaultConfig(), ""); err != nil {
 		t.Errorf("an ATM withdrawal without a counterparty: %v", err)
+	}
+}
+
+// constModel scores every prompt the same: no feature moves the score.
+type constModel struct{}
+
+func (constModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
+	s := Scores{P: make([]float64, len(prompts))}
+	for i := range s.P {
+		s.P[i] = 0.5
+	}
+	return s, nil
+}
+
+// TestSharesWithoutContributions: when no feature moves the model's
+// score, every contribution and share is zero (not NaN).
+func TestSharesWithoutContributions(t *testing.T) {
+	r, err := NewAssessor(DefaultConfig(), constModel{}).Assess(context.Background(), loadCase(t, "structuring.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Explanation.Players == 0 {
+		t.Fatal("no players: the case does not test shares")
+	}
+	for _, f := range r.Features {
+		if f.Phi != 0 || f.Share != 0 {
+			t.Errorf("%s: phi %v share %v", f.Name, f.Phi, f.Share)
+		}
 	}
 }
