@@ -227,8 +227,9 @@ func drainTest(t *testing.T, sig syscall.Signal) {
 		t.Errorf("a request while draining: %d close=%v %s", resp.StatusCode, resp.Close, body)
 	}
 	waitFor(t, 5*time.Second, func() bool { return notify.has("STOPPING=1") }, func() string { return "no STOPPING=1 on the notify socket" })
-	// Still listening a while later: the drain delay holds it open.
-	time.Sleep(300 * time.Millisecond)
+	// With nothing in flight, the drain delay holds the listener open.
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(c.logs.String(), "answering 503 until the drain delay ends") },
+		func() string { return "the drain delay was not logged" })
 	if _, _, err := try("GET", c.base+"/ready", "", ""); err != nil {
 		t.Fatalf("the listener closed during the drain delay: %v", err)
 	}
