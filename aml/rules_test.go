@@ -365,3 +365,25 @@ func TestSharesWithoutContributions(t *testing.T) {
 		}
 	}
 }
+
+// TestHumanReviewAtLevel: review is required from the configured level
+// (high) up, including at it, and not below.
+func TestHumanReviewAtLevel(t *testing.T) {
+	// constModel scores 0.5: a medium model level (0.3 to 0.6).
+	for _, c := range []struct {
+		file   string
+		level  Level
+		review bool
+	}{
+		{"structuring.json", LevelHigh, true}, // the STRUCTURING rule's floor
+		{"salary.json", LevelMedium, false},
+	} {
+		r, err := NewAssessor(DefaultConfig(), constModel{}).Assess(context.Background(), loadCase(t, c.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ModelLevel != LevelMedium || r.RiskLevel != c.level || r.HumanReviewRequired != c.review {
+			t.Errorf("%s: model %s, risk %s, review %v; want risk %s, review %v", c.file, r.ModelLevel, r.RiskLevel, r.HumanReviewRequired, c.level, c.review)
+		}
+	}
+}
