@@ -146,8 +146,11 @@ func TestPreemptedOutputIsExact(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, FlashAttention: noFA, PrefixCache: tc.pc})
-			req := engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[1]), MaxTokens: 48, IgnoreEOS: true, Logprobs: true,
+			e := newEngine(t, tinyQ8, engine.Options{Parallel: 1, Context: 2048, FlashAttention: noFA, PrefixCache: tc.pc})
+			// 1,000 tokens: still running when the realtime request comes,
+			// however loaded the machine (48 were not, once, under three
+			// parallel test runs: no preemption at all).
+			req := engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[1]), MaxTokens: 1000, IgnoreEOS: true, Logprobs: true,
 				Sampling: tc.sampling, Tier: engine.TierBatch}
 			want := generate(t, e, req)
 
