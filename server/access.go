@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -102,14 +101,9 @@ func outcome(c *fiber.Ctx, err error) (status int, reason string) {
 	if err == nil {
 		return c.Response().StatusCode(), ""
 	}
-	var api *APIError
-	var fe *fiber.Error
-	switch {
-	case errors.As(err, &api):
-	case errors.As(err, &fe):
-		api = fromFiber(fe)
-	default:
-		return fiber.StatusInternalServerError, "internal_error"
+	api, known := asAPIError(err)
+	if !known {
+		return api.Status, "internal_error"
 	}
 	if api.Code != "" {
 		return api.Status, api.Code

@@ -348,20 +348,27 @@ func (s *Server) Generating() int { return int(s.inflightN.Load()) }
 
 // handleError writes every error as an OpenAI error object.
 func (s *Server) handleError(c *fiber.Ctx, err error) error {
-	var api *APIError
-	var fe *fiber.Error
-	switch {
-	case errors.As(err, &api):
-	case errors.As(err, &fe):
-		api = fromFiber(fe)
-	default:
+	api, known := asAPIError(err)
+	if !known {
 		s.log.Error("request failed", "path", c.Path(), "err", err)
-		api = &APIError{Status: fiber.StatusInternalServerError, Type: "server_error", Message: "internal error"}
 	}
 	if api.RetryAfter > 0 {
 		c.Set(fiber.HeaderRetryAfter, fmt.Sprint(api.RetryAfter))
 	}
 	return c.Status(api.Status).JSON(api.body())
+}
+
+// asAPIError is what the client sees of err: itself, fiber's own errors
+// translated, or (known false) a 500 without detail.
+func asAPIError(err error) (api *APIError, known bool) {
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &api):
+		return api, true
+	case errors.As(err, &fe):
+		return fromFiber(fe), true
+	}
+	return &APIError{Status: fiber.StatusInternalServerError, Type: "server_error", Message: "internal error"}, false
 }
 
 // ready returns the backend, or the error to answer while there is none.
