@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -385,5 +386,75 @@ func TestHumanReviewAtLevel(t *testing.T) {
 		if r.ModelLevel != LevelMedium || r.RiskLevel != c.level || r.HumanReviewRequired != c.review {
 			t.Errorf("%s: model %s, risk %s, review %v; want risk %s, review %v", c.file, r.ModelLevel, r.RiskLevel, r.HumanReviewRequired, c.level, c.review)
 		}
+	}
+}
+
+// keyModel scores 0.9 a prompt whose values row gives feature A
+// (cash_near_threshold) the value 3, else 0.1, and checks the feature
+// list names A and B.
+type keyModel struct{ t *testing.T }
+
+func (m keyModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
+	s := Scores{P: make([]float64, len(prompts))}
+	for i, p := range prompts {
+		if !strings.Contains(p, "\nA. cash transactions just below the reporting threshold\nB. share of inflows moved on within 48 hours\n") {
+			m.t.Fatalf("prompt without feature A's line: %q", p)
+		}
+		s.P[i] = 0.1
+		if _, row, _ := strings.Cut(p, "\nValues:"); strings.Contains(row, " A=3;") {
+			s.P[i] = 0.9
+		}
+	}
+	return s, nil
+}
+
+// TestScoreIsOfTheCaseItself: the risk score is the model's score of the
+// prompt with the case's own values (structuring.json has three cash
+// deposits just below the threshold), and the baseline's is of the
+// baseline values: the coalitions are not inverted.
+func TestScoreIsOfTheCaseItself(t *testing.T) {
+	r, err := NewAssessor(DefaultConfig(), keyModel{t}).Assess(context.Background(), loadCase(t, "structuring.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RiskScore != 0.9 || r.Explanation.FBaseline != 0.1 {
+		t.Errorf("score %v, baseline %v; want 0.9 and 0.1", r.RiskScore, r.Explanation.FBaseline)
+	}
+}
+
+// TestExactUpToTenFeatures: exact Shapley values are the default up to
+// MaxExactFeatures active features, permutation sampling beyond.
+func TestExactUpToTenFeatures(t *testing.T) {
+	c := loadCase(t, "eight.json") // 8 active features
+	cash := func(id, at, amount string) Transaction {
+		return Transaction{TxnID: id, Timestamp: mustTime(at), To: Party{AccountID: "E-1"},
+			Amount: Money{Amount: decimal.RequireFromString(amount), Currency: "CNY"}, Channel: "cash"}
+	}
+	seen := map[int]bool{}
+	for _, add := range []Transaction{
+		{}, // as it is
+		cash("C1", "2026-11-24T01:00:00Z", "300"),   // cash share
+		cash("H0", "2026-08-15T01:00:00Z", "120"),   // a baseline for velocity
+		cash("C2", "2026-11-25T01:00:00Z", "46000"), // cash just below the threshold
+	} {
+		if add.TxnID != "" {
+			c.Transactions = append(c.Transactions, add)
+		}
+		r, err := NewAssessor(DefaultConfig(), &textModel{}).Assess(context.Background(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex := r.Explanation
+		seen[ex.Players] = true
+		want := MethodExact
+		if ex.Players > MaxExactFeatures {
+			want = MethodPermutation
+		}
+		if ex.Method != want {
+			t.Errorf("%d players: %s, want %s", ex.Players, ex.Method, want)
+		}
+	}
+	if !seen[MaxExactFeatures] || !seen[MaxExactFeatures+1] {
+		t.Errorf("player counts seen %v: the test needs %d and %d", seen, MaxExactFeatures, MaxExactFeatures+1)
 	}
 }
