@@ -120,6 +120,10 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		// Split on one day: each piece under the threshold, together over it.
 		{"structuring: CNY 20,000 three times in a day", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
 			cash("D3", "2026-11-20T05:00:00Z", "20000")}, nil, true, []string{"D1", "D2", "D3"}},
+		{"structuring: two pieces that reach the threshold exactly", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "25000"), cash("D2", "2026-11-20T03:00:00Z", "25000")},
+			nil, true, []string{"D1", "D2"}},
+		{"structuring near miss: two pieces a cent under the threshold", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "25000"), cash("D2", "2026-11-20T03:00:00Z", "24999.99")},
+			nil, false, nil},
 		{"structuring near miss: CNY 20,000 twice in and once out", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
 			{id: "D3", at: "2026-11-20T05:00:00Z", dir: "out", amount: "20000", channel: "cash"}}, nil, false, nil},
 		{"structuring: USD 8,500 four times in a day (US)", "STRUCTURING", []tx{
@@ -143,6 +147,9 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 
 		{"rapid in-out: 90% within 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
 			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "9000"}}, nil, true, []string{"R1", "R2"}},
+		{"rapid in-out: two outflows at exactly 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
+			{id: "R2", at: "2026-11-21T00:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "5000"},
+			{id: "R3", at: "2026-11-22T00:00:00Z", dir: "out", cpty: "z", country: "CN", amount: "4500"}}, nil, true, []string{"R1", "R2", "R3"}},
 		{"rapid in-out near miss: 89.99%", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
 			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "8999"}}, nil, false, nil},
 		{"rapid in-out near miss: after 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
