@@ -186,7 +186,7 @@ func TestDecimalBoundaries(t *testing.T) {
 	}
 	for _, tc := range cases {
 		amt := decimal.RequireFromString(tc.amount)
-		c := &Case{CaseID: "B", Jurisdiction: tc.jur, AsOf: mustTime("2026-11-28T12:00:00Z"),
+		c := &Case{CaseID: "B", Jurisdiction: tc.jur, AsOf: mustTime("2025-11-28T12:00:00Z"),
 			Customer: Customer{CustomerID: "C", Type: tc.typ, Country: "CN"},
 			Accounts: []Account{{AccountID: "A"}}}
 		if tc.jur == "US" {
@@ -195,7 +195,7 @@ func TestDecimalBoundaries(t *testing.T) {
 		// Split across two transactions on one day: the daily total counts.
 		half := amt.Div(decimal.NewFromInt(2)).Truncate(2)
 		for i, a := range []decimal.Decimal{half, amt.Sub(half)} {
-			c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("T", i), Timestamp: mustTime(fmt.Sprintf("2026-11-27T0%d:00:00Z", i+1)),
+			c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("T", i), Timestamp: mustTime(fmt.Sprintf("2025-11-27T0%d:00:00Z", i+1)),
 				From: Party{AccountID: "X", Country: tc.cpty}, To: Party{AccountID: "A"}, Amount: Money{Amount: a, Currency: tc.currency}, Channel: tc.channel})
 		}
 		if err := c.Validate(DefaultConfig(), ""); err != nil {
@@ -312,12 +312,31 @@ func TestValidationNamesField(t *testing.T) {
 		{`"currency": "CNY"}, "channel": "cash"}=>"currency": "XYZ"}, "channel": "cash"}`, "transactions[1].amount"},
 		{`"channel": "wire"=>"channel": "telegraph"`, "transactions[4].channel"},
 		{`"txn_id": "T2"=>"txn_id": "T1"`, "transactions[2].txn_id"},
-		{`"2026-11-24T09:30:00+08:00"=>"2026-11-30T09:30:00+08:00"`, "transactions[4].timestamp"},
+		{`"2025-11-24T09:30:00+08:00"=>"2025-11-30T09:30:00+08:00"`, "transactions[4].timestamp"},
 		{`"case_id": "CASE-CN-STRUCT-001"=>"case_id": ""`, "case_id"},
 		{`"jurisdiction"=>"jurisdictio"`, "jurisdictio"},
 		{`"account_id": "B-9"=>"account_id": "A-1"`, ""}, // internal transfer: fine
 		{`"to": {"account_id": "B-9"=>"to": {"account_id": ""`, "transactions[4].to.account_id"},
 		{`"from": {"account_id": "EMP-1"=>"from": {"account_id": "EMP-0"`, ""},
+		// Reference data in force: the FX table from 2025-11-27, the FATF
+		// lists from 2025-10-24, both to be reviewed by 2026-02-28 (in
+		// the jurisdiction's time zone).
+		{`"as_of": "2025-11-28T12:00:00+08:00"=>"as_of": "2026-02-28T23:59:00+08:00"`, ""},
+		{`"as_of": "2025-11-28T12:00:00+08:00"=>"as_of": "2026-03-01T00:00:00+08:00"`, "as_of"},
+		{`"as_of": "2025-11-28T12:00:00+08:00"=>"as_of": "2026-11-28T12:00:00+08:00"`, "as_of"},
+		{`"as_of": "2025-11-28T12:00:00+08:00"=>"as_of": "2025-11-27T00:00:00+08:00"`, ""},
+		{`"as_of": "2025-11-28T12:00:00+08:00"=>"as_of": "2025-11-26T23:59:00+08:00"`, "as_of"},
+		// Currencies a Chinese bank meets.
+		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "MOP"`, ""},
+		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "TWD"`, ""},
+		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "KRW"`, ""},
+		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "AUD"`, ""},
+		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "VND"`, "transactions[1].amount"},
+		// Who paid cash in: on cash only, on the from side only.
+		{`"from": {}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"=>"from": {"depositor_id": "P-7"}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"`, ""},
+		{`"from": {}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"=>"from": {}, "to": {"account_id": "A-1", "country": "CN", "depositor_id": "P-7"}, "amount": {"amount": "48000.00"`, "transactions[1].to.depositor_id"},
+		{`"to": {"account_id": "B-9", "bank_id": "BOC", "country": "CN"}=>"to": {"account_id": "B-9", "bank_id": "BOC", "country": "CN"}, "depositor_id": "P-7"`, "depositor_id"},
+		{`"from": {"account_id": "EMP-1", "bank_id": "ICBC"=>"from": {"account_id": "EMP-1", "depositor_id": "P-7", "bank_id": "ICBC"`, "transactions[0].from.depositor_id"},
 	}
 	for _, tc := range cases {
 		old, repl, _ := strings.Cut(tc.edit, "=>")
@@ -344,10 +363,10 @@ func TestValidationNamesField(t *testing.T) {
 	c := loadCase(t, "eight.json")
 	// A transaction in the baseline period gives velocity a rate to
 	// compare with.
-	c.Transactions = append(c.Transactions, Transaction{TxnID: "H0", Timestamp: mustTime("2026-08-15T01:00:00Z"),
+	c.Transactions = append(c.Transactions, Transaction{TxnID: "H0", Timestamp: mustTime("2025-08-15T01:00:00Z"),
 		To: Party{AccountID: "E-1"}, Amount: Money{Amount: decimal.RequireFromString("120"), Currency: "CNY"}, Channel: "cash"})
 	for i, amt := range []string{"46000", "47000", "300"} {
-		c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("C", i), Timestamp: mustTime(fmt.Sprintf("2026-11-2%dT01:00:00Z", 4+i)),
+		c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("C", i), Timestamp: mustTime(fmt.Sprintf("2025-11-2%dT01:00:00Z", 4+i)),
 			To: Party{AccountID: "E-1"}, Amount: Money{Amount: decimal.RequireFromString(amt), Currency: "CNY"}, Channel: "cash"})
 	}
 	c.Options.Explain.Method = MethodExact
@@ -365,19 +384,28 @@ func TestValidationNamesField(t *testing.T) {
 func TestConfigChecks(t *testing.T) {
 	good := string(DefaultYAML())
 	cases := map[string]string{
-		"unknown fact":    `{fact: velocity, op: ">=", value: "4"}=>{fact: speed, op: ">=", value: "4"}`,
-		"bad operator":    `{fact: velocity, op: ">=", value: "4"}=>{fact: velocity, op: "=>", value: "4"}`,
-		"tipping off":     `"Sudden rise in transaction frequency"=>"File a SAR: sudden rise"`,
-		"bad severity":    `severity: medium=>severity: severe`,
-		"no base rate":    `USD: "1"=>USD: "1.1"`,
-		"bad timezone":    `Asia/Shanghai=>Asia/Nowhere`,
-		"levels order":    `high: 0.6=>high: 0.2`,
-		"unknown key":     `window:=>windows:`,
-		"line template":   `line: "{key}. {label}\n"=>line: "{key}.\n"`,
-		"value template":  `value: " {key}={value};"=>value: " {key};"`,
-		"same labels":     `"no": " no"=>"no": " yes"`,
-		"duplicate rule":  `id: FAN-OUT=>id: FAN-IN`,
-		"report severity": `kind: report=>kind: report` + "\n      severity: high",
+		"unknown fact":     `{fact: velocity, op: ">=", value: "4"}=>{fact: speed, op: ">=", value: "4"}`,
+		"bad operator":     `{fact: velocity, op: ">=", value: "4"}=>{fact: velocity, op: "=>", value: "4"}`,
+		"tipping off":      `"Sudden rise in transaction frequency"=>"File a SAR: sudden rise"`,
+		"bad severity":     `severity: medium=>severity: severe`,
+		"no base rate":     `USD: "1"=>USD: "1.1"`,
+		"bad timezone":     `Asia/Shanghai=>Asia/Nowhere`,
+		"levels order":     `high: 0.6=>high: 0.2`,
+		"unknown key":      `window:=>windows:`,
+		"line template":    `line: "{key}. {label}\n"=>line: "{key}.\n"`,
+		"value template":   `value: " {key}={value};"=>value: " {key};"`,
+		"same labels":      `"no": " no"=>"no": " yes"`,
+		"duplicate rule":   `id: FAN-OUT=>id: FAN-IN`,
+		"report severity":  `kind: report=>kind: report` + "\n      severity: high",
+		"no fx source":     `  source: "indicative=>  sources: "indicative`,
+		"fx dates":         `review_by: "2026-02-28"   # cases=>review_by: "2025-02-28"   # cases`,
+		"list date":        `effective: "2025-10-24"=>effective: "24 Oct 2025"`,
+		"grade too low":    `{severity: high, all: [{fact: fan_in=>{severity: medium, all: [{fact: fan_in`,
+		"grade fact":       `{severity: high, all: [{fact: fan_in=>{severity: high, all: [{fact: fan_inn`,
+		"no deadline":      `report_deadline: {calendar_days: 15, =>report_deadline: {`,
+		"two deadlines":    `report_deadline: {calendar_days: 15, =>report_deadline: {working_days: 5, calendar_days: 15, `,
+		"calendar year":    `workdays: [2025-01-26=>workdays: [2024-01-26`,
+		"empty occupation": `no_income: [student,=>no_income: [" ",`,
 	}
 	for name, edit := range cases {
 		old, repl, _ := strings.Cut(edit, "=>")
@@ -403,9 +431,9 @@ func TestConfigChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Case{CaseID: "FX", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+	c := &Case{CaseID: "FX", Jurisdiction: "CN", AsOf: mustTime("2025-11-28T12:00:00Z"),
 		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN"}, Accounts: []Account{{AccountID: "A"}},
-		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2026-11-27T01:00:00Z"), From: Party{AccountID: "X"}, To: Party{AccountID: "A"},
+		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2025-11-27T01:00:00Z"), From: Party{AccountID: "X"}, To: Party{AccountID: "A"},
 			Amount: Money{Amount: decimal.NewFromInt(10000), Currency: "USD"}, Channel: "cash"}}}
 	if err := c.Validate(cfg, ""); err != nil {
 		t.Fatal(err)

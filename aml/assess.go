@@ -127,6 +127,14 @@ func (a *Assessor) Assess(ctx context.Context, c *Case) (*Result, error) {
 			t.Evidence[i] = pii.Mask(id)
 		}
 		if t.Kind == KindReport {
+			j := cfg.Jurisdictions[c.Jurisdiction]
+			for i := range t.Occurrences {
+				o := &t.Occurrences[i]
+				o.DueBy = j.dueBy(o.Date)
+				for k, id := range o.Evidence {
+					o.Evidence[k] = pii.Mask(id)
+				}
+			}
 			res.RegulatoryReports = append(res.RegulatoryReports, t)
 		} else {
 			res.Rules = append(res.Rules, t)

@@ -57,6 +57,11 @@ type Party struct {
 	AccountID string `json:"account_id,omitempty"`
 	BankID    string `json:"bank_id,omitempty"`
 	Country   string `json:"country,omitempty"`
+	// DepositorID identifies who paid cash in, when the bank recorded
+	// it (its own party id for the person; never a name or an ID
+	// number): a deposit by someone other than the customer is
+	// third-party cash.
+	DepositorID string `json:"depositor_id,omitempty"`
 }
 
 // Money is an exact decimal amount in a currency (ISO 4217).
@@ -206,6 +211,13 @@ func (c *Case) Validate(cfg *Config, prefix string) error {
 	if c.AsOf.IsZero() {
 		return f("as_of", "required (RFC 3339)")
 	}
+	day := c.AsOf.In(cfg.Jurisdictions[c.Jurisdiction].loc).Format(time.DateOnly)
+	if err := cfg.FX.covers(day, "FX table", cfg.FX.Version); err != nil {
+		return f("as_of", "%v", err)
+	}
+	if err := cfg.HighRiskCountries.covers(day, "high-risk country list", cfg.HighRiskCountries.Version); err != nil {
+		return f("as_of", "%v", err)
+	}
 	cu := &c.Customer
 	if err := checkText(cu.CustomerID, true); err != nil {
 		return f("customer.customer_id", "%v", err)
@@ -282,11 +294,17 @@ func (c *Case) Validate(cfg *Config, prefix string) error {
 			if pt.Country != "" && !isCountry(pt.Country) {
 				return f(p+side+".country", "must be an ISO 3166-1 alpha-2 code, got %q", pt.Country)
 			}
-			for name, s := range map[string]string{"account_id": pt.AccountID, "bank_id": pt.BankID} {
+			for name, s := range map[string]string{"account_id": pt.AccountID, "bank_id": pt.BankID, "depositor_id": pt.DepositorID} {
 				if err := checkText(s, false); err != nil {
 					return f(p+side+"."+name, "%v", err)
 				}
 			}
+		}
+		if t.To.DepositorID != "" {
+			return f(p+"to.depositor_id", "only on the from side: who paid cash in")
+		}
+		if t.From.DepositorID != "" && !IsCash(t.Channel) {
+			return f(p+"from.depositor_id", "only for cash paid in (channel cash or atm), got channel %q", t.Channel)
 		}
 		if err := checkText(t.Memo, false); err != nil {
 			return f(p+"memo", "%v", err)

@@ -31,16 +31,27 @@ type Config struct {
 	FX                FXTable                 `yaml:"fx" json:"fx"`
 	Jurisdictions     map[string]Jurisdiction `yaml:"jurisdictions" json:"jurisdictions"`
 	HighRiskCountries CountryLists            `yaml:"high_risk_countries" json:"high_risk_countries"`
-	Window            Window                  `yaml:"window" json:"window"`
-	Levels            Levels                  `yaml:"levels" json:"levels"`
-	HumanReview       struct {
+	// Occupations: customer occupations that earn no income of their own
+	// (matched case-blind, whole); money reaching such a customer is
+	// weighed against that profile.
+	Occupations struct {
+		NoIncome []string `yaml:"no_income" json:"no_income"`
+	} `yaml:"occupations" json:"occupations"`
+	Window      Window `yaml:"window" json:"window"`
+	Levels      Levels `yaml:"levels" json:"levels"`
+	HumanReview struct {
 		AtLevel Level `yaml:"at_level" json:"at_level"`
 	} `yaml:"human_review" json:"human_review"`
 	Rules RuleSet `yaml:"rules" json:"rules"`
 
-	rulesHash string
-	highRisk  map[string]string // country -> list name
+	rulesHash   string
+	highRisk    map[string]string // country -> list name
+	occupations []string          // NoIncome, normalised
 }
+
+// normalOccupation is how occupations are compared: lower case, spaces
+// trimmed and single.
+func normalOccupation(s string) string { return strings.Join(strings.Fields(strings.ToLower(s)), " ") }
 
 // PromptTemplate renders a case's features into the scoring prompt:
 // Instruction, then Line for each feature ({key} its letter, {label} its
@@ -60,9 +71,53 @@ type PromptTemplate struct {
 // FXTable converts amounts to its base currency by multiplication only,
 // so that comparisons with thresholds are exact.
 type FXTable struct {
-	Version string                     `yaml:"version" json:"version"`
-	Base    string                     `yaml:"base" json:"base"`
-	Rates   map[string]decimal.Decimal `yaml:"rates" json:"rates"` // base units per unit
+	Version    string `yaml:"version" json:"version"`
+	Provenance `yaml:",inline" json:",inline"`
+	Base       string                     `yaml:"base" json:"base"`
+	Rates      map[string]decimal.Decimal `yaml:"rates" json:"rates"` // base units per unit
+}
+
+// Provenance says where reference data (an FX table, a country list)
+// comes from and over which days it may be used: a case whose as_of
+// falls outside them is refused, naming the table, rather than assessed
+// against data that was not yet, or is no longer, in force.
+type Provenance struct {
+	Source    string `yaml:"source" json:"source"`
+	Effective string `yaml:"effective" json:"effective"` // YYYY-MM-DD, the first day it holds
+	ReviewBy  string `yaml:"review_by" json:"review_by"` // YYYY-MM-DD, the last day it may be used
+}
+
+func (p Provenance) check(section string) []error {
+	var errs []error
+	if p.Source == "" {
+		errs = append(errs, fmt.Errorf("%s.source: required: where the data comes from", section))
+	}
+	e, err1 := time.Parse(time.DateOnly, p.Effective)
+	if err1 != nil {
+		errs = append(errs, fmt.Errorf("%s.effective: a date (YYYY-MM-DD), got %q", section, p.Effective))
+	}
+	r, err2 := time.Parse(time.DateOnly, p.ReviewBy)
+	if err2 != nil {
+		errs = append(errs, fmt.Errorf("%s.review_by: a date (YYYY-MM-DD), got %q", section, p.ReviewBy))
+	}
+	if err1 == nil && err2 == nil && r.Before(e) {
+		errs = append(errs, fmt.Errorf("%s.review_by: %s is before effective %s", section, p.ReviewBy, p.Effective))
+	}
+	return errs
+}
+
+// covers returns an error unless day (YYYY-MM-DD) is within the data's
+// days; what and version name the table in the message.
+func (p Provenance) covers(day, what, version string) error {
+	switch {
+	case day < p.Effective:
+		return fmt.Errorf("%s is before the %s %s took effect on %s (%s): assess with the one in force that day (serve --aml-config)",
+			day, what, version, p.Effective, p.Source)
+	case day > p.ReviewBy:
+		return fmt.Errorf("%s is past the review date %s of the %s %s (%s): load a current one (serve --aml-config; finserve aml config prints the built-in file)",
+			day, p.ReviewBy, what, version, p.Source)
+	}
+	return nil
 }
 
 // ToBase converts m to the base currency exactly.
@@ -79,13 +134,63 @@ type Jurisdiction struct {
 	// ForeignCashThreshold, when set, is the threshold of cash in other
 	// currencies than CashThreshold's (CN: USD 10,000 equivalent).
 	ForeignCashThreshold *Money `yaml:"foreign_cash_threshold,omitempty" json:"foreign_cash_threshold,omitempty"`
-	loc                  *time.Location
+	// ReportDeadline is how long the bank has to file a statutory report
+	// after the day of the transactions.
+	ReportDeadline Deadline `yaml:"report_deadline" json:"report_deadline"`
+	// Calendar holds the public holidays and the weekend days worked
+	// instead, for deadlines counted in working days.
+	Calendar Calendar `yaml:"calendar,omitempty" json:"calendar,omitempty"`
+	loc      *time.Location
+}
+
+// Deadline is a filing period: working days (Monday to Friday, less
+// holidays, plus the calendar's weekend working days) or calendar days.
+type Deadline struct {
+	WorkingDays  int    `yaml:"working_days,omitempty" json:"working_days,omitempty"`
+	CalendarDays int    `yaml:"calendar_days,omitempty" json:"calendar_days,omitempty"`
+	LegalBasis   string `yaml:"legal_basis" json:"legal_basis"`
+}
+
+// Calendar is a jurisdiction's official working-day calendar for the
+// years it lists.
+type Calendar struct {
+	Source   string   `yaml:"source,omitempty" json:"source,omitempty"`
+	Years    []int    `yaml:"years,omitempty" json:"years,omitempty"`
+	Holidays []string `yaml:"holidays,omitempty" json:"holidays,omitempty"` // YYYY-MM-DD
+	Workdays []string `yaml:"workdays,omitempty" json:"workdays,omitempty"` // weekend days worked, YYYY-MM-DD
+}
+
+// dueBy returns the last day to file a report on transactions of day
+// (YYYY-MM-DD), or "" when the working days to count run into a year
+// the calendar does not hold.
+func (j *Jurisdiction) dueBy(day string) string {
+	d, err := time.Parse(time.DateOnly, day)
+	if err != nil {
+		return ""
+	}
+	dl := j.ReportDeadline
+	if dl.CalendarDays > 0 {
+		return d.AddDate(0, 0, dl.CalendarDays).Format(time.DateOnly)
+	}
+	for n := 0; n < dl.WorkingDays; {
+		d = d.AddDate(0, 0, 1)
+		if !slices.Contains(j.Calendar.Years, d.Year()) {
+			return ""
+		}
+		ds := d.Format(time.DateOnly)
+		weekday := d.Weekday() != time.Saturday && d.Weekday() != time.Sunday
+		if weekday && !slices.Contains(j.Calendar.Holidays, ds) || slices.Contains(j.Calendar.Workdays, ds) {
+			n++
+		}
+	}
+	return d.Format(time.DateOnly)
 }
 
 // CountryLists are named lists of high-risk countries (FATF's).
 type CountryLists struct {
-	Version string              `yaml:"version" json:"version"`
-	Lists   map[string][]string `yaml:"lists" json:"lists"`
+	Version    string `yaml:"version" json:"version"`
+	Provenance `yaml:",inline" json:",inline"`
+	Lists      map[string][]string `yaml:"lists" json:"lists"`
 }
 
 // Window sets the periods features look at.
@@ -179,6 +284,8 @@ func (c *Config) check() error {
 		// Features and reports convert to USD, whatever the base.
 		bad("fx.rates.USD: required: the statutory thresholds (PBOC Order No. 3 [2016] Art. 5 for foreign currency, 31 CFR 1010.311) are in US dollars")
 	}
+	errs = append(errs, c.FX.Provenance.check("fx")...)
+	errs = append(errs, c.HighRiskCountries.Provenance.check("high_risk_countries")...)
 	if len(c.Jurisdictions) == 0 {
 		bad("jurisdictions: at least one is needed")
 	}
@@ -193,6 +300,17 @@ func (c *Config) check() error {
 		}
 		if err := c.checkMoney(j.CashThreshold, true); err != nil {
 			bad("jurisdictions.%s.cash_threshold: %v", name, err)
+		}
+		if dl := j.ReportDeadline; (dl.WorkingDays > 0) == (dl.CalendarDays > 0) || dl.WorkingDays < 0 || dl.CalendarDays < 0 || dl.LegalBasis == "" {
+			bad("jurisdictions.%s.report_deadline: one of working_days or calendar_days, positive, and a legal_basis", name)
+		}
+		if j.ReportDeadline.WorkingDays > 0 && len(j.Calendar.Years) > 0 && j.Calendar.Source == "" {
+			bad("jurisdictions.%s.calendar.source: required: the official notice of the holidays", name)
+		}
+		for _, d := range append(slices.Clone(j.Calendar.Holidays), j.Calendar.Workdays...) {
+			if t, err := time.Parse(time.DateOnly, d); err != nil || !slices.Contains(j.Calendar.Years, t.Year()) {
+				bad("jurisdictions.%s.calendar: %q is not a date (YYYY-MM-DD) in one of the calendar's years %v", name, d, j.Calendar.Years)
+			}
 		}
 		if ft := j.ForeignCashThreshold; ft != nil {
 			if err := c.checkMoney(*ft, true); err != nil {
@@ -211,6 +329,13 @@ func (c *Config) check() error {
 				c.highRisk[cc] = name
 			}
 		}
+	}
+	c.occupations = nil
+	for i, o := range c.Occupations.NoIncome {
+		if normalOccupation(o) == "" {
+			bad("occupations.no_income[%d]: empty", i)
+		}
+		c.occupations = append(c.occupations, normalOccupation(o))
 	}
 	w := &c.Window
 	if w.Days <= 0 || w.BaselineDays <= 0 || w.RecentDays <= 0 || w.RecentDays > w.Days || w.PassThroughHours <= 0 {

@@ -93,6 +93,7 @@ type Fact struct {
 	Value    decimal.Decimal
 	Evidence []string
 	Groups   []Group
+	Unit     string // of a per-day fact's values: CNY or USD
 }
 
 // Group is one day of a per-day fact.
@@ -177,6 +178,8 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 			win = append(win, f)
 		}
 	}
+	usdRate := cfg.FX.Rates["USD"] // the check requires a positive USD rate
+	toUSD := func(base decimal.Decimal) decimal.Decimal { return base.Div(usdRate) }
 	facts := map[string]*Fact{}
 	set := func(name string, v decimal.Decimal, ev []string) { facts[name] = &Fact{Value: v, Evidence: ev} }
 	val := map[string]featureValue{}
@@ -240,34 +243,59 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	}
 	set("cash_split_days", decimal.NewFromInt(splitDays), splitEv)
 
-	// Pass-through: outflows within the window after an inflow.
+	// Pass-through: each outflow is matched, oldest first, against what
+	// is left of the inflows of the hold period before it; only the
+	// matched amount has passed through (a CNY 35 refund followed by
+	// CNY 50,000 of tuition paid from savings passes CNY 35 through, not
+	// the tuition). pass_through is the share of the window's inflows
+	// moved on so; pass_through_usd the amount, for the materiality test.
 	hold := time.Duration(w.PassThroughHours) * time.Hour
 	in, moved := decimal.Zero, decimal.Zero
-	var ptEv []string
-	lastIn := time.Time{}
-	var lastInID string
+	type pending struct {
+		f    flow
+		left decimal.Decimal
+	}
+	var open []pending
+	ptSet := map[string]bool{}
 	for _, f := range win {
 		switch f.dir {
 		case 1:
 			in = in.Add(f.base)
-			lastIn, lastInID = f.Timestamp, f.TxnID
+			open = append(open, pending{f, f.base})
 		case -1:
-			if !lastIn.IsZero() && f.Timestamp.Sub(lastIn) <= hold {
-				moved = moved.Add(f.base)
-				if len(ptEv) == 0 || ptEv[len(ptEv)-1] != lastInID {
-					ptEv = append(ptEv, lastInID)
+			need := f.base
+			for i := range open {
+				p := &open[i]
+				if !need.IsPositive() {
+					break
 				}
-				ptEv = append(ptEv, f.TxnID)
+				if !p.left.IsPositive() || f.Timestamp.Sub(p.f.Timestamp) > hold {
+					continue
+				}
+				take := decimal.Min(need, p.left)
+				p.left, need, moved = p.left.Sub(take), need.Sub(take), moved.Add(take)
+				ptSet[p.f.TxnID], ptSet[f.TxnID] = true, true
 			}
+		}
+	}
+	var ptEv []string
+	for _, f := range win {
+		if ptSet[f.TxnID] {
+			ptEv = append(ptEv, f.TxnID)
 		}
 	}
 	pt := decimal.Zero
 	if in.IsPositive() {
-		pt = decimal.Min(moved, in).Mul(hund).DivRound(in, 4)
+		pt = moved.Mul(hund).DivRound(in, 4)
 	}
 	put("pass_through", pt, ptEv)
+	set("pass_through_usd", toUSD(moved), ptEv)
 
-	// Fan-in and fan-out: distinct counterparties.
+	// Fan-in and fan-out: distinct counterparties. A cash deposit paid in
+	// by someone other than the customer (depositor_id) counts its
+	// depositor as a sender: third-party cash has no account to count.
+	thirdParty := map[string]bool{}
+	var tpEv []string
 	for _, d := range []struct {
 		name string
 		dir  int
@@ -275,16 +303,30 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		seen := map[Party]bool{}
 		var ev []string
 		for _, f := range win {
-			if f.dir == d.dir && f.cpty.AccountID != "" {
-				k := Party{AccountID: f.cpty.AccountID, BankID: f.cpty.BankID}
-				if !seen[k] {
-					seen[k] = true
-					ev = append(ev, f.TxnID)
+			if f.dir != d.dir {
+				continue
+			}
+			var k Party
+			switch dep := f.From.DepositorID; {
+			case f.cpty.AccountID != "":
+				k = Party{AccountID: f.cpty.AccountID, BankID: f.cpty.BankID}
+			case d.dir == 1 && IsCash(f.Channel) && dep != "" && dep != c.Customer.CustomerID:
+				k = Party{DepositorID: dep}
+				if !thirdParty[dep] {
+					thirdParty[dep] = true
+					tpEv = append(tpEv, f.TxnID)
 				}
+			default:
+				continue
+			}
+			if !seen[k] {
+				seen[k] = true
+				ev = append(ev, f.TxnID)
 			}
 		}
 		put(d.name, decimal.NewFromInt(int64(len(seen))), ev)
 	}
+	set("third_party_depositors", decimal.NewFromInt(int64(len(thirdParty))), tpEv)
 
 	// Dormancy: the longest silence of an own account before its first
 	// transaction in the window; silences under a month are ordinary and
@@ -317,11 +359,33 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 	}
 	put("dormant_days", decimal.NewFromInt(dormant), dormantEv)
 
-	// Round amounts: whole thousands of their currency.
+	// Round amounts: whole thousands of their currency, leaving out
+	// recurring payments (the same amount to or from the same
+	// counterparty in at least two calendar months of the case: a salary,
+	// a rent), which are round by custom, not by design.
+	type series struct {
+		cpty   Party
+		dir    int
+		amount string
+	}
+	months := map[series]map[string]bool{}
+	seriesOf := func(f flow) series {
+		return series{Party{AccountID: f.cpty.AccountID, BankID: f.cpty.BankID}, f.dir, f.Amount.Amount.String() + " " + f.Amount.Currency}
+	}
+	for _, f := range all {
+		if f.dir != 0 && f.cpty.AccountID != "" {
+			k := seriesOf(f)
+			if months[k] == nil {
+				months[k] = map[string]bool{}
+			}
+			months[k][f.day[:7]] = true
+		}
+	}
 	thousand := decimal.NewFromInt(1000)
 	var round []string
 	for _, f := range win {
-		if f.Amount.Amount.GreaterThanOrEqual(thousand) && f.Amount.Amount.Mod(thousand).IsZero() {
+		if f.Amount.Amount.GreaterThanOrEqual(thousand) && f.Amount.Amount.Mod(thousand).IsZero() &&
+			!(f.cpty.AccountID != "" && len(months[seriesOf(f)]) >= 2) {
 			round = append(round, f.TxnID)
 		}
 	}
@@ -402,17 +466,47 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		put("velocity", decimal.NewFromInt(int64(recent)).DivRound(expected, 4), velEv)
 	}
 
+	// The customer: a home country on a high-risk list, an occupation
+	// with no earned income (the configuration's list) receiving money,
+	// and accounts opened within the window receiving it at once.
+	hrCustomer := decimal.Zero
+	if _, ok := cfg.highRisk[c.Customer.Country]; ok {
+		hrCustomer = one
+	}
+	set("customer_high_risk_country", hrCustomer, nil)
+	noIncome := decimal.Zero
+	if slices.Contains(cfg.occupations, normalOccupation(c.Customer.Occupation)) {
+		noIncome = one
+	}
+	set("no_income_occupation", noIncome, nil)
+	set("inflow_usd", toUSD(in), inEv)
+	newIn, newEv := decimal.Zero, []string(nil)
+	for _, a := range c.Accounts {
+		if a.OpenedAt == nil || !a.OpenedAt.After(winStart) {
+			continue
+		}
+		sum, ev := decimal.Zero, []string(nil)
+		for _, f := range win {
+			if f.dir == 1 && f.To.AccountID == a.AccountID {
+				sum, ev = sum.Add(f.base), append(ev, f.TxnID)
+			}
+		}
+		if sum.GreaterThan(newIn) {
+			newIn, newEv = sum, ev
+		}
+	}
+	set("new_account_inflow_usd", toUSD(newIn), newEv)
+
 	// Per-day facts for the statutory reports.
 	individual := decimal.Zero
 	if c.Customer.Type == "individual" {
 		individual = one
 	}
 	set("individual", individual, nil)
-	usdRate := cfg.FX.Rates["USD"]
 	// Per day and per direction: money in and money out are aggregated
 	// apart (a day's deposits are not added to its withdrawals), as the
 	// statutory thresholds are read.
-	perDay := func(name string, keep func(f flow) bool, amount func(f flow) decimal.Decimal) {
+	perDay := func(name, unit string, keep func(f flow) bool, amount func(f flow) decimal.Decimal) {
 		byDay := map[string]*Group{}
 		for _, f := range win {
 			if f.dir == 0 || !keep(f) {
@@ -430,7 +524,7 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 			g.Value = g.Value.Add(amount(f))
 			g.Evidence = append(g.Evidence, f.TxnID)
 		}
-		fact := &Fact{}
+		fact := &Fact{Unit: unit}
 		for _, k := range slices.Sorted(maps.Keys(byDay)) {
 			g := byDay[k]
 			fact.Groups = append(fact.Groups, *g)
@@ -448,17 +542,17 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		if f.Amount.Currency == "USD" {
 			return f.Amount.Amount
 		}
-		return f.base.Div(usdRate) // the check requires a positive USD rate
+		return toUSD(f.base)
 	}
-	perDay("cash_cny_daily_max", func(f flow) bool { return isCash(f) && isCNY(f) }, nominal)
-	perDay("cash_foreign_daily_max_usd", func(f flow) bool { return isCash(f) && !isCNY(f) }, inUSD)
-	perDay("cash_usd_daily_max", isCash, inUSD)
-	perDay("transfer_cny_daily_max", func(f flow) bool { return isTransfer(f) && isCNY(f) }, nominal)
-	perDay("transfer_foreign_daily_max_usd", func(f flow) bool { return isTransfer(f) && !isCNY(f) }, inUSD)
-	perDay("domestic_transfer_cny_daily_max", func(f flow) bool { return isTransfer(f) && !isXB(f) && isCNY(f) }, nominal)
-	perDay("domestic_transfer_foreign_daily_max_usd", func(f flow) bool { return isTransfer(f) && !isXB(f) && !isCNY(f) }, inUSD)
-	perDay("cross_border_cny_daily_max", func(f flow) bool { return isXB(f) && isCNY(f) }, nominal)
-	perDay("cross_border_foreign_daily_max_usd", func(f flow) bool { return isXB(f) && !isCNY(f) }, inUSD)
+	perDay("cash_cny_daily_max", "CNY", func(f flow) bool { return isCash(f) && isCNY(f) }, nominal)
+	perDay("cash_foreign_daily_max_usd", "USD", func(f flow) bool { return isCash(f) && !isCNY(f) }, inUSD)
+	perDay("cash_usd_daily_max", "USD", isCash, inUSD)
+	perDay("transfer_cny_daily_max", "CNY", func(f flow) bool { return isTransfer(f) && isCNY(f) }, nominal)
+	perDay("transfer_foreign_daily_max_usd", "USD", func(f flow) bool { return isTransfer(f) && !isCNY(f) }, inUSD)
+	perDay("domestic_transfer_cny_daily_max", "CNY", func(f flow) bool { return isTransfer(f) && !isXB(f) && isCNY(f) }, nominal)
+	perDay("domestic_transfer_foreign_daily_max_usd", "USD", func(f flow) bool { return isTransfer(f) && !isXB(f) && !isCNY(f) }, inUSD)
+	perDay("cross_border_cny_daily_max", "CNY", func(f flow) bool { return isXB(f) && isCNY(f) }, nominal)
+	perDay("cross_border_foreign_daily_max_usd", "USD", func(f flow) bool { return isXB(f) && !isCNY(f) }, inUSD)
 
 	out := make([]featureValue, len(features))
 	for i := range features {

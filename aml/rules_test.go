@@ -25,11 +25,11 @@ type tx struct {
 }
 
 // handCase builds a validated CN case for an individual (country CN,
-// declared income CNY 12,000 a month, account A) as of 2026-11-28 12:00
+// declared income CNY 12,000 a month, account A) as of 2025-11-28 12:00
 // UTC; mod may change it before validation.
 func handCase(t *testing.T, txs []tx, mod func(*Case)) *Case {
 	t.Helper()
-	c := &Case{CaseID: "HAND", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+	c := &Case{CaseID: "HAND", Jurisdiction: "CN", AsOf: mustTime("2025-11-28T12:00:00Z"),
 		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN",
 			DeclaredMonthlyIncome: &Money{Amount: decimal.NewFromInt(12000), Currency: "CNY"}},
 		Accounts: []Account{{AccountID: "A"}}}
@@ -106,104 +106,181 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		fires      bool
 		evidence   []string // nil: not checked
 	}{
-		{"structuring", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "45000")}, nil, true, []string{"S1", "S2"}},
-		{"structuring near miss: one below 90%", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "44999.99")}, nil, false, nil},
-		{"structuring near miss: one at the threshold", "STRUCTURING", []tx{cash("S1", "2026-11-20T02:00:00Z", "46000"), cash("S2", "2026-11-21T02:00:00Z", "50000")}, nil, false, nil},
+		{"structuring", "STRUCTURING", []tx{cash("S1", "2025-11-20T02:00:00Z", "46000"), cash("S2", "2025-11-21T02:00:00Z", "45000")}, nil, true, []string{"S1", "S2"}},
+		{"structuring near miss: one below 90%", "STRUCTURING", []tx{cash("S1", "2025-11-20T02:00:00Z", "46000"), cash("S2", "2025-11-21T02:00:00Z", "44999.99")}, nil, false, nil},
+		{"structuring near miss: one at the threshold", "STRUCTURING", []tx{cash("S1", "2025-11-20T02:00:00Z", "46000"), cash("S2", "2025-11-21T02:00:00Z", "50000")}, nil, false, nil},
 
 		// Foreign cash in CN against USD 10,000: 95% twice.
 		{"structuring: USD 9,500 twice in CN", "STRUCTURING", []tx{
-			{id: "F1", at: "2026-11-20T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"},
-			{id: "F2", at: "2026-11-22T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"}}, nil, true, []string{"F1", "F2"}},
+			{id: "F1", at: "2025-11-20T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"},
+			{id: "F2", at: "2025-11-22T02:00:00Z", dir: "in", amount: "9500", ccy: "USD", channel: "cash"}}, nil, true, []string{"F1", "F2"}},
 		{"structuring near miss: USD 8,900 twice in CN", "STRUCTURING", []tx{
-			{id: "F1", at: "2026-11-20T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"},
-			{id: "F2", at: "2026-11-22T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"}}, nil, false, nil},
+			{id: "F1", at: "2025-11-20T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"},
+			{id: "F2", at: "2025-11-22T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"}}, nil, false, nil},
 		// Split on one day: each piece under the threshold, together over it.
-		{"structuring: CNY 20,000 three times in a day", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
-			cash("D3", "2026-11-20T05:00:00Z", "20000")}, nil, true, []string{"D1", "D2", "D3"}},
-		{"structuring: two pieces that reach the threshold exactly", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "25000"), cash("D2", "2026-11-20T03:00:00Z", "25000")},
+		{"structuring: CNY 20,000 three times in a day", "STRUCTURING", []tx{cash("D1", "2025-11-20T01:00:00Z", "20000"), cash("D2", "2025-11-20T03:00:00Z", "20000"),
+			cash("D3", "2025-11-20T05:00:00Z", "20000")}, nil, true, []string{"D1", "D2", "D3"}},
+		{"structuring: two pieces that reach the threshold exactly", "STRUCTURING", []tx{cash("D1", "2025-11-20T01:00:00Z", "25000"), cash("D2", "2025-11-20T03:00:00Z", "25000")},
 			nil, true, []string{"D1", "D2"}},
-		{"structuring near miss: two pieces a cent under the threshold", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "25000"), cash("D2", "2026-11-20T03:00:00Z", "24999.99")},
+		{"structuring near miss: two pieces a cent under the threshold", "STRUCTURING", []tx{cash("D1", "2025-11-20T01:00:00Z", "25000"), cash("D2", "2025-11-20T03:00:00Z", "24999.99")},
 			nil, false, nil},
-		{"structuring near miss: CNY 20,000 twice in and once out", "STRUCTURING", []tx{cash("D1", "2026-11-20T01:00:00Z", "20000"), cash("D2", "2026-11-20T03:00:00Z", "20000"),
-			{id: "D3", at: "2026-11-20T05:00:00Z", dir: "out", amount: "20000", channel: "cash"}}, nil, false, nil},
+		{"structuring near miss: CNY 20,000 twice in and once out", "STRUCTURING", []tx{cash("D1", "2025-11-20T01:00:00Z", "20000"), cash("D2", "2025-11-20T03:00:00Z", "20000"),
+			{id: "D3", at: "2025-11-20T05:00:00Z", dir: "out", amount: "20000", channel: "cash"}}, nil, false, nil},
 		{"structuring: USD 8,500 four times in a day (US)", "STRUCTURING", []tx{
-			{id: "U1", at: "2026-11-20T14:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
-			{id: "U2", at: "2026-11-20T15:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
-			{id: "U3", at: "2026-11-20T16:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
-			{id: "U4", at: "2026-11-20T17:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"}},
+			{id: "U1", at: "2025-11-20T14:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U2", at: "2025-11-20T15:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U3", at: "2025-11-20T16:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"},
+			{id: "U4", at: "2025-11-20T17:00:00Z", dir: "in", amount: "8500", ccy: "USD", channel: "cash"}},
 			func(c *Case) { c.Jurisdiction, c.Customer.Country = "US", "US" }, true, []string{"U1", "U2", "U3", "U4"}},
 		{"structuring near miss: USD 2,400 four times in a day (US)", "STRUCTURING", []tx{
-			{id: "U1", at: "2026-11-20T14:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
-			{id: "U2", at: "2026-11-20T15:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
-			{id: "U3", at: "2026-11-20T16:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
-			{id: "U4", at: "2026-11-20T17:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"}},
+			{id: "U1", at: "2025-11-20T14:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U2", at: "2025-11-20T15:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U3", at: "2025-11-20T16:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"},
+			{id: "U4", at: "2025-11-20T17:00:00Z", dir: "in", amount: "2400", ccy: "USD", channel: "cash"}},
 			func(c *Case) { c.Jurisdiction, c.Customer.Country = "US", "US" }, false, nil},
 
 		// 10 inbound under a fifth of the threshold (CNY 10,000) from 5 senders.
-		{"smurfing", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "9999.99", 5), nil, true, nil},
-		{"smurfing near miss: at a fifth of the threshold", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "10000", 5), nil, false, nil},
-		{"smurfing near miss: 4 senders", "SMURFING", series("M", 10, "2026-11-20T00:00:00Z", "in", "900", 4), nil, false, nil},
-		{"smurfing near miss: 9 deposits", "SMURFING", series("M", 9, "2026-11-20T00:00:00Z", "in", "900", 5), nil, false, nil},
+		{"smurfing", "SMURFING", series("M", 10, "2025-11-20T00:00:00Z", "in", "9999.99", 5), nil, true, nil},
+		{"smurfing near miss: at a fifth of the threshold", "SMURFING", series("M", 10, "2025-11-20T00:00:00Z", "in", "10000", 5), nil, false, nil},
+		{"smurfing near miss: 4 senders", "SMURFING", series("M", 10, "2025-11-20T00:00:00Z", "in", "900", 4), nil, false, nil},
+		{"smurfing near miss: 9 deposits", "SMURFING", series("M", 9, "2025-11-20T00:00:00Z", "in", "900", 5), nil, false, nil},
 
-		{"rapid in-out: 90% within 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
-			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "9000"}}, nil, true, []string{"R1", "R2"}},
-		{"rapid in-out: two outflows at exactly 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
-			{id: "R2", at: "2026-11-21T00:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "5000"},
-			{id: "R3", at: "2026-11-22T00:00:00Z", dir: "out", cpty: "z", country: "CN", amount: "4500"}}, nil, true, []string{"R1", "R2", "R3"}},
-		{"rapid in-out near miss: 89.99%", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
-			{id: "R2", at: "2026-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "8999"}}, nil, false, nil},
-		{"rapid in-out near miss: after 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "10000"},
-			{id: "R2", at: "2026-11-22T00:00:01Z", dir: "out", cpty: "y", country: "CN", amount: "10000"}}, nil, false, nil},
+		// Amounts of CNY 100,000 (USD 13,810): material.
+		{"rapid in-out: 90% within 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "R2", at: "2025-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "90000"}}, nil, true, []string{"R1", "R2"}},
+		{"rapid in-out: two outflows at exactly 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "R2", at: "2025-11-21T00:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "50000"},
+			{id: "R3", at: "2025-11-22T00:00:00Z", dir: "out", cpty: "z", country: "CN", amount: "45000"}}, nil, true, []string{"R1", "R2", "R3"}},
+		{"rapid in-out near miss: 89.99%", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "R2", at: "2025-11-21T23:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "89990"}}, nil, false, nil},
+		{"rapid in-out near miss: after 48 h", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "R2", at: "2025-11-22T00:00:01Z", dir: "out", cpty: "y", country: "CN", amount: "100000"}}, nil, false, nil},
+		// Materiality: USD 10,000 equivalent passed through. CNY 72,500 is
+		// USD 10,012.25; CNY 72,400 USD 9,998.44.
+		{"rapid in-out: CNY 72,500 passed through", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72500"},
+			{id: "R2", at: "2025-11-20T05:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "72500"}}, nil, true, []string{"R1", "R2"}},
+		{"rapid in-out near miss: CNY 72,400 passed through", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72400"},
+			{id: "R2", at: "2025-11-20T05:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "72400"}}, nil, false, nil},
+		// The case: a CNY 35 refund, then tuition from savings.
+		{"rapid in-out near miss: a refund, then tuition from savings", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "shop", country: "CN", amount: "35"},
+			{id: "R2", at: "2025-11-20T05:00:00Z", dir: "out", cpty: "univ", country: "CN", amount: "50000"}}, nil, false, nil},
+		// Outflows are matched against what is left of the inflows: a
+		// second outflow cannot pass the same money through again.
+		{"rapid in-out near miss: one inflow, two outflows of it in full", "RAPID-IN-OUT", []tx{{id: "R1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "R0", at: "2025-11-01T00:00:00Z", dir: "in", cpty: "w", country: "CN", amount: "100000"},
+			{id: "R2", at: "2025-11-20T05:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "85000"},
+			{id: "R3", at: "2025-11-20T06:00:00Z", dir: "out", cpty: "z", country: "CN", amount: "85000"}}, nil, false, nil},
 
-		{"fan-in: 10 senders", "FAN-IN", series("I", 10, "2026-11-01T00:00:00Z", "in", "20000", 10), nil, true, nil},
-		{"fan-in near miss: 9 senders", "FAN-IN", series("I", 10, "2026-11-01T00:00:00Z", "in", "20000", 9), nil, false, nil},
-		{"fan-out: 10 recipients", "FAN-OUT", series("O", 10, "2026-11-01T00:00:00Z", "out", "2000", 10), nil, true, nil},
-		{"fan-out near miss: 9 recipients", "FAN-OUT", series("O", 10, "2026-11-01T00:00:00Z", "out", "2000", 9), nil, false, nil},
+		{"fan-in: 10 senders", "FAN-IN", series("I", 10, "2025-11-01T00:00:00Z", "in", "20000", 10), nil, true, nil},
+		{"fan-in near miss: 9 senders", "FAN-IN", series("I", 10, "2025-11-01T00:00:00Z", "in", "20000", 9), nil, false, nil},
+		{"fan-out: 10 recipients", "FAN-OUT", series("O", 10, "2025-11-01T00:00:00Z", "out", "2000", 10), nil, true, nil},
+		{"fan-out near miss: 9 recipients", "FAN-OUT", series("O", 10, "2025-11-01T00:00:00Z", "out", "2000", 9), nil, false, nil},
 
 		// Silent since 180 (179) days before the window's first transaction.
-		{"dormant 180 days", "DORMANT", []tx{{id: "D1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
-			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-05-24T00:00:00Z")) }, true, []string{"D1"}},
-		{"dormant near miss: 179 days", "DORMANT", []tx{{id: "D1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
-			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-05-25T00:00:00Z")) }, false, nil},
+		{"dormant 180 days", "DORMANT", []tx{{id: "D1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2025-05-24T00:00:00Z")) }, true, []string{"D1"}},
+		{"dormant near miss: 179 days", "DORMANT", []tx{{id: "D1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2025-05-25T00:00:00Z")) }, false, nil},
 
 		// Half of at least four transactions in whole thousands.
 		{"round amounts: 2 of 4", "ROUND-AMOUNTS", []tx{
-			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
-			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
-			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
-			{id: "A4", at: "2026-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, true, []string{"A1", "A2"}},
+			{id: "A1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2025-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
+			{id: "A3", at: "2025-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2025-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, true, []string{"A1", "A2"}},
 		{"round amounts near miss: 1 of 4", "ROUND-AMOUNTS", []tx{
-			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
-			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000.50"},
-			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
-			{id: "A4", at: "2026-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, false, nil},
+			{id: "A1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2025-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000.50"},
+			{id: "A3", at: "2025-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2025-11-20T03:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "999"}}, nil, false, nil},
 		{"round amounts near miss: 2 of 3", "ROUND-AMOUNTS", []tx{
-			{id: "A1", at: "2026-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
-			{id: "A2", at: "2026-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
-			{id: "A3", at: "2026-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"}}, nil, false, nil},
+			{id: "A1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "3000"},
+			{id: "A2", at: "2025-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "7000"},
+			{id: "A3", at: "2025-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "123.45"}}, nil, false, nil},
 
-		{"high-risk geography: Iran", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2026-11-20T00:00:00Z", dir: "out", cpty: "x", country: "IR", amount: "100"}}, nil, true, []string{"G1"}},
-		{"high-risk geography near miss: UAE", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2026-11-20T00:00:00Z", dir: "out", cpty: "x", country: "AE", amount: "100"}}, nil, false, nil},
+		// A salary of whole thousands, paid monthly, is custom, not design.
+		{"round amounts near miss: a monthly salary and rent", "ROUND-AMOUNTS", []tx{
+			{id: "W1", at: "2025-10-10T00:00:00Z", dir: "in", cpty: "emp", country: "CN", amount: "12000"},
+			{id: "W2", at: "2025-11-10T00:00:00Z", dir: "in", cpty: "emp", country: "CN", amount: "12000"},
+			{id: "L1", at: "2025-10-12T00:00:00Z", dir: "out", cpty: "landlord", country: "CN", amount: "5000"},
+			{id: "L2", at: "2025-11-12T00:00:00Z", dir: "out", cpty: "landlord", country: "CN", amount: "5000"},
+			{id: "A3", at: "2025-11-20T02:00:00Z", dir: "out", cpty: "shop", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2025-11-21T03:00:00Z", dir: "out", cpty: "shop", country: "CN", amount: "2000"}}, nil, false, nil},
+		{"round amounts: the same amounts from changing senders", "ROUND-AMOUNTS", []tx{
+			{id: "W1", at: "2025-10-10T00:00:00Z", dir: "in", cpty: "p1", country: "CN", amount: "12000"},
+			{id: "W2", at: "2025-11-10T00:00:00Z", dir: "in", cpty: "p2", country: "CN", amount: "12000"},
+			{id: "L1", at: "2025-10-12T00:00:00Z", dir: "out", cpty: "q1", country: "CN", amount: "5000"},
+			{id: "L2", at: "2025-11-12T00:00:00Z", dir: "out", cpty: "q2", country: "CN", amount: "5000"},
+			{id: "A3", at: "2025-11-20T02:00:00Z", dir: "out", cpty: "shop", country: "CN", amount: "123.45"},
+			{id: "A4", at: "2025-11-21T03:00:00Z", dir: "out", cpty: "shop", country: "CN", amount: "2000"}}, nil, true, []string{"W2", "L2", "A4"}},
+
+		// Cash paid in by people other than the customer.
+		{"third-party cash: 3 depositors", "THIRD-PARTY-CASH", []tx{cash("K1", "2025-11-20T01:00:00Z", "3000"), cash("K2", "2025-11-20T02:00:00Z", "3000"), cash("K3", "2025-11-21T02:00:00Z", "3000")},
+			func(c *Case) {
+				for i := range c.Transactions {
+					c.Transactions[i].From.DepositorID = fmt.Sprint("P", i)
+				}
+			}, true, []string{"K1", "K2", "K3"}},
+		{"third-party cash near miss: 2 depositors and the customer", "THIRD-PARTY-CASH", []tx{cash("K1", "2025-11-20T01:00:00Z", "3000"), cash("K2", "2025-11-20T02:00:00Z", "3000"), cash("K3", "2025-11-21T02:00:00Z", "3000")},
+			func(c *Case) {
+				for i, id := range []string{"P1", "P2", "C"} {
+					c.Transactions[i].From.DepositorID = id
+				}
+			}, false, nil},
+		{"smurfing: ten deposits by five third parties", "SMURFING", []tx{cash("K0", "2025-11-20T01:00:00Z", "900"), cash("K1", "2025-11-20T02:00:00Z", "900"),
+			cash("K2", "2025-11-20T03:00:00Z", "900"), cash("K3", "2025-11-20T04:00:00Z", "900"), cash("K4", "2025-11-20T05:00:00Z", "900"),
+			cash("K5", "2025-11-21T01:00:00Z", "900"), cash("K6", "2025-11-21T02:00:00Z", "900"), cash("K7", "2025-11-21T03:00:00Z", "900"),
+			cash("K8", "2025-11-21T04:00:00Z", "900"), cash("K9", "2025-11-21T05:00:00Z", "900")},
+			func(c *Case) {
+				for i := range c.Transactions {
+					c.Transactions[i].From.DepositorID = fmt.Sprint("P", i%5)
+				}
+			}, true, nil},
+
+		{"high-risk customer: Iranian national", "HIGH-RISK-CUSTOMER", []tx{{id: "G1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Customer.Country = "IR" }, true, nil},
+		{"high-risk customer near miss: Mozambique, delisted in October 2025", "HIGH-RISK-CUSTOMER", []tx{{id: "G1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}},
+			func(c *Case) { c.Customer.Country = "MZ" }, false, nil},
+		{"high-risk geography near miss: Mozambique", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2025-11-20T00:00:00Z", dir: "out", cpty: "x", country: "MZ", amount: "100"}}, nil, false, nil},
+
+		// A student receiving USD 10,000 equivalent (CNY 72,500 = USD 10,012.25).
+		{"occupation mismatch: a student receives CNY 72,500", "OCCUPATION-MISMATCH", []tx{{id: "O1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72500"}},
+			func(c *Case) { c.Customer.Occupation = " Student " }, true, []string{"O1"}},
+		{"occupation mismatch near miss: CNY 72,400", "OCCUPATION-MISMATCH", []tx{{id: "O1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72400"}},
+			func(c *Case) { c.Customer.Occupation = "学生" }, false, nil},
+		{"occupation mismatch near miss: an engineer", "OCCUPATION-MISMATCH", []tx{{id: "O1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "500000"}},
+			func(c *Case) { c.Customer.Occupation = "engineer" }, false, nil},
+
+		// An account opened in the window (after 2025-10-29 12:00 UTC).
+		{"new account: opened 2025-11-15, CNY 72,500 in", "NEW-ACCOUNT", []tx{{id: "N1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72500"}},
+			func(c *Case) { c.Accounts[0].OpenedAt = ptr(mustTime("2025-11-15T00:00:00Z")) }, true, []string{"N1"}},
+		{"new account near miss: CNY 72,400", "NEW-ACCOUNT", []tx{{id: "N1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "72400"}},
+			func(c *Case) { c.Accounts[0].OpenedAt = ptr(mustTime("2025-11-15T00:00:00Z")) }, false, nil},
+		{"new account near miss: opened before the window", "NEW-ACCOUNT", []tx{{id: "N1", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "500000"}},
+			func(c *Case) { c.Accounts[0].OpenedAt = ptr(mustTime("2025-10-29T12:00:00Z")) }, false, nil},
+
+		{"high-risk geography: Iran", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2025-11-20T00:00:00Z", dir: "out", cpty: "x", country: "IR", amount: "100"}}, nil, true, []string{"G1"}},
+		{"high-risk geography near miss: UAE", "HIGH-RISK-GEO", []tx{{id: "G1", at: "2025-11-20T00:00:00Z", dir: "out", cpty: "x", country: "AE", amount: "100"}}, nil, false, nil},
 
 		// Inflows of 5 months' declared income (CNY 60,000) in 30 days.
-		{"profile mismatch: 5x income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "60000"}}, nil, true, []string{"P1"}},
-		{"profile mismatch near miss: 4.99x", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "59900"}}, nil, false, nil},
-		{"profile mismatch: no declared income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2026-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "600000"}},
+		{"profile mismatch: 5x income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2025-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "60000"}}, nil, true, []string{"P1"}},
+		{"profile mismatch near miss: 4.99x", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2025-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "59900"}}, nil, false, nil},
+		{"profile mismatch: no declared income", "PROFILE-MISMATCH", []tx{{id: "P1", at: "2025-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "600000"}},
 			func(c *Case) { c.Customer.DeclaredMonthlyIncome = nil }, false, nil},
 
 		// Without transactions in the baseline period there is no rate to
 		// compare with: a case sent with its last weeks only is not
 		// "sudden" (it was, for every such case, before).
-		{"velocity without history", "VELOCITY", series("V", 20, "2026-11-25T00:00:00Z", "in", "100", 1), nil, false, nil},
+		{"velocity without history", "VELOCITY", series("V", 20, "2025-11-25T00:00:00Z", "in", "100", 1), nil, false, nil},
 		// One baseline transaction: the floor of one a week; 4 recent: 4x.
-		{"velocity 4x against the weekly floor", "VELOCITY", append(series("H", 1, "2026-08-01T00:00:00Z", "in", "100", 1),
-			series("V", 4, "2026-11-25T00:00:00Z", "in", "100", 1)...), nil, true, nil},
-		{"velocity near miss: 3 recent", "VELOCITY", append(series("H", 1, "2026-08-01T00:00:00Z", "in", "100", 1),
-			series("V", 3, "2026-11-25T00:00:00Z", "in", "100", 1)...), nil, false, nil},
+		{"velocity 4x against the weekly floor", "VELOCITY", append(series("H", 1, "2025-08-01T00:00:00Z", "in", "100", 1),
+			series("V", 4, "2025-11-25T00:00:00Z", "in", "100", 1)...), nil, true, nil},
+		{"velocity near miss: 3 recent", "VELOCITY", append(series("H", 1, "2025-08-01T00:00:00Z", "in", "100", 1),
+			series("V", 3, "2025-11-25T00:00:00Z", "in", "100", 1)...), nil, false, nil},
 		{"velocity near miss: 28 recent beside 90 in the baseline", "VELOCITY",
-			append(series("H", 90, "2026-08-01T00:00:00Z", "in", "100", 1), series("V", 27, "2026-11-22T00:00:00Z", "in", "100", 1)...), nil, false, nil},
+			append(series("H", 90, "2025-08-01T00:00:00Z", "in", "100", 1), series("V", 27, "2025-11-22T00:00:00Z", "in", "100", 1)...), nil, false, nil},
 		{"velocity: 28 recent beside 90 in the baseline", "VELOCITY",
-			append(series("H", 90, "2026-08-01T00:00:00Z", "in", "100", 1), series("V", 28, "2026-11-22T00:00:00Z", "in", "100", 1)...), nil, true, nil},
+			append(series("H", 90, "2025-08-01T00:00:00Z", "in", "100", 1), series("V", 28, "2025-11-22T00:00:00Z", "in", "100", 1)...), nil, true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,12 +301,12 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 // T4 1,500 = 10,614.6 USD; all flows 13,100.4 USD).
 func TestFeatureValues(t *testing.T) {
 	c := handCase(t, []tx{
-		{id: "T1", at: "2026-11-01T10:00:00Z", dir: "in", cpty: "X1", country: "CN", amount: "20000"},
-		{id: "T2", at: "2026-11-02T09:00:00Z", dir: "out", cpty: "Y1", country: "HK", amount: "15000"},
-		{id: "T3", at: "2026-11-10T10:00:00Z", dir: "in", amount: "46000", channel: "cash"},
-		{id: "T4", at: "2026-11-22T10:00:00Z", dir: "in", cpty: "X2", country: "IR", amount: "1500", ccy: "USD"},
-		{id: "T5", at: "2026-11-25T10:00:00Z", dir: "out", cpty: "Y2", country: "CN", amount: "3000"},
-	}, func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2026-06-01T00:00:00Z")) })
+		{id: "T1", at: "2025-11-01T10:00:00Z", dir: "in", cpty: "X1", country: "CN", amount: "20000"},
+		{id: "T2", at: "2025-11-02T09:00:00Z", dir: "out", cpty: "Y1", country: "HK", amount: "15000"},
+		{id: "T3", at: "2025-11-10T10:00:00Z", dir: "in", amount: "46000", channel: "cash"},
+		{id: "T4", at: "2025-11-22T10:00:00Z", dir: "in", cpty: "X2", country: "IR", amount: "1500", ccy: "USD"},
+		{id: "T5", at: "2025-11-25T10:00:00Z", dir: "out", cpty: "Y2", country: "CN", amount: "3000"},
+	}, func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2025-06-01T00:00:00Z")) })
 	feats, _ := computeFeatures(c, DefaultConfig())
 	want := map[string]struct {
 		value string
@@ -239,7 +316,7 @@ func TestFeatureValues(t *testing.T) {
 		"pass_through":        {"19.5156", "T2 (2,071.5) within 48 h of T1, of 10,614.6 in: 19.51557%"},
 		"fan_in":              {"2", "X1, X2 (the cash deposit has no sender account)"},
 		"fan_out":             {"2", "Y1, Y2"},
-		"dormant_days":        {"153", "2026-06-01 to 2026-11-01 10:00"},
+		"dormant_days":        {"153", "2025-06-01 to 2025-11-01 10:00"},
 		"round_amounts":       {"80", "T1, T2, T3, T5 of five are whole thousands"},
 		"high_risk_geography": {"1", "T4 from Iran"},
 		"turnover_vs_income":  {"6.4051", "10,614.6 in against 12,000 x 0.1381 = 1,657.2 for 30 days"},
@@ -291,7 +368,7 @@ func TestStatutoryReports(t *testing.T) {
 	entity := func(c *Case) { c.Customer.Type = "entity"; c.Customer.DeclaredMonthlyIncome = nil }
 	hkNational := func(c *Case) { c.Customer.Country = "HK" }
 	us := func(c *Case) { c.Jurisdiction = "US"; c.Customer.Country = "US" }
-	const day = "2026-11-27T0"
+	const day = "2025-11-27T0"
 	cases := []struct {
 		name   string
 		txs    []tx
@@ -331,9 +408,9 @@ func TestStatutoryReports(t *testing.T) {
 // TestTransferNeedsCountry: a transfer whose counterparty bank country is
 // unknown is refused naming the field, rather than counted as domestic.
 func TestTransferNeedsCountry(t *testing.T) {
-	c := &Case{CaseID: "X", Jurisdiction: "CN", AsOf: mustTime("2026-11-28T12:00:00Z"),
+	c := &Case{CaseID: "X", Jurisdiction: "CN", AsOf: mustTime("2025-11-28T12:00:00Z"),
 		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN"}, Accounts: []Account{{AccountID: "A"}},
-		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2026-11-27T01:00:00Z"), From: Party{AccountID: "A"}, To: Party{AccountID: "B"},
+		Transactions: []Transaction{{TxnID: "T", Timestamp: mustTime("2025-11-27T01:00:00Z"), From: Party{AccountID: "A"}, To: Party{AccountID: "B"},
 			Amount: Money{Amount: decimal.NewFromInt(250000), Currency: "CNY"}, Channel: "wire"}}}
 	err := c.Validate(DefaultConfig(), "")
 	var fe *FieldError
@@ -440,9 +517,9 @@ func TestExactUpToTenFeatures(t *testing.T) {
 	seen := map[int]bool{}
 	for _, add := range []Transaction{
 		{}, // as it is
-		cash("C1", "2026-11-24T01:00:00Z", "300"),   // cash share
-		cash("H0", "2026-08-15T01:00:00Z", "120"),   // a baseline for velocity
-		cash("C2", "2026-11-25T01:00:00Z", "46000"), // cash just below the threshold
+		cash("C1", "2025-11-24T01:00:00Z", "300"),   // cash share
+		cash("H0", "2025-08-15T01:00:00Z", "120"),   // a baseline for velocity
+		cash("C2", "2025-11-25T01:00:00Z", "46000"), // cash just below the threshold
 	} {
 		if add.TxnID != "" {
 			c.Transactions = append(c.Transactions, add)
@@ -464,4 +541,102 @@ func TestExactUpToTenFeatures(t *testing.T) {
 	if !seen[MaxExactFeatures] || !seen[MaxExactFeatures+1] {
 		t.Errorf("player counts seen %v: the test needs %d and %d", seen, MaxExactFeatures, MaxExactFeatures+1)
 	}
+}
+
+// TestGrades: a suspicion rule's severity grows with how far its facts
+// are past the threshold (income mismatch at 60x is critical, not
+// medium, and reaches human review).
+func TestGrades(t *testing.T) {
+	in := func(amount string) []tx { // one inflow against CNY 12,000 a month
+		return []tx{{id: "P1", at: "2025-11-01T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: amount}}
+	}
+	near := func(n int) []tx { // n cash deposits of CNY 46,000, days apart
+		var out []tx
+		for i := range n {
+			out = append(out, tx{id: fmt.Sprint("S", i), at: fmt.Sprintf("2025-11-%02dT02:00:00Z", 10+2*i), dir: "in", amount: "46000", channel: "cash"})
+		}
+		return out
+	}
+	cases := []struct {
+		name, rule string
+		txs        []tx
+		want       Level
+	}{
+		{"income 5x", "PROFILE-MISMATCH", in("60000"), LevelMedium},
+		{"income 19.99x", "PROFILE-MISMATCH", in("239880"), LevelMedium},
+		{"income 20x", "PROFILE-MISMATCH", in("240000"), LevelHigh},
+		{"income 49.99x", "PROFILE-MISMATCH", in("599880"), LevelHigh},
+		{"income 60x", "PROFILE-MISMATCH", in("720000"), LevelCritical},
+		{"4 cash deposits just below", "STRUCTURING", near(4), LevelHigh},
+		{"5 cash deposits just below", "STRUCTURING", near(5), LevelCritical},
+	}
+	cfg := DefaultConfig()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := handCase(t, tc.txs, nil)
+			_, facts := computeFeatures(c, cfg)
+			var got Level
+			for _, r := range cfg.Rules.evaluate(c.Jurisdiction, facts, nil) {
+				if r.ID == tc.rule {
+					got = r.Severity
+				}
+			}
+			if got != tc.want {
+				t.Errorf("%s severity %q, want %q", tc.rule, got, tc.want)
+			}
+			res := assess(t, c, fixedModel(0.01))
+			if res.RiskLevel != tc.want || res.HumanReviewRequired != (tc.want.rank() >= LevelHigh.rank()) {
+				t.Errorf("risk level %s (review %v), want %s", res.RiskLevel, res.HumanReviewRequired, tc.want)
+			}
+		})
+	}
+}
+
+// TestReportDeadlines: PBOC large-value reports are due within 5 working
+// days (Order No. 3 [2016] Art. 15), counted on the State Council's
+// holiday calendar; a US CTR within 15 days (31 CFR 1010.306(a)(3)).
+func TestReportDeadlines(t *testing.T) {
+	cfg := DefaultConfig()
+	cn, us := cfg.Jurisdictions["CN"], cfg.Jurisdictions["US"]
+	cases := []struct {
+		j         Jurisdiction
+		day, want string
+	}{
+		{cn, "2025-11-20", "2025-11-27"}, // Thursday: Fri, Mon-Thu
+		{cn, "2025-11-21", "2025-11-28"}, // Friday
+		{cn, "2025-09-26", "2025-10-10"}, // Friday: Sun 28 Sep worked, Mon-Tue, then the National Day holiday to 8 Oct, Thu 9, Fri 10
+		{cn, "2025-01-24", "2025-02-07"}, // Sun 26 Jan worked, Mon 27, the Spring Festival to 4 Feb, Wed 5, Thu 6, Fri 7
+		{cn, "2025-12-26", ""},           // runs into 2026, which the calendar does not hold
+		{us, "2025-11-20", "2025-12-05"},
+		{us, "2025-12-26", "2026-01-10"},
+	}
+	for _, tc := range cases {
+		if got := tc.j.dueBy(tc.day); got != tc.want {
+			t.Errorf("%s report on %s: due %q, want %q", tc.j.Country, tc.day, got, tc.want)
+		}
+	}
+	// The calendar is what the notice says: holidays on weekdays, worked
+	// days on weekends.
+	for _, d := range cn.Calendar.Holidays {
+		if wd := mustTime(d + "T00:00:00Z").Weekday(); wd == time.Saturday || wd == time.Sunday {
+			t.Errorf("holiday %s is a %s", d, wd)
+		}
+	}
+	for _, d := range cn.Calendar.Workdays {
+		if wd := mustTime(d + "T00:00:00Z").Weekday(); wd != time.Saturday && wd != time.Sunday {
+			t.Errorf("worked weekend day %s is a %s", d, wd)
+		}
+	}
+}
+
+// fixedModel scores every prompt the same: the model's level is then
+// its own, and the risk level shows the rules' floor above it.
+type fixedModel float64
+
+func (m fixedModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
+	s := Scores{P: make([]float64, len(prompts))}
+	for i := range s.P {
+		s.P[i] = float64(m)
+	}
+	return s, nil
 }

@@ -300,7 +300,7 @@ func FuzzAMLHandler(f *testing.F) {
 	}
 	f.Add([]byte(`{"cases":[]}`))
 	f.Add([]byte(`{}`))
-	f.Add([]byte(`{"case_id":"x","jurisdiction":"CN","as_of":"2026-11-28T12:00:00Z","customer":{"customer_id":"c","type":"individual","country":"CN"},"accounts":[{"account_id":"A"}],"transactions":[{"txn_id":"t","timestamp":"2026-11-27T12:00:00Z","from":{"account_id":"X"},"to":{"account_id":"A"},"amount":{"amount":"1e400","currency":"CNY"},"channel":"cash"}]}`))
+	f.Add([]byte(`{"case_id":"x","jurisdiction":"CN","as_of":"2025-11-28T12:00:00Z","customer":{"customer_id":"c","type":"individual","country":"CN"},"accounts":[{"account_id":"A"}],"transactions":[{"txn_id":"t","timestamp":"2025-11-27T12:00:00Z","from":{"account_id":"X"},"to":{"account_id":"A"},"amount":{"amount":"1e400","currency":"CNY"},"channel":"cash"}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req := httptest.NewRequest(http.MethodPost, "http://finserve/v1/aml/score", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+all)
