@@ -268,19 +268,30 @@ func TestHandBuiltCases(t *testing.T) {
 	if len(r.RegulatoryReports) != 0 {
 		t.Errorf("no day reaches CNY 50,000 in cash, yet %v", r.RegulatoryReports)
 	}
-	for _, want := range []string{"(业务规则触发)", "模型贡献度:", "多笔现金交易金额略低于申报标准"} {
-		if !strings.Contains(r.Report["zh"], want) {
-			t.Errorf("zh report lacks %q:\n%s", want, r.Report["zh"])
+	// The narrative: who (masked), when, how much, which transactions.
+	for lang, wants := range map[string][]string{
+		"zh": {"(业务规则触发", "多笔现金交易金额略低于申报标准", "客户 C-***01(个人,国家或地区 CN),账户 A***", "评估期 2025-10-29 至 2025-11-28(30天)",
+			"T1 2025-11-20 现金存入 CNY 48,000.00", "T3 2025-11-23 现金存入 CNY 46,800.00", "三、模型观点", "四、应报送的法定报告\n无。", "不得向客户"},
+		"en": {"(rule-triggered, severity high", "Customer C-***01 (individual, country CN), accounts A***", "Period 2025-10-29 to 2025-11-28 (30 days), 5 transactions",
+			"cash in 3, CNY 144,300.00, and cash out none", "T2 2025-11-21 cash in CNY 49,500.00\n", "3. The model's view", "4. Statutory reports due\nNone.", "Do not disclose"},
+	} {
+		for _, want := range wants {
+			if !strings.Contains(r.Report[lang], want) {
+				t.Errorf("%s report lacks %q:\n%s", lang, want, r.Report[lang])
+			}
+		}
+		if strings.Contains(r.Report[lang], "C-1001") {
+			t.Errorf("%s report names the customer unmasked", lang)
 		}
 	}
-	if !strings.Contains(r.Report["en"], "(rule-triggered)") || !strings.Contains(r.Report["en"], "model contribution:") {
-		t.Errorf("en report:\n%s", r.Report["en"])
-	}
-	// Contributions are listed by |phi|.
+	// Contributions are listed by |phi|, and say which way they push.
 	var last float64 = math.Inf(1)
 	for _, line := range strings.Split(r.Report["en"], "\n") {
 		for _, f := range r.Features {
-			if strings.Contains(line, f.Label.EN+":") && strings.Contains(line, "model contribution") {
+			if strings.HasPrefix(line, "- "+f.Label.EN+":") && strings.Contains(line, "the score by") {
+				if (f.Phi > 0) != strings.Contains(line, "raises") {
+					t.Errorf("phi %g reads %q", f.Phi, line)
+				}
 				if math.Abs(f.Phi) > last {
 					t.Errorf("report out of order at %q", line)
 				}
@@ -578,4 +589,28 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		NewAssessor(cfg, &textModel{}).Assess(context.Background(), &cs[0])
 	})
+}
+
+// TestFixedBaseline: every case is measured from the same baseline
+// input, so f_baseline is one number and attributions compare between
+// cases (it ranged from 0.207 to 0.273 over eight cases when the values
+// row was ordered by which features were active).
+func TestFixedBaseline(t *testing.T) {
+	var base string
+	var fb float64
+	for i, name := range []string{"structuring.json", "salary.json", "eight.json"} {
+		c := loadCase(t, name)
+		prompts, err := DefaultConfig().Prompts(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := assess(t, c, &textModel{})
+		if i == 0 {
+			base, fb = prompts[0], r.Explanation.FBaseline
+			continue
+		}
+		if prompts[0] != base || r.Explanation.FBaseline != fb {
+			t.Errorf("%s: baseline prompt or f_baseline (%g) differs from structuring.json's (%g):\n%s\n%s", name, r.Explanation.FBaseline, fb, prompts[0], base)
+		}
+	}
 }

@@ -89,20 +89,33 @@ type Versions struct {
 	ModelSHA256       string `json:"model_sha256,omitempty"`
 }
 
+// What set a decision's risk level.
+const (
+	SetByModel = "model"
+	SetByRules = "rules"
+	SetByBoth  = "model and rules"
+)
+
 // Result is the assessment of one case.
 type Result struct {
-	CaseID              string            `json:"case_id"`
-	RiskScore           float64           `json:"risk_score"`
-	RiskLevel           Level             `json:"risk_level"`
-	ModelLevel          Level             `json:"model_level"`
-	RuleFloor           Level             `json:"rule_floor"`
-	HumanReviewRequired bool              `json:"human_review_required"`
-	Features            []Attribution     `json:"features"`
-	Explanation         Explanation       `json:"explanation"`
-	Rules               []Triggered       `json:"rules"`
-	RegulatoryReports   []Triggered       `json:"regulatory_reports"`
-	Report              map[string]string `json:"report"`
-	Versions            Versions          `json:"versions"`
+	CaseID              string        `json:"case_id"`
+	RiskScore           float64       `json:"risk_score"`
+	RiskLevel           Level         `json:"risk_level"`
+	ModelLevel          Level         `json:"model_level"`
+	RuleFloor           Level         `json:"rule_floor"`
+	HumanReviewRequired bool          `json:"human_review_required"`
+	Features            []Attribution `json:"features"`
+	Explanation         Explanation   `json:"explanation"`
+	// LevelSetBy says what set RiskLevel: "model", "rules" (the rule
+	// floor is above the model's level) or "model and rules" (equal).
+	LevelSetBy string `json:"level_set_by"`
+	// FloorRules are the rules whose severity is the floor, when it is
+	// above low.
+	FloorRules        []string          `json:"floor_rules,omitempty"`
+	Rules             []Triggered       `json:"rules"`
+	RegulatoryReports []Triggered       `json:"regulatory_reports"`
+	Report            map[string]string `json:"report"`
+	Versions          Versions          `json:"versions"`
 }
 
 // Assess scores one validated case.
@@ -198,6 +211,21 @@ func (a *Assessor) Assess(ctx context.Context, c *Case) (*Result, error) {
 		res.RuleFloor = maxLevel(res.RuleFloor, t.Severity)
 	}
 	res.RiskLevel = maxLevel(res.ModelLevel, res.RuleFloor)
+	if res.RuleFloor != LevelLow {
+		for _, t := range res.Rules {
+			if t.Severity == res.RuleFloor {
+				res.FloorRules = append(res.FloorRules, t.ID)
+			}
+		}
+	}
+	switch c := res.RuleFloor.rank() - res.ModelLevel.rank(); {
+	case c > 0:
+		res.LevelSetBy = SetByRules
+	case c == 0 && res.FloorRules != nil:
+		res.LevelSetBy = SetByBoth
+	default:
+		res.LevelSetBy = SetByModel
+	}
 	res.HumanReviewRequired = res.RiskLevel.rank() >= cfg.HumanReview.AtLevel.rank()
 
 	langs := c.Options.Languages
@@ -205,8 +233,9 @@ func (a *Assessor) Assess(ctx context.Context, c *Case) (*Result, error) {
 		langs = []string{"zh", "en"}
 	}
 	res.Report = map[string]string{}
+	cf := factsOf(c, cfg)
 	for _, l := range langs {
-		res.Report[l] = writeReport(l, res)
+		res.Report[l] = writeReport(l, res, cf)
 	}
 	return res, nil
 }
@@ -271,9 +300,11 @@ func (cfg *Config) Prompts(c *Case) ([]string, error) {
 }
 
 // render builds the prompt of coalition S: players in S read their
-// values, every other feature its baseline. Features are listed in their
-// fixed order, but the values row (keyed, so any order reads the same) gives the features that never vary first and the players last:
-// the 2^k prompts then differ only in the row's tail.
+// values, every other feature its baseline, all in the features' fixed
+// order. The baseline prompt (S = 0) is therefore the same for every
+// case, so f_baseline and the attributions measured from it compare
+// across cases; the coalitions still share everything before the first
+// player's value.
 func (cfg *Config) render(feats []featureValue, players []int, S uint64) string {
 	t := &cfg.Prompt
 	var b strings.Builder
@@ -282,20 +313,12 @@ func (cfg *Config) render(feats []featureValue, players []int, S uint64) string 
 		b.WriteString(strings.NewReplacer("{key}", featureKey(i), "{label}", f.def.label.EN).Replace(t.Line))
 	}
 	b.WriteString(t.Values)
-	value := func(i int, v string) {
-		b.WriteString(strings.NewReplacer("{key}", featureKey(i), "{value}", v).Replace(t.Value))
-	}
 	for i, f := range feats {
-		if !slices.Contains(players, i) {
-			value(i, f.baselineText("en"))
+		v := f.baselineText("en")
+		if p := slices.Index(players, i); p >= 0 && S&(1<<p) != 0 {
+			v = f.text("en")
 		}
-	}
-	for p, i := range players {
-		v := feats[i].baselineText("en")
-		if S&(1<<p) != 0 {
-			v = feats[i].text("en")
-		}
-		value(i, v)
+		b.WriteString(strings.NewReplacer("{key}", featureKey(i), "{value}", v).Replace(t.Value))
 	}
 	b.WriteString(t.Suffix)
 	return b.String()

@@ -364,6 +364,22 @@ func (c *Config) check() error {
 	return nil
 }
 
+// Expired names the reference data (FX table, high-risk lists) whose
+// review date is before day (YYYY-MM-DD): cases as of day are refused
+// until it is replaced.
+func (c *Config) Expired(day string) []string {
+	var out []string
+	for _, p := range []struct {
+		what, version string
+		prov          Provenance
+	}{{"FX table", c.FX.Version, c.FX.Provenance}, {"high-risk country list", c.HighRiskCountries.Version, c.HighRiskCountries.Provenance}} {
+		if day > p.prov.ReviewBy {
+			out = append(out, fmt.Sprintf("the %s %s was due for review on %s: cases as of %s are refused until it is replaced", p.what, p.version, p.prov.ReviewBy, day))
+		}
+	}
+	return out
+}
+
 // RulesHash is the SHA-256 of the rule set's canonical JSON form: the
 // audit trail names it beside the version.
 func (c *Config) RulesHash() string { return c.rulesHash }

@@ -60,6 +60,8 @@ type amlRecord struct {
 	RiskLevel     aml.Level         `json:"risk_level"`
 	ModelLevel    aml.Level         `json:"model_level"`
 	RuleFloor     aml.Level         `json:"rule_floor"`
+	LevelSetBy    string            `json:"level_set_by"`
+	FloorRules    []string          `json:"floor_rules,omitempty"`
 	HumanReview   bool              `json:"human_review_required"`
 	Explanation   aml.Explanation   `json:"explanation"`
 	Attributions  []aml.Attribution `json:"attributions"`
@@ -230,7 +232,7 @@ func amlAuditRecord(c *aml.Case, d *AMLCase, tier string) amlRecord {
 	r := d.Result
 	return amlRecord{Kind: "aml.decision", DecisionID: d.DecisionID, CaseID: pii.Mask(c.CaseID), RequestSHA256: c.Hash(),
 		ReceivedAt: d.ReceivedAt, DecidedAt: d.DecidedAt, Tier: tier, Customer: cu, Versions: r.Versions,
-		Score: r.RiskScore, RiskLevel: r.RiskLevel, ModelLevel: r.ModelLevel, RuleFloor: r.RuleFloor, HumanReview: r.HumanReviewRequired,
+		Score: r.RiskScore, RiskLevel: r.RiskLevel, ModelLevel: r.ModelLevel, RuleFloor: r.RuleFloor, LevelSetBy: r.LevelSetBy, FloorRules: r.FloorRules, HumanReview: r.HumanReviewRequired,
 		Explanation: r.Explanation, Attributions: r.Features, Rules: r.Rules, Reports: r.RegulatoryReports, Report: report}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -132,6 +133,9 @@ func newAMLCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ok: %s; prompt %s; rules %s (%d rules, sha256 %s); fx %s\n",
 				c.Version, c.Prompt.Version, c.Rules.Version, len(c.Rules.Rules), c.RulesHash(), c.FX.Version)
+			for _, w := range c.Expired(time.Now().Format(time.DateOnly)) {
+				fmt.Fprintf(cmd.OutOrStdout(), "warning: %s\n", w)
+			}
 			return nil
 		},
 	}, newAMLPromptsCmd())

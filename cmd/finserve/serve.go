@@ -235,6 +235,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 			return err
 		}
 	}
+	for _, w := range amlCfg.Expired(time.Now().Format(time.DateOnly)) {
+		log.Warn("AML reference data out of date: "+w, "fix", "serve --aml-config FILE with current data (finserve aml config prints the built-in file)")
+	}
 	var auditLog *audit.Log
 	if o.auditLog != "" {
 		key, err := auditKey(o.auditLog, o.auditKey, true)
