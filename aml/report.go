@@ -259,6 +259,10 @@ func writeReport(lang string, r *Result, cf *caseFacts) string {
 	if n == 0 {
 		w.say("各特征均未改变模型评分。\n", "No feature moved the model's score.\n")
 	}
+	if n > 0 && len(r.Rules) > 0 {
+		w.say("(以上仅解释模型评分;降低评分的因素不降低业务规则设定的等级。)\n",
+			"(These explain the model's score only: a feature that lowers it does not lower the level the rules set.)\n")
+	}
 
 	// The statutory reports, each day with its deadline.
 	w.say("\n四、应报送的法定报告\n", "\n4. Statutory reports due\n")

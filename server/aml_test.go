@@ -49,10 +49,13 @@ func amlCase(t *testing.T, name string) string {
 }
 
 type amlDecision struct {
-	DecisionID string  `json:"decision_id"`
-	CaseID     string  `json:"case_id"`
-	RiskScore  float64 `json:"risk_score"`
-	RiskLevel  string  `json:"risk_level"`
+	DecisionID string   `json:"decision_id"`
+	CaseID     string   `json:"case_id"`
+	RiskScore  float64  `json:"risk_score"`
+	RiskLevel  string   `json:"risk_level"`
+	RuleFloor  string   `json:"rule_floor"`
+	LevelSetBy string   `json:"level_set_by"`
+	FloorRules []string `json:"floor_rules"`
 	Features   []struct {
 		Name   string
 		Active bool
@@ -139,7 +142,10 @@ func TestAMLScore(t *testing.T) {
 		if d.Audit == nil || d.Audit.Seq != uint64(round+1) || len(d.Versions.ModelSHA256) != 64 {
 			t.Errorf("audit receipt %+v, model hash %q", d.Audit, d.Versions.ModelSHA256)
 		}
-		if !strings.Contains(d.Report["zh"], "(业务规则触发)") || !strings.Contains(d.Report["en"], "(rule-triggered)") {
+		if d.LevelSetBy == "" || (d.RuleFloor == "high") != slices.Contains(d.FloorRules, "STRUCTURING") {
+			t.Errorf("level %s set by %q, floor %s from %v", d.RiskLevel, d.LevelSetBy, d.RuleFloor, d.FloorRules)
+		}
+		if !strings.Contains(d.Report["zh"], "(业务规则触发,严重程度:高") || !strings.Contains(d.Report["en"], "(rule-triggered, severity high") {
 			t.Errorf("report %v", d.Report)
 		}
 		if round == 0 {
