@@ -614,3 +614,17 @@ func TestFixedBaseline(t *testing.T) {
 		}
 	}
 }
+
+// TestValueOrder: the values row's fixed order names every feature once.
+func TestValueOrder(t *testing.T) {
+	seen := map[int]bool{}
+	for _, i := range valueOrder {
+		if i < 0 || i >= len(features) || seen[i] {
+			t.Fatalf("valueOrder %v: %d out of range or repeated", valueOrder, i)
+		}
+		seen[i] = true
+	}
+	if len(seen) != len(features) {
+		t.Errorf("valueOrder names %d of %d features", len(seen), len(features))
+	}
+}

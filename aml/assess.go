@@ -300,11 +300,11 @@ func (cfg *Config) Prompts(c *Case) ([]string, error) {
 }
 
 // render builds the prompt of coalition S: players in S read their
-// values, every other feature its baseline, all in the features' fixed
-// order. The baseline prompt (S = 0) is therefore the same for every
+// values, every other feature its baseline: the lines in the features'
+// order, the values in valueOrder. The baseline prompt (S = 0) is therefore the same for every
 // case, so f_baseline and the attributions measured from it compare
 // across cases; the coalitions still share everything before the first
-// player's value.
+// player's value in valueOrder.
 func (cfg *Config) render(feats []featureValue, players []int, S uint64) string {
 	t := &cfg.Prompt
 	var b strings.Builder
@@ -313,7 +313,8 @@ func (cfg *Config) render(feats []featureValue, players []int, S uint64) string 
 		b.WriteString(strings.NewReplacer("{key}", featureKey(i), "{label}", f.def.label.EN).Replace(t.Line))
 	}
 	b.WriteString(t.Values)
-	for i, f := range feats {
+	for _, i := range valueOrder {
+		f := feats[i]
 		v := f.baselineText("en")
 		if p := slices.Index(players, i); p >= 0 && S&(1<<p) != 0 {
 			v = f.text("en")
@@ -323,6 +324,13 @@ func (cfg *Config) render(feats []featureValue, players []int, S uint64) string 
 	b.WriteString(t.Suffix)
 	return b.String()
 }
+
+// valueOrder is the fixed order of the values row (each value keyed by
+// its letter, so any order reads the same): features seldom active
+// first, those nearly always active (counterparty counts, turnover
+// against income) last, so that the coalitions' prompts share as much of
+// the row as a fixed order allows.
+var valueOrder = []int{0, 4, 6, 8, 9, 1, 5, 10, 2, 3, 7}
 
 // featureKey names feature i in the prompt: A, B, C, ... (short: the
 // values row repeats it in every coalition's prompt).
