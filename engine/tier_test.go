@@ -347,10 +347,13 @@ func TestTierOptions(t *testing.T) {
 // them for its cells (not for a slot); both batch generations still
 // deliver every token.
 func TestPreemptForCells(t *testing.T) {
-	// Each hog reserves a whole 2,048-cell context: two fill the cache.
-	e := newEngine(t, tinyQ8, engine.Options{Parallel: 4, Context: 2048, KVCells: 4096, UnifiedKV: true})
+	// Each hog reserves a whole 512-cell context: two fill the cache.
+	// Small, so that the hogs, which run to their end, finish in seconds
+	// under -race on a loaded machine (with 2,048 the test ran past the
+	// package's 20-minute limit beside three other suites).
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 4, Context: 512, KVCells: 1024, UnifiedKV: true})
 	p := prompt(t, tinyQ8, testPrompts[0])
-	req := engine.Request{Prompt: p, MaxTokens: 2048 - len(p), IgnoreEOS: true, Tier: engine.TierBatch}
+	req := engine.Request{Prompt: p, MaxTokens: 512 - len(p), IgnoreEOS: true, Tier: engine.TierBatch}
 	var hogs []*engine.Stream
 	for range 2 {
 		st, err := e.Generate(context.Background(), req)
