@@ -343,6 +343,15 @@ func TestValidationNamesField(t *testing.T) {
 		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "KRW"`, ""},
 		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "AUD"`, ""},
 		{`"amount": "48000.00", "currency": "CNY"=>"amount": "48000.00", "currency": "VND"`, "transactions[1].amount"},
+		// Limits and codes at their edges.
+		{`"country": "CN",
+    "occupation"=>"country": "ZA",
+    "occupation"`, ""},
+		{`"country": "CN",
+    "occupation"=>"country": "Za",
+    "occupation"`, "customer.country"},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"explain": {"samples": 1024}},`, ""},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"explain": {"samples": 1025}},`, "options.explain.samples"},
 		// Who paid cash in: on cash only, on the from side only.
 		{`"from": {}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"=>"from": {"depositor_id": "P-7"}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"`, ""},
 		{`"from": {}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"=>"from": {}, "to": {"account_id": "A-1", "country": "CN", "depositor_id": "P-7"}, "amount": {"amount": "48000.00"`, "transactions[1].to.depositor_id"},
@@ -417,6 +426,7 @@ func TestConfigChecks(t *testing.T) {
 		"two deadlines":    `report_deadline: {calendar_days: 15, =>report_deadline: {working_days: 5, calendar_days: 15, `,
 		"calendar year":    `workdays: [2025-01-26=>workdays: [2024-01-26`,
 		"empty occupation": `no_income: [student,=>no_income: [" ",`,
+		"calendar source":  `      source: "国务院办公厅关于2025年部分节假日安排的通知(国办发明电〔2024〕12号),2024-11-12"` + "\n=>",
 	}
 	for name, edit := range cases {
 		old, repl, _ := strings.Cut(edit, "=>")
