@@ -48,7 +48,7 @@ var (
 // features are the model's features, in prompt order. Every one is
 // deterministic given the case and the configuration.
 var features = []featureDef{
-	{"cash_near_threshold", Label{"现金交易金额略低于申报标准的笔数", "cash transactions just below the reporting threshold"}, count, zero, Label{}, false},
+	{"cash_near_threshold", Label{"现金交易金额(单笔或当日合计)略低于申报标准的次数", "cash transactions, or days' cash, just below the reporting threshold"}, count, zero, Label{}, false},
 	{"pass_through", Label{"资金48小时内转出比例", "share of inflows moved on within 48 hours"}, percent, zero, Label{}, false},
 	{"fan_in", Label{"转入对手方数量", "distinct senders"}, count, one, Label{}, false},
 	{"fan_out", Label{"转出对手方数量", "distinct recipients"}, count, one, Label{}, false},
@@ -231,16 +231,31 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 			small = append(small, f.TxnID)
 		}
 	}
-	put("cash_near_threshold", decimal.NewFromInt(int64(len(near))), near)
 	set("small_inbound_count", decimal.NewFromInt(int64(len(small))), small)
+	// A day's cash in one direction made of several pieces and just
+	// below the threshold in total is one more near-threshold unit (two
+	// CNY 23,500 deposits on each of two days), unless a piece of it was
+	// counted already; one that reaches the threshold is a split day.
+	units := int64(len(near))
+	counted := map[string]bool{}
+	for _, id := range near {
+		counted[id] = true
+	}
 	var splitDays int64
 	var splitEv []string
 	for _, k := range slices.Sorted(maps.Keys(splits)) {
-		if sp := splits[k]; sp.n >= 2 && sp.sum.GreaterThanOrEqual(sp.limit) {
+		sp := splits[k]
+		switch {
+		case sp.n < 2:
+		case sp.sum.GreaterThanOrEqual(sp.limit):
 			splitDays++
 			splitEv = append(splitEv, sp.ev...)
+		case sp.sum.GreaterThanOrEqual(sp.limit.Mul(w.NearThreshold)) && !slices.ContainsFunc(sp.ev, func(id string) bool { return counted[id] }):
+			units++
+			near = append(near, sp.ev...)
 		}
 	}
+	put("cash_near_threshold", decimal.NewFromInt(units), near)
 	set("cash_split_days", decimal.NewFromInt(splitDays), splitEv)
 
 	// Pass-through: each outflow is matched, oldest first, against what

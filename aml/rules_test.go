@@ -117,6 +117,13 @@ func TestRulesFireAndNearMiss(t *testing.T) {
 		{"structuring near miss: USD 8,900 twice in CN", "STRUCTURING", []tx{
 			{id: "F1", at: "2025-11-20T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"},
 			{id: "F2", at: "2025-11-22T02:00:00Z", dir: "in", amount: "8900", ccy: "USD", channel: "cash"}}, nil, false, nil},
+		// A day's cash just below the threshold in total, twice.
+		{"structuring: CNY 23,500 twice on each of two days", "STRUCTURING", []tx{cash("H1", "2025-11-20T01:00:00Z", "23500"), cash("H2", "2025-11-20T03:00:00Z", "23500"),
+			cash("H3", "2025-11-22T01:00:00Z", "23000"), cash("H4", "2025-11-22T03:00:00Z", "22000")}, nil, true, []string{"H1", "H2", "H3", "H4"}},
+		{"structuring near miss: CNY 22,000 twice on each of two days (88%)", "STRUCTURING", []tx{cash("H1", "2025-11-20T01:00:00Z", "22000"), cash("H2", "2025-11-20T03:00:00Z", "22000"),
+			cash("H3", "2025-11-22T01:00:00Z", "22000"), cash("H4", "2025-11-22T03:00:00Z", "22000")}, nil, false, nil},
+		{"structuring near miss: a piece near and its day's total near count once", "STRUCTURING", []tx{cash("H1", "2025-11-20T01:00:00Z", "45500"), cash("H2", "2025-11-20T03:00:00Z", "10"),
+			cash("H3", "2025-11-22T01:00:00Z", "100")}, nil, false, nil},
 		// Split on one day: each piece under the threshold, together over it.
 		{"structuring: CNY 20,000 three times in a day", "STRUCTURING", []tx{cash("D1", "2025-11-20T01:00:00Z", "20000"), cash("D2", "2025-11-20T03:00:00Z", "20000"),
 			cash("D3", "2025-11-20T05:00:00Z", "20000")}, nil, true, []string{"D1", "D2", "D3"}},
@@ -481,7 +488,7 @@ type keyModel struct{ t *testing.T }
 func (m keyModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
 	s := Scores{P: make([]float64, len(prompts))}
 	for i, p := range prompts {
-		if !strings.Contains(p, "\nA. cash transactions just below the reporting threshold\nB. share of inflows moved on within 48 hours\n") {
+		if !strings.Contains(p, "\nA. cash transactions, or days' cash, just below the reporting threshold\nB. share of inflows moved on within 48 hours\n") {
 			m.t.Fatalf("prompt without feature A's line: %q", p)
 		}
 		s.P[i] = 0.1
