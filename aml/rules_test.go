@@ -647,3 +647,28 @@ func (m fixedModel) Score(_ context.Context, prompts []string, _, _ string) (Sco
 	}
 	return s, nil
 }
+
+// TestPassThroughMatched: outflows are matched against what is left of
+// the inflows before them, so money passes through once, and the
+// materiality amount is what passed, not what came in.
+func TestPassThroughMatched(t *testing.T) {
+	cases := []struct {
+		name       string
+		txs        []tx
+		share, usd string
+	}{
+		{"two outflows of one inflow", []tx{{id: "I", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "O1", at: "2025-11-20T01:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "80000"},
+			{id: "O2", at: "2025-11-20T02:00:00Z", dir: "out", cpty: "z", country: "CN", amount: "80000"}}, "100", "13810"},
+		{"a tenth moved on", []tx{{id: "I", at: "2025-11-20T00:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"},
+			{id: "O1", at: "2025-11-20T01:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "10000"}}, "10", "1381"},
+		{"an inflow after the outflow passes nothing", []tx{{id: "O1", at: "2025-11-20T00:00:00Z", dir: "out", cpty: "y", country: "CN", amount: "10000"},
+			{id: "I", at: "2025-11-20T01:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100000"}}, "0", "0"},
+	}
+	for _, tc := range cases {
+		_, facts := computeFeatures(handCase(t, tc.txs, nil), DefaultConfig())
+		if pt, usd := facts["pass_through"].Value, facts["pass_through_usd"].Value; !pt.Equal(decimal.RequireFromString(tc.share)) || !usd.Equal(decimal.RequireFromString(tc.usd)) {
+			t.Errorf("%s: pass_through %s%%, USD %s; want %s%%, USD %s", tc.name, pt, usd, tc.share, tc.usd)
+		}
+	}
+}
