@@ -672,3 +672,29 @@ func TestPassThroughMatched(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLargeCase computes the features of a case of the largest size
+// (MaxTransactions), alternating inflows and outflows within the hold:
+// pass-through matching is linear in the transactions.
+func BenchmarkLargeCase(b *testing.B) {
+	t0 := mustTime("2025-11-01T00:00:00Z")
+	c := &Case{CaseID: "BIG", Jurisdiction: "CN", AsOf: mustTime("2025-11-28T12:00:00Z"),
+		Customer: Customer{CustomerID: "C", Type: "individual", Country: "CN"}, Accounts: []Account{{AccountID: "A"}}}
+	for i := range MaxTransactions {
+		own, other := Party{AccountID: "A", Country: "CN"}, Party{AccountID: fmt.Sprint("X", i%97), BankID: "B", Country: "CN"}
+		from, to := other, own
+		if i%2 == 1 {
+			from, to = own, other
+		}
+		c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("T", i), Timestamp: t0.Add(time.Duration(i) * time.Minute),
+			From: from, To: to, Amount: Money{Amount: decimal.NewFromInt(int64(1000 + i%7)), Currency: "CNY"}, Channel: "wire"})
+	}
+	cfg := DefaultConfig()
+	if err := c.Validate(cfg, ""); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		computeFeatures(c, cfg)
+	}
+}
