@@ -289,6 +289,9 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 			for i := head; i < len(open) && need.IsPositive(); i++ {
 				p := &open[i]
 				take := decimal.Min(need, p.left)
+				if !take.IsPositive() {
+					continue // a used-up inflow (head skips them; this keeps the evidence right regardless)
+				}
 				p.left, need, moved = p.left.Sub(take), need.Sub(take), moved.Add(take)
 				ptSet[p.f.TxnID], ptSet[f.TxnID] = true, true
 			}
