@@ -228,10 +228,13 @@ func (l *loop) age(now time.Time) {
 	if l.e.opts.Aging <= 0 || len(l.running) == 0 {
 		return
 	}
+	// What holds a task back is a higher tier running, not a task of its
+	// own tier that aged: counting those made same-tier tasks age past
+	// each other and preempt each other in turn.
 	top := math.MinInt
 	for _, sq := range l.running {
 		if !sq.paused {
-			top = max(top, l.prio(sq.owner().base()))
+			top = max(top, l.policy(sq.tier).Priority)
 		}
 	}
 	var seen [NumTiers]bool
