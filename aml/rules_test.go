@@ -698,3 +698,34 @@ func BenchmarkLargeCase(b *testing.B) {
 		computeFeatures(c, cfg)
 	}
 }
+
+// TestLevelSetBy: what set the level, and which rules, for a model
+// scoring below, at and above the rules' floor (CNY 46,000 and 45,000
+// in cash: structuring, high).
+func TestLevelSetBy(t *testing.T) {
+	near := []tx{{id: "S1", at: "2025-11-20T02:00:00Z", dir: "in", amount: "46000", channel: "cash"},
+		{id: "S2", at: "2025-11-21T02:00:00Z", dir: "in", amount: "45000", channel: "cash"}}
+	quiet := []tx{{id: "Q1", at: "2025-11-20T02:00:00Z", dir: "in", cpty: "x", country: "CN", amount: "100"}}
+	cases := []struct {
+		name   string
+		txs    []tx
+		score  float64
+		level  Level
+		by     string
+		floors []string
+	}{
+		{"rules above the model", near, 0.05, LevelHigh, SetByRules, []string{"STRUCTURING"}},
+		{"rules and model alike", near, 0.7, LevelHigh, SetByBoth, []string{"STRUCTURING"}},
+		{"model above the rules", near, 0.9, LevelCritical, SetByModel, []string{"STRUCTURING"}},
+		{"model alone", quiet, 0.4, LevelMedium, SetByModel, nil},
+	}
+	for _, tc := range cases {
+		c := handCase(t, tc.txs, func(c *Case) {
+			c.Customer.DeclaredMonthlyIncome = &Money{Amount: decimal.NewFromInt(100000), Currency: "CNY"}
+		})
+		r := assess(t, c, fixedModel(tc.score))
+		if r.RiskLevel != tc.level || r.LevelSetBy != tc.by || !slices.Equal(r.FloorRules, tc.floors) {
+			t.Errorf("%s: level %s set by %q from %v; want %s by %q from %v", tc.name, r.RiskLevel, r.LevelSetBy, r.FloorRules, tc.level, tc.by, tc.floors)
+		}
+	}
+}
