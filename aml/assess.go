@@ -301,8 +301,8 @@ func (cfg *Config) Prompts(c *Case) ([]string, error) {
 
 // render builds the prompt of coalition S: players in S read their
 // values, every other feature its baseline: the lines in the features'
-// order, the values in valueOrder. The baseline prompt (S = 0) is therefore the same for every
-// case, so f_baseline and the attributions measured from it compare
+// order, the values in valueOrder. The baseline prompt (S = 0) is
+// therefore the same for every case, so f_baseline and the attributions measured from it compare
 // across cases; the coalitions still share everything before the first
 // player's value in valueOrder.
 func (cfg *Config) render(feats []featureValue, players []int, S uint64) string {

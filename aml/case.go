@@ -212,11 +212,10 @@ func (c *Case) Validate(cfg *Config, prefix string) error {
 		return f("as_of", "required (RFC 3339)")
 	}
 	day := c.AsOf.In(cfg.Jurisdictions[c.Jurisdiction].loc).Format(time.DateOnly)
-	if err := cfg.FX.covers(day, "FX table", cfg.FX.Version); err != nil {
-		return f("as_of", "%v", err)
-	}
-	if err := cfg.HighRiskCountries.covers(day, "high-risk country list", cfg.HighRiskCountries.Version); err != nil {
-		return f("as_of", "%v", err)
+	for _, r := range cfg.references() {
+		if err := r.covers(day); err != nil {
+			return f("as_of", "%v", err)
+		}
 	}
 	cu := &c.Customer
 	if err := checkText(cu.CustomerID, true); err != nil {

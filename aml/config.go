@@ -106,9 +106,10 @@ func (p Provenance) check(section string) []error {
 	return errs
 }
 
-// covers returns an error unless day (YYYY-MM-DD) is within the data's
-// days; what and version name the table in the message.
-func (p Provenance) covers(day, what, version string) error {
+// covers returns an error unless day (YYYY-MM-DD) is within the table's
+// days, naming the table.
+func (r reference) covers(day string) error {
+	p, what, version := r.Provenance, r.what, r.version
 	switch {
 	case day < p.Effective:
 		return fmt.Errorf("%s is before the %s %s took effect on %s (%s): assess with the one in force that day (serve --aml-config)",
@@ -369,15 +370,24 @@ func (c *Config) check() error {
 // until it is replaced.
 func (c *Config) Expired(day string) []string {
 	var out []string
-	for _, p := range []struct {
-		what, version string
-		prov          Provenance
-	}{{"FX table", c.FX.Version, c.FX.Provenance}, {"high-risk country list", c.HighRiskCountries.Version, c.HighRiskCountries.Provenance}} {
-		if day > p.prov.ReviewBy {
-			out = append(out, fmt.Sprintf("the %s %s was due for review on %s: cases as of %s are refused until it is replaced", p.what, p.version, p.prov.ReviewBy, day))
+	for _, r := range c.references() {
+		if day > r.ReviewBy {
+			out = append(out, fmt.Sprintf("the %s %s was due for review on %s: cases as of %s are refused until it is replaced", r.what, r.version, r.ReviewBy, day))
 		}
 	}
 	return out
+}
+
+// reference is a table of reference data, named for messages.
+type reference struct {
+	what, version string
+	Provenance
+}
+
+// references lists the dated reference data a case is assessed with.
+func (c *Config) references() []reference {
+	return []reference{{"FX table", c.FX.Version, c.FX.Provenance},
+		{"high-risk country list", c.HighRiskCountries.Version, c.HighRiskCountries.Provenance}}
 }
 
 // RulesHash is the SHA-256 of the rule set's canonical JSON form: the
