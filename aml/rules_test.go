@@ -430,21 +430,10 @@ func TestTransferNeedsCountry(t *testing.T) {
 	}
 }
 
-// constModel scores every prompt the same: no feature moves the score.
-type constModel struct{}
-
-func (constModel) Score(_ context.Context, prompts []string, _, _ string) (Scores, error) {
-	s := Scores{P: make([]float64, len(prompts))}
-	for i := range s.P {
-		s.P[i] = 0.5
-	}
-	return s, nil
-}
-
 // TestSharesWithoutContributions: when no feature moves the model's
 // score, every contribution and share is zero (not NaN).
 func TestSharesWithoutContributions(t *testing.T) {
-	r, err := NewAssessor(DefaultConfig(), constModel{}).Assess(context.Background(), loadCase(t, "structuring.json"))
+	r, err := NewAssessor(DefaultConfig(), fixedModel(0.5)).Assess(context.Background(), loadCase(t, "structuring.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +450,7 @@ func TestSharesWithoutContributions(t *testing.T) {
 // TestHumanReviewAtLevel: review is required from the configured level
 // (high) up, including at it, and not below.
 func TestHumanReviewAtLevel(t *testing.T) {
-	// constModel scores 0.5: a medium model level (0.3 to 0.6).
+	// fixedModel(0.5) scores 0.5: a medium model level (0.3 to 0.6).
 	for _, c := range []struct {
 		file   string
 		level  Level
@@ -470,7 +459,7 @@ func TestHumanReviewAtLevel(t *testing.T) {
 		{"structuring.json", LevelHigh, true}, // the STRUCTURING rule's floor
 		{"salary.json", LevelMedium, false},
 	} {
-		r, err := NewAssessor(DefaultConfig(), constModel{}).Assess(context.Background(), loadCase(t, c.file))
+		r, err := NewAssessor(DefaultConfig(), fixedModel(0.5)).Assess(context.Background(), loadCase(t, c.file))
 		if err != nil {
 			t.Fatal(err)
 		}
