@@ -128,7 +128,7 @@ type Options struct {
 	CacheTypeK, CacheTypeV string
 	typeK, typeV           models.TensorType // parsed by fill
 	// Threads for decoding and ThreadsBatch for prompt processing (default:
-	// the number of CPUs).
+	// GOMAXPROCS, the CPUs the cgroup quota and affinity allow).
 	Threads, ThreadsBatch int
 	// UnifiedKV puts every sequence in one shared KV cache of KVCells
 	// cells instead of giving each its own stream of Context cells (the
@@ -210,7 +210,9 @@ func (o *Options) fill(m *Model) error {
 		return err
 	}
 	if o.Threads <= 0 {
-		o.Threads = runtime.NumCPU()
+		// Go's default GOMAXPROCS follows the cgroup CPU quota and the
+		// affinity mask; NumCPU would count every core of the node.
+		o.Threads = runtime.GOMAXPROCS(0)
 	}
 	if o.ThreadsBatch <= 0 {
 		o.ThreadsBatch = o.Threads

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3/option"
 
@@ -150,13 +152,14 @@ func TestAuth(t *testing.T) {
 	checkError(t, resp, body, 401, "", "invalid_api_key")
 	resp, body = ts.post(t, "/chat/completions", msg, "Authorization", "Bearer wrong")
 	checkError(t, resp, body, 401, "", "invalid_api_key")
-	resp, body = ts.get(t, "/metrics")
+	resp, body = ts.get(t, "/slots")
 	checkError(t, resp, body, 401, "", "invalid_api_key")
-	if resp, _ := ts.get(t, "/health"); resp.StatusCode != 200 {
-		t.Fatalf("health needs no key: %d", resp.StatusCode)
+	// Probes and scrapers need no key (kubelet, a router's endpoint picker).
+	for _, p := range []string{"/health", "/ready", "/metrics"} {
+		if resp, body := ts.get(t, p); resp.StatusCode != 200 {
+			t.Fatalf("%s needs no key: %d %s", p, resp.StatusCode, body)
+		}
 	}
-	resp, body = ts.get(t, "/ready")
-	checkError(t, resp, body, 401, "", "invalid_api_key")
 	for _, key := range []string{"k-one", "k-two"} {
 		if resp, body := ts.post(t, "/chat/completions", msg, "Authorization", "Bearer "+key); resp.StatusCode != 200 {
 			t.Fatalf("key %s: %d %s", key, resp.StatusCode, body)
@@ -166,6 +169,81 @@ func TestAuth(t *testing.T) {
 	if _, err := ts.client(option.WithAPIKey("k-two")).Models.List(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestMetricsAuth: with MetricsAuth, /metrics wants a key like the API,
+// and the probe port leaves it out; the probes stay open.
+func TestMetricsAuth(t *testing.T) {
+	ts := startServer(t, Config{APIKeys: []string{"k-one"}, MetricsAuth: true}, engine.Options{Parallel: 1, Context: 256})
+	resp, body := ts.get(t, "/metrics")
+	checkError(t, resp, body, 401, "", "invalid_api_key")
+	if resp, body := sendGet(t, strings.TrimSuffix(ts.url, "/v1")+"/metrics", "Bearer k-one"); resp.StatusCode != 200 || !strings.Contains(body, "finserve_model_ready 1") {
+		t.Fatalf("metrics with the key: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := ts.get(t, "/ready"); resp.StatusCode != 200 {
+		t.Fatalf("ready: %d", resp.StatusCode)
+	}
+	probes := serveProbes(t, ts.srv)
+	resp, body = sendGet(t, probes+"/metrics", "")
+	checkError(t, resp, body, 404, "", "not_found")
+}
+
+// TestProbePort: the plain probe listener answers /health, /ready and
+// /metrics without a key while the API port wants one; it says
+// shutting_down through the drain and closes after the API port.
+func TestProbePort(t *testing.T) {
+	ts := startServer(t, Config{APIKeys: []string{"k-one"}, DrainDelay: time.Hour}, engine.Options{Parallel: 1, Context: 256})
+	probes := serveProbes(t, ts.srv)
+	for _, p := range []string{"/health", "/ready", "/ready/aml"} {
+		if resp, body := sendGet(t, probes+p, ""); resp.StatusCode != 200 || !strings.Contains(body, `"status":"`) {
+			t.Errorf("probe %s: %d %s", p, resp.StatusCode, body)
+		}
+	}
+	if resp, body := sendGet(t, probes+"/metrics", ""); resp.StatusCode != 200 || !strings.Contains(body, "finserve_num_requests_waiting 0") {
+		t.Errorf("probe metrics: %d %.200s", resp.StatusCode, body)
+	}
+	// Nothing but the probes: the API is not reachable around the keys.
+	for _, p := range []string{"/v1/models", "/slots", "/tiers/batch/v1/models"} {
+		resp, body := sendGet(t, probes+p, "")
+		checkError(t, resp, body, 404, "", "not_found")
+	}
+	resp, body := sendGet(t, probes+"/v1/chat/completions", "")
+	checkError(t, resp, body, 404, "", "not_found")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx, time.Second) }()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		resp, body := sendGet(t, probes+"/ready", "")
+		if resp.StatusCode == 503 && strings.Contains(body, `"status":"shutting_down"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probe /ready never said shutting_down: %d %s", resp.StatusCode, body)
+		}
+	}
+	if resp, body := sendGet(t, probes+"/health", ""); resp.StatusCode != 200 || !strings.Contains(body, "shutting_down") {
+		t.Errorf("probe health while draining: %d %s", resp.StatusCode, body)
+	}
+	cancel() // the drain delay ends with the grace
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := http.Get(probes + "/health"); err == nil {
+		t.Error("the probe port still answers after shutdown")
+	}
+}
+
+// serveProbes serves s's probe routes on a loopback port and returns its
+// base URL.
+func serveProbes(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeProbes(ln) }()
+	return "http://" + ln.Addr().String()
 }
 
 // TestLoading: before the engine is set the server answers, with 503.

@@ -183,12 +183,25 @@ func (t *tenantLabels) label(tenant string) string {
 	return tenant
 }
 
+// cacheBlockSize is the block a router's prefix index counts in, in
+// tokens. llama.cpp keeps KV per token, so any size is exact to within a
+// block; 16 is vLLM's default, which routers are tuned for.
+const cacheBlockSize = 16
+
 // engineCollector reports the engine's state at scrape time.
 type engineCollector struct{ s *Server }
 
 var (
 	descRunning = prometheus.NewDesc("finserve_num_requests_running", "Requests holding a sequence slot.", nil, nil)
-	descWaiting = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot (preempted ones included), by tier.", []string{"tier"}, nil)
+	// The unlabelled total is what a router reads (the Gateway API
+	// Inference Extension's endpoint picker takes one series and does not
+	// sum); the split by tier is a separate family.
+	descWaiting     = prometheus.NewDesc("finserve_num_requests_waiting", "Requests waiting for a sequence slot (preempted ones included), all tiers.", nil, nil)
+	descTierWaiting = prometheus.NewDesc("finserve_tier_requests_waiting", "Requests waiting for a sequence slot (preempted ones included), by tier.", []string{"tier"}, nil)
+	// descCacheConfig is vLLM's cache_config_info in finserve's name: the
+	// endpoint picker's prefix scorer sizes its index of each replica by
+	// block_size and num_gpu_blocks (label values, the gauge is 1).
+	descCacheConfig = prometheus.NewDesc("finserve_cache_config_info", "The KV cache's configuration, in the labels: block_size tokens a block (a reporting unit: llama.cpp's cache is per token), num_gpu_blocks blocks in all, context and slots.", []string{"block_size", "num_gpu_blocks", "context", "slots"}, nil)
 	descPreempt = prometheus.NewDesc("finserve_tier_preemptions_total", "Generations preempted for a higher tier, by tier.", []string{"tier"}, nil)
 	descPaused  = prometheus.NewDesc("finserve_tier_paused_steps_total", "Sequence steps sat out for a higher tier's prefill, by tier.", []string{"tier"}, nil)
 	descReject  = prometheus.NewDesc("finserve_tier_rejections_total", "Requests refused, by tier and reason: queue_full (429) or queue_timeout (503).", []string{"tier", "reason"}, nil)
@@ -209,7 +222,7 @@ var (
 )
 
 func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descPreempt, descPaused, descReject, descKV, descReady,
+	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descTierWaiting, descCacheConfig, descPreempt, descPaused, descReject, descKV, descReady,
 		descPrefixQueries, descPrefixHits,
 		descPrefixReused, descPrefixWaits, descPrefixTokens, descPrefixEvict, descPrefixSpills, descHostBytes,
 		descHostMaxBytes, descHostEntries, descHostDropped} {
@@ -231,14 +244,20 @@ func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(st.Running))
+	waiting := 0
 	for t, ts := range st.Tiers {
 		name := engine.Tier(t).String()
-		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(ts.Waiting), name)
+		waiting += ts.Waiting
+		ch <- prometheus.MustNewConstMetric(descTierWaiting, prometheus.GaugeValue, float64(ts.Waiting), name)
 		ch <- prometheus.MustNewConstMetric(descPreempt, prometheus.CounterValue, float64(ts.Preemptions), name)
 		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.CounterValue, float64(ts.PausedSteps), name)
 		ch <- prometheus.MustNewConstMetric(descReject, prometheus.CounterValue, float64(ts.Rejected), name, "queue_full")
 		ch <- prometheus.MustNewConstMetric(descReject, prometheus.CounterValue, float64(ts.TimedOut), name, "queue_timeout")
 	}
+	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(waiting))
+	opts := b.eng.Options()
+	ch <- prometheus.MustNewConstMetric(descCacheConfig, prometheus.GaugeValue, 1,
+		strconv.Itoa(cacheBlockSize), strconv.Itoa(st.KVCells/cacheBlockSize), strconv.Itoa(opts.Context), strconv.Itoa(opts.Parallel))
 	p := st.Prefix
 	kv := 0.0
 	if st.KVCells > 0 {

@@ -4,6 +4,7 @@ import (
 	"compress/gzip"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -93,6 +94,8 @@ func TestMetrics(t *testing.T) {
 		{"finserve_request_decode_time_seconds", nil, 4},
 		{"finserve_num_requests_running", nil, 0},
 		{"finserve_num_requests_waiting", nil, 0},
+		{"finserve_tier_requests_waiting", map[string]string{"tier": "batch"}, 0},
+		{"finserve_cache_config_info", map[string]string{"block_size": "16"}, 1},
 		{"finserve_kv_cache_usage_perc", nil, 0},
 		{"finserve_model_ready", nil, 1},
 	}
@@ -100,6 +103,15 @@ func TestMetrics(t *testing.T) {
 		if got := value(c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	// The router sizes its prefix index from the block count: cells / 16.
+	st, err := ts.eng.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strconv.Itoa(st.KVCells / 16)
+	if got := value("finserve_cache_config_info", map[string]string{"num_gpu_blocks": blocks, "context": "1024", "slots": "4"}); got != 1 {
+		t.Errorf("cache config info %v, want 1 with num_gpu_blocks %s", got, blocks)
 	}
 	prompt := value("finserve_prompt_tokens_total", nil)
 	if prompt < 4*3 {

@@ -33,7 +33,7 @@ func keyFile(t *testing.T) (string, string, string) {
 	return path, rt, all
 }
 
-// TestSecurity: without a valid key nothing but /health answers, on any
+// TestSecurity: without a valid key nothing but the probes and metrics answer, on any
 // route or path trick; tiers and rates hold per key; a reload swaps keys
 // without a restart; oversized headers and slow clients are cut off and
 // the server keeps serving.
@@ -50,15 +50,14 @@ func TestSecurity(t *testing.T) {
 	root := strings.TrimSuffix(ts.url, "/v1")
 	chat := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
 	routes := []struct{ method, path, body string }{
-		{"GET", "/ready", ""}, {"GET", "/metrics", ""},
-		{"GET", "/v1/models", ""}, {"GET", "/v1/models/tiny", ""},
+		{"GET", "/slots", ""}, {"GET", "/v1/models", ""}, {"GET", "/v1/models/tiny", ""},
 		{"POST", "/v1/chat/completions", chat}, {"POST", "/v1/completions", `{"prompt":"hi","max_tokens":2}`},
 		{"POST", "/v1/embeddings", `{"input":"hi"}`}, {"POST", "/v1/aml/score", `{}`},
 		{"GET", "/tiers/batch/v1/models", ""}, {"POST", "/tiers/realtime/v1/chat/completions", chat},
 		{"GET", "/v1/no-such-route", ""}, {"GET", "/tiers/gold/v1/models", ""},
 		// path tricks
-		{"GET", "/v1/../metrics", ""}, {"GET", "//v1/models", ""}, {"GET", "/v1/models/..%2f..%2fmetrics", ""},
-		{"GET", "/health/../metrics", ""}, {"GET", "/%68ealth/../v1/models", ""}, {"GET", "/health/../v1/models", ""},
+		{"GET", "/v1/../slots", ""}, {"GET", "//v1/models", ""}, {"GET", "/v1/models/..%2f..%2fslots", ""},
+		{"GET", "/health/../slots", ""}, {"GET", "/metrics/../slots", ""}, {"GET", "/READY/../v1/models", ""}, {"GET", "/%68ealth/../v1/models", ""}, {"GET", "/health/../v1/models", ""},
 	}
 	send := func(method, p, body string, header ...string) (int, string) {
 		req, err := http.NewRequest(method, root+p, strings.NewReader(body))
@@ -87,8 +86,12 @@ func TestSecurity(t *testing.T) {
 			}
 		}
 	}
-	if code, _ := send("GET", "/health", ""); code != 200 {
-		t.Errorf("/health without a key: %d", code)
+	// Probes and scrapers send no credentials (kubelet, the router's
+	// endpoint picker, Prometheus).
+	for _, p := range []string{"/health", "/ready", "/ready/aml", "/metrics"} {
+		if code, body := send("GET", p, ""); code != 200 {
+			t.Errorf("%s without a key: %d %s", p, code, body)
+		}
 	}
 
 	// Tiers: the realtime key's /v1 is realtime; batch is refused.

@@ -50,10 +50,15 @@ type Config struct {
 	// is off (0) by default.
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	// APIKeys, when set, are required as "Authorization: Bearer <key>" on
-	// every route but /health. Only their SHA-256 hashes are
+	// every route but the probes (/health, /ready, /ready/aml) and
+	// /metrics (unless MetricsAuth). Only their SHA-256 hashes are
 	// kept. An entry "TIER:KEY" limits the key to that tier and those
 	// below it, and makes it the key's tier on /v1.
 	APIKeys []string
+	// MetricsAuth requires an API key on /metrics too. Off by default, as
+	// in vLLM: Prometheus and a router's endpoint picker scrape without
+	// credentials, and the series hold no request content.
+	MetricsAuth bool
 	// KeyFile is a key file's set (apikeys), with names, allowed tiers and
 	// rates; SetKeys replaces it while serving.
 	KeyFile *apikeys.Set
@@ -161,6 +166,10 @@ type Server struct {
 	limits Limits
 	log    *slog.Logger
 	app    *fiber.App
+	// probes answers /health, /ready and /metrics on a plain listener of
+	// their own (ServeProbes), for deployments whose API port wants TLS
+	// client certificates that a kubelet does not present.
+	probes *fiber.App
 	keys   atomic.Pointer[keyring]
 	keysMu sync.Mutex // serialises SetKeys
 
@@ -212,7 +221,28 @@ func New(cfg Config) (*Server, error) {
 		JSONDecoder:           json.Unmarshal,
 	})
 	s.routes()
+	s.probes = fiber.New(fiber.Config{
+		AppName:               "finserve-probes",
+		DisableStartupMessage: true,
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.ReadTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		ErrorHandler:          s.handleError,
+		JSONEncoder:           json.Marshal,
+	})
+	s.probeRoutes(s.probes)
 	return s, nil
+}
+
+// probeRoutes are the routes that answer without an API key: liveness,
+// readiness and, unless MetricsAuth, the metrics.
+func (s *Server) probeRoutes(app *fiber.App) {
+	app.Get("/health", s.health)
+	app.Get("/ready", s.readyz)
+	app.Get("/ready/aml", s.readyz)
+	if !s.cfg.MetricsAuth {
+		app.Get("/metrics", s.metrics.handler)
+	}
 }
 
 func (s *Server) routes() {
@@ -222,11 +252,11 @@ func (s *Server) routes() {
 	if s.cfg.Compress {
 		app.Use(compress.New(compress.Config{Next: wantsStream}))
 	}
-	app.Get("/health", s.health)
+	s.probeRoutes(app)
 	app.Use(s.authenticate)
-	app.Get("/ready", s.readyz)
-	app.Get("/ready/aml", s.readyz)
-	app.Get("/metrics", s.metrics.handler)
+	if s.cfg.MetricsAuth {
+		app.Get("/metrics", s.metrics.handler)
+	}
 	app.Get("/slots", s.slots)
 	// The OpenAI API, once per tier (tier.go).
 	for _, prefix := range []string{"/v1", "/tiers/:tier/v1"} {
@@ -267,6 +297,14 @@ func (s *Server) SetEngine(e *engine.Engine, id string) {
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	return s.app.Listener(ln)
+}
+
+// ServeProbes answers /health, /ready, /ready/aml and (unless
+// MetricsAuth) /metrics on ln, without TLS or keys, until Shutdown: a
+// port for kubelet probes and scrapers when the API port asks for client
+// certificates.
+func (s *Server) ServeProbes(ln net.Listener) error {
+	return s.probes.Listener(ln)
 }
 
 // Shutdown drains the server: from the call on, new requests get 503
@@ -318,6 +356,10 @@ func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
 	closeCtx, stop := context.WithTimeout(context.Background(), time.Second)
 	defer stop()
 	if cerr := s.app.ShutdownWithContext(closeCtx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) && err == nil {
+		err = cerr
+	}
+	// The probe port closes last: it answered 503 through the drain.
+	if cerr := s.probes.ShutdownWithContext(closeCtx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) && err == nil {
 		err = cerr
 	}
 	return err

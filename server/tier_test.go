@@ -199,7 +199,8 @@ func TestTierQueueErrors(t *testing.T) {
 	for _, want := range []string{
 		`finserve_tier_rejections_total{reason="queue_full",tier="realtime"} 1`,
 		`finserve_tier_rejections_total{reason="queue_timeout",tier="realtime"} 2`,
-		`finserve_num_requests_waiting{tier="realtime"} 0`,
+		`finserve_tier_requests_waiting{tier="realtime"} 0`,
+		"finserve_num_requests_waiting 0",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,6 +89,36 @@ func FuzzParseBytes(f *testing.F) {
 		}
 		if n < 0 || n > 1<<50 {
 			t.Fatalf("%q parsed to %d", s, n)
+		}
+	})
+}
+
+// FuzzCgroupCPULimit: whatever /proc/self/cgroup, mountinfo and the
+// quota files hold, the reader returns a positive finite limit or none,
+// and never panics.
+func FuzzCgroupCPULimit(f *testing.F) {
+	f.Add("0::/x\n", "25 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", "150000 100000", "-1", "100000")
+	f.Add("1:cpu,cpuacct:/a/b\n0::/\n", "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", "max 100000", "50000", "100000")
+	f.Add("0::/k/p\n", "1 1 0:26 /k /sys/fs/c\\040g ro - cgroup2 cgroup2 rw\n", "1 1", "x", "0")
+	f.Fuzz(func(t *testing.T, self, mounts, cpuMax, quota, period string) {
+		read := func(name string) ([]byte, error) {
+			switch {
+			case name == "/proc/self/cgroup":
+				return []byte(self), nil
+			case name == "/proc/self/mountinfo":
+				return []byte(mounts), nil
+			case strings.HasSuffix(name, "/cpu.max"):
+				return []byte(cpuMax), nil
+			case strings.HasSuffix(name, "/cpu.cfs_quota_us"):
+				return []byte(quota), nil
+			case strings.HasSuffix(name, "/cpu.cfs_period_us"):
+				return []byte(period), nil
+			}
+			return nil, os.ErrNotExist
+		}
+		limit, ok := cgroupCPULimit(read)
+		if ok && !(limit > 0 && !math.IsInf(limit, 0)) || !ok && limit != 0 {
+			t.Fatalf("limit %v %v", limit, ok)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
@@ -95,24 +96,55 @@ func parseInts(s string) ([]int, error) {
 	return out, nil
 }
 
+// startProcs is the Go runtime's own GOMAXPROCS before finserve changes
+// it: what the GOMAXPROCS environment variable says, or the fewest of the
+// CPUs, the affinity mask and the cgroup quota (at least 2).
+var startProcs = runtime.GOMAXPROCS(0)
+
+// cpuBudget is the CPUs this process may use, and why: GOMAXPROCS when
+// the environment sets it, else the fewest of the CPUs, the affinity mask
+// and the cgroup's CPU quota rounded up.
+func cpuBudget() (n int, source string) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return startProcs, "GOMAXPROCS"
+	}
+	n, source = runtime.NumCPU(), "CPUs" // NumCPU honours the affinity mask
+	if limit, ok := cgroupCPULimit(os.ReadFile); ok && int(math.Ceil(limit)) < n {
+		n, source = max(1, int(math.Ceil(limit))), "cgroup CPU limit"
+	}
+	return n, source
+}
+
+// computeThreads is the default --threads: the CPU budget, so that a pod
+// limited to 4 CPUs on a 64-core node runs 4 compute threads, not 64
+// throttled ones.
+func computeThreads(threads int, log *slog.Logger) int {
+	if threads > 0 {
+		log.Info("compute threads", "threads", threads, "source", "--threads")
+		return threads
+	}
+	n, source := cpuBudget()
+	log.Info("compute threads", "threads", n, "source", source, "cpus", runtime.NumCPU())
+	return n
+}
+
 // setGoProcs bounds the CPUs that run Go code. ggml's compute threads spin
 // at barriers, and the Go scheduler's idle threads spin looking for work:
 // with both on the same cores every token's HTTP work costs the decode
 // step far more than its own CPU time (measured on 2 cores: 4-8% of
 // single-stream decode with GOMAXPROCS=2, none with 1). The serving work
-// needs little CPU, so it gets the cores the compute threads leave.
+// needs little CPU, so it gets the CPUs of the budget the compute threads
+// leave.
 func setGoProcs(n, threads int, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
 	if n <= 0 {
-		if threads <= 0 {
-			threads = runtime.NumCPU()
-		}
-		n = min(4, max(1, runtime.NumCPU()-threads))
+		budget, _ := cpuBudget()
+		n = min(4, max(1, budget-threads))
 	}
 	runtime.GOMAXPROCS(n)
-	log.Debug("Go procs", "n", n)
+	log.Info("Go procs", "n", n)
 }
 
 // llamaServerFlags are llama-server's names for serve's settings, for

@@ -36,6 +36,14 @@ type child struct {
 // for it to be ready.
 func spawn(t *testing.T, env []string, cred *syscall.Credential, args ...string) *child {
 	t.Helper()
+	return spawnIn(t, "", env, cred, args...)
+}
+
+// spawnIn is spawn with the process started in a cgroup (v1 or v2) when
+// cgroup names its folder: a shell moves itself there, then execs the
+// binary, so that the Go runtime reads the cgroup's limits from the start.
+func spawnIn(t *testing.T, cgroup string, env []string, cred *syscall.Credential, args ...string) *child {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +56,9 @@ func spawn(t *testing.T, env []string, cred *syscall.Credential, args ...string)
 	}
 	c := &child{base: "http://" + addr, logs: &lockedBuffer{}, exit: make(chan error, 1)}
 	c.cmd = exec.Command(bin, "-test.run=^$")
+	if cgroup != "" {
+		c.cmd = exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroup, bin, "-test.run=^$")
+	}
 	c.cmd.Env = append(append(os.Environ(), env...),
 		"FINSERVE_TEST_ARGS="+strings.Join(append([]string{"serve", "--addr", addr, "--log-format", "json"}, args...), "\x1f"))
 	c.cmd.Stderr = c.logs

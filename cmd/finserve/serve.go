@@ -106,7 +106,7 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address HOST:PORT")
 	f.IntVar(&o.parallel, "parallel", 4, "sequences decoded together (concurrent requests served at once)")
 	f.IntVar(&o.ctx, "ctx", 0, "context per sequence in tokens, prompt plus output (0: the model's, at most 4096)")
-	f.IntVar(&o.threads, "threads", 0, "CPU threads for decoding (0: all CPUs)")
+	f.IntVar(&o.threads, "threads", 0, "CPU threads for decoding (0: the CPUs the process may use: its cgroup's CPU limit, affinity or GOMAXPROCS)")
 	f.IntVar(&o.threadsBatch, "threads-batch", 0, "CPU threads for prompt processing (0: --threads)")
 	f.IntVar(&o.batch, "batch", 0, "token budget of one engine step (0: 512 on the CPU, 2048 with the model wholly on GPUs)")
 	f.IntVar(&o.ubatch, "ubatch", 0, "llama.cpp micro-batch (0: --batch on the CPU, 512 on GPUs)")
@@ -223,6 +223,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	for _, d := range engine.GPUs() {
 		log.Info("GPU device", "name", d.Name, "description", d.Description, "free_mib", d.FreeBytes>>20, "total_mib", d.TotalBytes>>20)
 	}
+	o.threads = computeThreads(o.threads, log)
 	setGoProcs(o.goProcs, o.threads, log)
 	stopTracing, err := setupTracing(ctx, log)
 	if err != nil {
