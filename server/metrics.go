@@ -202,11 +202,11 @@ var (
 	// endpoint picker's prefix scorer sizes its index of each replica by
 	// block_size and num_gpu_blocks (label values, the gauge is 1).
 	descCacheConfig = prometheus.NewDesc("finserve_cache_config_info", "The KV cache's configuration, in the labels: block_size tokens a block (a reporting unit: llama.cpp's cache is per token), num_gpu_blocks blocks in all, context and slots.", []string{"block_size", "num_gpu_blocks", "context", "slots"}, nil)
-	descPreempt = prometheus.NewDesc("finserve_tier_preemptions_total", "Generations preempted for a higher tier, by tier.", []string{"tier"}, nil)
-	descPaused  = prometheus.NewDesc("finserve_tier_paused_steps_total", "Sequence steps sat out for a higher tier's prefill, by tier.", []string{"tier"}, nil)
-	descReject  = prometheus.NewDesc("finserve_tier_rejections_total", "Requests refused, by tier and reason: queue_full (429) or queue_timeout (503).", []string{"tier", "reason"}, nil)
-	descKV      = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved by running requests (0 to 1); cells the prefix cache keeps are not counted.", nil, nil)
-	descReady   = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
+	descPreempt     = prometheus.NewDesc("finserve_tier_preemptions_total", "Generations preempted for a higher tier, by tier.", []string{"tier"}, nil)
+	descPaused      = prometheus.NewDesc("finserve_tier_paused_steps_total", "Sequence steps sat out for a higher tier's prefill, by tier.", []string{"tier"}, nil)
+	descReject      = prometheus.NewDesc("finserve_tier_rejections_total", "Requests refused, by tier and reason: queue_full (429) or queue_timeout (503).", []string{"tier", "reason"}, nil)
+	descKV          = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved by running requests (0 to 1); cells the prefix cache keeps are not counted.", nil, nil)
+	descReady       = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
 
 	descPrefixQueries = prometheus.NewDesc("finserve_prefix_cache_queries_total", "Sequences started with the prefix cache on.", nil, nil)
 	descPrefixHits    = prometheus.NewDesc("finserve_prefix_cache_hits_total", "Sequences that reused a cached prefix, by the tier it came from.", []string{"tier"}, nil)
