@@ -149,6 +149,12 @@ func Quantize(ctx context.Context, in, out string, opts QuantizeOptions) (Quanti
 	if err != nil {
 		return res, fmt.Errorf("quantize: the output is not a valid model: %w", err)
 	}
+	// CreateTemp made it 0600; a model is not a secret, and a server
+	// running as another user of the group (a pod's arbitrary UID) must
+	// read it.
+	if err := os.Chmod(tmp.Name(), models.FileMode); err != nil {
+		return res, fmt.Errorf("quantize: %w", err)
+	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return res, fmt.Errorf("quantize: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/models"
 )
 
 // TestQuantize: an f32 model quantizes to smaller, valid, loadable files
@@ -32,6 +33,9 @@ func TestQuantize(t *testing.T) {
 		}
 		if done == 0 || done != total || total != res.Tensors {
 			t.Errorf("%s: progress %d/%d for %d tensors", typ, done, total, res.Tensors)
+		}
+		if st, err := os.Stat(out); err != nil || st.Mode().Perm() != models.FileMode {
+			t.Errorf("%s: mode %v %v, want %v (readable by a server of another UID)", typ, st.Mode(), err, models.FileMode)
 		}
 		m, err := engine.LoadModel(context.Background(), out, engine.ModelOptions{})
 		if err != nil {

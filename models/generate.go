@@ -139,6 +139,9 @@ func Generate(ctx context.Context, path string, opts GenOptions) (err error) {
 	if err = WriteModel(ctx, tmp, opts, vocab); err != nil {
 		return err
 	}
+	if err = tmp.Chmod(FileMode); err != nil { // CreateTemp made it 0600
+		return fmt.Errorf("generating model: %w", err)
+	}
 	if err = tmp.Close(); err != nil {
 		return fmt.Errorf("generating model: %w", err)
 	}
@@ -147,6 +150,12 @@ func Generate(ctx context.Context, path string, opts GenOptions) (err error) {
 	}
 	return nil
 }
+
+// FileMode is the mode of the model files finserve writes (model gen,
+// quant): readable by all, as a model is not a secret and the server may
+// run as another user than the one who made it (a container's arbitrary
+// UID).
+const FileMode os.FileMode = 0o644
 
 // WriteModel streams the model described by opts to w.
 func WriteModel(ctx context.Context, w io.Writer, opts GenOptions, vocab *Vocab) error {

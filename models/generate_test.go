@@ -50,6 +50,9 @@ func TestGenerateIsDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o644 {
+			t.Errorf("mode %v %v, want 0644: a server of another UID reads it", st.Mode(), err)
+		}
 		return sha256.Sum256(b)
 	}
 	if sum("a", TypeQ8_0, 1) != sum("b", TypeQ8_0, 1) {

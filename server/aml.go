@@ -93,7 +93,7 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 	if err != nil {
 		return amlError(err)
 	}
-	cfg := s.amlCfg
+	cfg := s.amlCfg.Load()
 	for i := range cases {
 		prefix := ""
 		if list {

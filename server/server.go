@@ -191,7 +191,7 @@ type Server struct {
 	// routePaths are the registered routes, for metric labels of
 	// requests refused before routing.
 	routePaths []string
-	amlCfg     *aml.Config
+	amlCfg     atomic.Pointer[aml.Config] // SetAML replaces it
 	audit      *audit.Log
 }
 
@@ -200,7 +200,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger, amlCfg: cfg.AML, audit: cfg.Audit}
+	s := &Server{cfg: cfg, limits: cfg.Limits, log: cfg.Logger, audit: cfg.Audit}
+	s.amlCfg.Store(cfg.AML)
 	s.defaultTier, _ = engine.ParseTier(cfg.DefaultTier)
 	s.base, s.cancelAll = context.WithCancel(context.Background())
 	r, err := s.compileKeys(cfg.APIKeys, cfg.KeyFile, nil)
@@ -292,6 +293,12 @@ func (s *Server) SetEngine(e *engine.Engine, id string) {
 	}
 	s.backend.Store(b)
 	s.log.Info("model ready", "model", id)
+}
+
+// SetAML replaces the AML configuration while serving (a reload); a
+// decision under way keeps the one it began with.
+func (s *Server) SetAML(cfg *aml.Config) {
+	s.amlCfg.Store(cfg)
 }
 
 // Serve answers requests on ln until Shutdown.

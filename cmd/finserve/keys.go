@@ -5,17 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/finserve/finserve/apikeys"
-	"github.com/finserve/finserve/server"
 )
 
 func newKeysCmd() *cobra.Command {
@@ -136,40 +132,6 @@ it at once. A running server takes the change on SIGHUP.`,
 	}
 	cmd.AddCommand(add, list, rotate, revoke)
 	return cmd
-}
-
-// reloadKeysOnHUP reloads the key file on SIGHUP; a file that fails to
-// load leaves the keys in force unchanged.
-func reloadKeysOnHUP(path string, srv *server.Server, log *slog.Logger) (stop func()) {
-	// Always handled: SIGHUP's default action ends the process, and
-	// systemd counts that exit as clean (no restart). path "" has nothing
-	// to reload, which is logged.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-hup:
-				if path == "" {
-					log.Info("SIGHUP: nothing to reload (no --api-keys file)")
-					continue
-				}
-				set, err := apikeys.Load(path)
-				if err == nil {
-					err = srv.SetKeys(set)
-				}
-				if err != nil {
-					log.Error("reloading API keys failed; the previous keys stay in force", "err", err)
-				} else {
-					log.Info("SIGHUP: API keys reloaded", "file", path, "keys", len(set.Keys))
-				}
-			}
-		}
-	}()
-	return func() { signal.Stop(hup); close(done) }
 }
 
 // tlsConfig builds the server's TLS configuration: none without a

@@ -79,6 +79,29 @@ func spawnIn(t *testing.T, cgroup string, env []string, cred *syscall.Credential
 	return c
 }
 
+// runCmd runs a finserve command in this process and returns what it
+// printed.
+func runCmd(args ...string) (string, error) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // waitReady waits for GET /ready to answer 200.
 func (c *child) waitReady(t *testing.T) {
 	t.Helper()
@@ -383,15 +406,6 @@ func TestAuditDiskFull(t *testing.T) {
 	mountTmpfs(t, auditDir, 256<<10, "")
 	logPath := filepath.Join(auditDir, "audit.jsonl")
 	keyPath := filepath.Join(dir, "audit.key") // apart from the log, on a disk with room
-	runCmd := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		root := newRoot()
-		root.SetArgs(args)
-		root.SetOut(&out)
-		root.SetErr(&out)
-		err := root.Execute()
-		return out.String(), err
-	}
 	if out, err := runCmd("audit", "keygen", keyPath); err != nil {
 		t.Fatalf("keygen: %v %s", err, out)
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -56,6 +57,9 @@ type serveOptions struct {
 	logContent                   bool
 	keyFile                      string // --api-keys
 	tlsCert, tlsKey, tlsClientCA string
+	reloadEvery                  time.Duration
+	probeAddr                    string
+	metricsAuth                  bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -67,9 +71,10 @@ func newServeCmd() *cobra.Command {
 		Short:   "Serve a GGUF model over the OpenAI-compatible HTTP API",
 		Long: `Serve a GGUF model over the OpenAI-compatible HTTP API.
 
-The server listens at once. GET /health (liveness, no key needed) answers
-200 while the process serves; GET /ready (readiness) answers 503 while the
-model loads or the server drains, and 200 when it accepts requests.
+The server listens at once. GET /health (liveness) answers 200 while the
+process serves; GET /ready (readiness) answers 503 while the model loads
+or the server drains, and 200 when it accepts requests. Neither needs an
+API key, nor does GET /metrics unless --metrics-auth.
 
 Settings come from, highest precedence first:
   1. command-line flags;
@@ -80,7 +85,9 @@ Settings come from, highest precedence first:
   4. the defaults shown below.
 
 SIGTERM or SIGINT stops accepting requests, lets those in flight finish
-for --shutdown-grace, then cancels the rest.`,
+for --shutdown-grace, then cancels the rest. SIGHUP reloads the API key
+file, the TLS certificate and the AML configuration; a file that fails to
+load leaves the one in force.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath == "" {
@@ -134,10 +141,13 @@ for --shutdown-grace, then cancels the rest.`,
 	f.StringVar(&o.defaultTier, "default-tier", "standard", "tier of /v1 requests whose API key declares none: realtime, standard or batch")
 	f.DurationVar(&o.tierAging, "tier-aging", engine.DefaultAging, "a request held back by higher tiers gains one priority level per this much waiting (0: no aging)")
 	f.BoolVar(&o.logContent, "log-content", false, "log each request's prompt and completion (masked for personal data); off: they hold customer data")
-	f.StringVar(&o.keyFile, "api-keys", "", "API key file made with 'finserve keys add' (names, allowed tiers, rates; hashes only); reloaded on SIGHUP")
+	f.StringVar(&o.keyFile, "api-keys", "", "API key file made with 'finserve keys add' (names, allowed tiers, rates; hashes only); reloaded on SIGHUP (see --reload-interval)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "require client certificates signed by these PEM CAs (mutual TLS)")
+	f.DurationVar(&o.reloadEvery, "reload-interval", 0, "also reload the API key file, TLS certificate, key and client CA, and --aml-config when they change, checked this often (0: on SIGHUP only; Kubernetes Secret and ConfigMap mounts change in place)")
+	f.StringVar(&o.probeAddr, "probe-addr", "", "also answer /health, /ready and /metrics on this plain-HTTP HOST:PORT, without keys or TLS (for kubelet probes and scrapers when --tls-client-ca is on)")
+	f.BoolVar(&o.metricsAuth, "metrics-auth", false, "require an API key on /metrics (and leave it off --probe-addr); by default it answers without one, like the probes")
 	f.StringVar(&o.amlConfig, "aml-config", "", "AML configuration file: prompt template, FX table, rules (default: the built-in one, which 'finserve aml config' prints)")
 	f.StringVar(&o.auditLog, "audit-log", "", "append every AML decision to this hash-chained JSON-lines log, synced before the response ('finserve audit verify' checks it)")
 	f.StringVar(&o.auditKey, "audit-key-file", "", "HMAC key of the audit log's chain, from 'finserve audit keygen' (default: AUDIT-LOG.key, made on first start; keep it apart from the log)")
@@ -274,6 +284,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		APIKeys: o.apiKeys, Compress: o.compress, KeepAlive: o.keepAlive, Logger: log,
 		Tiers: tierLimits, DefaultTier: o.defaultTier,
 		DrainDelay: min(o.drainDelay, o.shutdownGrace), Build: info,
+		MetricsAuth: o.metricsAuth,
 	})
 	if err != nil {
 		return err
@@ -282,13 +293,27 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", o.addr, err)
 	}
+	rl := &reloads{keyFile: o.keyFile, tlsCert: o.tlsCert, tlsKey: o.tlsKey, tlsCA: o.tlsClientCA,
+		amlConfig: o.amlConfig, srv: srv, log: log, every: o.reloadEvery}
 	if tlsCfg != nil {
-		ln = tls.NewListener(ln, tlsCfg)
+		rl.tls = new(atomic.Pointer[tls.Config])
+		rl.tls.Store(tlsCfg)
+		ln = tls.NewListener(ln, reloadableTLS(rl.tls))
 	}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
-	stopReload := reloadKeysOnHUP(o.keyFile, srv, log)
+	if o.probeAddr != "" {
+		pln, err := net.Listen("tcp", o.probeAddr)
+		if err != nil {
+			shutdown(srv, time.Second)
+			return fmt.Errorf("listening on --probe-addr %s: %w", o.probeAddr, err)
+		}
+		go func() { served <- srv.ServeProbes(pln) }()
+		log.Info("probes and metrics on a plain listener", "addr", pln.Addr().String(), "metrics", !o.metricsAuth)
+	}
+	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
+	go rl.run(reloadCtx)
 	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
 
 	var last int
