@@ -10,6 +10,16 @@
 #   docker run --gpus all -p 8080:8080 -v /srv/models:/models:ro finserve:cuda \
 #     serve --model /models/chat-13b-q4_k_m.gguf --addr 0.0.0.0:8080 --gpu-layers auto
 #
+#   docker build -t finserve:cpu-fips --build-arg FIPS=v1.0.0 .     # Go's FIPS 140-3 module, FIPS mode on
+#   docker build --build-arg GOPROXY_URL=https://goproxy.bank.internal ...   # the bank's module proxy
+#   docker build --build-arg DEBIAN_IMAGE=registry.bank.internal/debian@sha256:... \
+#     --build-arg CUDA_DEVEL_IMAGE=...@sha256:... --build-arg CUDA_RUNTIME_IMAGE=...@sha256:... .   # bases by digest
+#
+# OpenShift's restricted-v2: the runtime stages run as UID 10001 with group
+# 0 (any UID the platform assigns works: what it writes, /var/log/finserve
+# and /var/lib/finserve, is group-0 writable), and need no writable root
+# beyond the audit folder.
+#
 # The build steps live in scripts/container-build.sh, which CI runs directly
 # (no Docker engine there); this file only wraps them. CI runs the CUDA
 # target's steps without nvcc (PROVIDER=system, CUDA=0): the same llama.cpp
@@ -19,8 +29,15 @@
 ARG DEBIAN=trixie
 ARG CUDA_VERSION=12.8.1
 ARG UBUNTU=24.04
+# The base images. Tags by default, as no registry can be asked for their
+# digests from where this file is written; a release pins them by digest
+# (name@sha256:...), which scripts/lint-dockerfile.sh requires with
+# REQUIRE_DIGESTS=1.
+ARG DEBIAN_IMAGE=debian:${DEBIAN}-slim
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU}
+ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU}
 
-FROM debian:${DEBIAN}-slim AS build
+FROM ${DEBIAN_IMAGE} AS build
 ARG CPU_LEVEL=x86-64-v3
 # Go comes from the Go module proxy's toolchain module (scripts/prereqs.sh).
 ARG GOPROXY_URL=https://proxy.golang.org
@@ -34,12 +51,13 @@ COPY . .
 # --build-arg VERSION=$(git describe --tags --always) --build-arg REVISION=$(git rev-parse HEAD)
 ARG VERSION=
 ARG REVISION=
-RUN VERSION=${VERSION} REVISION=${REVISION} CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
+ARG FIPS=
+RUN VERSION=${VERSION} REVISION=${REVISION} CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} FIPS=${FIPS} scripts/container-build.sh /out
 
 # CUDA: llama.cpp and ggml's CUDA backend built with CMake and nvcc from the
 # sources in the ollama module that go.mod pins, installed in /opt/finserve;
 # finserve built against them (system provider).
-FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU} AS build-cuda
+FROM ${CUDA_DEVEL_IMAGE} AS build-cuda
 ARG CPU_LEVEL=x86-64-v3
 # Turing, Ampere (A100, A10/A40), Ada (L4/L40S), Hopper (H100/H200).
 ARG CUDA_ARCHS="75;80;86;89;90"
@@ -52,21 +70,22 @@ WORKDIR /src
 COPY . .
 ARG VERSION=
 ARG REVISION=
+ARG FIPS=
 RUN VERSION=${VERSION} REVISION=${REVISION} PROVIDER=system CUDA=1 CUDA_ARCHS="${CUDA_ARCHS}" LLAMA_PREFIX=/opt/finserve \
-    CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} scripts/container-build.sh /out
+    CPU_LEVEL=${CPU_LEVEL} GOPROXY_URL=${GOPROXY_URL} FIPS=${FIPS} scripts/container-build.sh /out
 
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu${UBUNTU} AS cuda
+FROM ${CUDA_RUNTIME_IMAGE} AS cuda
 LABEL org.opencontainers.image.title="finserve-cuda" \
       org.opencontainers.image.description="On-prem OpenAI-compatible LLM inference server for banks (NVIDIA GPUs)"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system finserve \
- && useradd --system --gid finserve --home-dir /var/lib/finserve --create-home finserve \
- && mkdir -p /models /var/log/finserve \
- && chown finserve:finserve /var/log/finserve
+ && useradd --system --uid 10001 --gid 0 --home-dir /var/lib/finserve --no-create-home finserve \
+ && mkdir -p /models /var/log/finserve /var/lib/finserve \
+ && chown -R 10001:0 /var/log/finserve /var/lib/finserve \
+ && chmod -R g=u /var/log/finserve /var/lib/finserve
 COPY --from=build-cuda /out/ /
-USER finserve
+USER 10001:0
 WORKDIR /var/lib/finserve
 VOLUME ["/models", "/var/log/finserve"]
 EXPOSE 8080
@@ -76,18 +95,18 @@ ENTRYPOINT ["/usr/local/bin/finserve"]
 CMD ["serve", "--model", "/models/model.gguf", "--addr", "0.0.0.0:8080", "--gpu-layers", "auto", "--log-format", "json", "--audit-log", "/var/log/finserve/audit.jsonl"]
 
 # CPU (the default target): the bundled llama.cpp, portable CPU level.
-FROM debian:${DEBIAN}-slim AS cpu
+FROM ${DEBIAN_IMAGE} AS cpu
 LABEL org.opencontainers.image.title="finserve" \
       org.opencontainers.image.description="On-prem OpenAI-compatible LLM inference server for banks"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --system finserve \
- && useradd --system --gid finserve --home-dir /var/lib/finserve --create-home finserve \
- && mkdir -p /models /var/log/finserve \
- && chown finserve:finserve /var/log/finserve
+ && useradd --system --uid 10001 --gid 0 --home-dir /var/lib/finserve --no-create-home finserve \
+ && mkdir -p /models /var/log/finserve /var/lib/finserve \
+ && chown -R 10001:0 /var/log/finserve /var/lib/finserve \
+ && chmod -R g=u /var/log/finserve /var/lib/finserve
 COPY --from=build /out/ /
-USER finserve
+USER 10001:0
 WORKDIR /var/lib/finserve
 VOLUME ["/models", "/var/log/finserve"]
 EXPOSE 8080

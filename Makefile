@@ -54,8 +54,12 @@ third_party/include/llama.h: go.mod go.sum
 headers: prereqs third_party/include/llama.h ## stage llama.cpp headers from the module cache
 
 GO_BUILD_OUT ?= bin/finserve
-build: headers ## build bin/finserve (bundled llama.cpp)
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(GO_BUILD_OUT) ./cmd/finserve
+# FIPS=v1.0.0 builds against Go's FIPS 140-3 Cryptographic Module of that
+# version (GOFIPS140; the toolchain's lib/fips140 lists those it holds)
+# and turns FIPS mode on by default (GODEBUG fips140=on).
+FIPS ?=
+build: headers ## build bin/finserve (bundled llama.cpp; FIPS=v1.0.0 for a FIPS 140-3 build)
+	$(if $(FIPS),GOFIPS140=$(FIPS)) $(GO) build -ldflags "$(LDFLAGS)" -o $(GO_BUILD_OUT) ./cmd/finserve
 
 container-build: ## the container image's build steps without Docker: portable binary, smoke run, staged into bin/image
 	scripts/container-build.sh bin/image
@@ -89,7 +93,7 @@ SYSTEM_CGO = CGO_CFLAGS="-O3 -march=$(CPU_LEVEL) $$(pkg-config --cflags llama)" 
 	CGO_CPPFLAGS= CGO_LDFLAGS="$$(pkg-config --libs llama)"
 build-system: ## build bin/finserve-system against pkg-config llama
 	@pkg-config --exists llama || { echo "$(NO_LLAMA_PC)"; exit 1; }
-	$(SYSTEM_CGO) $(GO) build -tags llama_system -ldflags "$(LDFLAGS) -X github.com/finserve/finserve/engine.systemLlama=$$(pkg-config --modversion llama)" -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
+	$(SYSTEM_CGO) $(if $(FIPS),GOFIPS140=$(FIPS)) $(GO) build -tags llama_system -ldflags "$(LDFLAGS) -X github.com/finserve/finserve/engine.systemLlama=$$(pkg-config --modversion llama)" -o $(SYSTEM_BUILD_OUT) ./cmd/finserve
 
 LLAMA_CPU_LEVEL ?= x86-64-v3
 llama-lib: prereqs ## build llama.cpp shared libraries from the ollama module into .tools/llama (CUDA=1: with the CUDA backend)

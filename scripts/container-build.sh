@@ -28,13 +28,13 @@ mkdir -p "$OUT/usr/local/bin" "$OUT/etc/finserve"
 # (-march=native) nor reuse its build cache entries for the wrong level.
 case $PROVIDER in
   bundled)
-    make -s build CPU_LEVEL="$CPU_LEVEL" GO_BUILD_OUT=bin/finserve-portable
+    make -s build CPU_LEVEL="$CPU_LEVEL" GO_BUILD_OUT=bin/finserve-portable FIPS="${FIPS:-}"
     bin=bin/finserve-portable
     ;;
   system)
     LLAMA_PREFIX=$(realpath -m "${LLAMA_PREFIX:-.tools/llama}")
     CUDA=$CUDA CPU_LEVEL=$CPU_LEVEL scripts/build-llama.sh "$LLAMA_PREFIX"
-    PKG_CONFIG_PATH="$LLAMA_PREFIX/lib/pkgconfig" make -s build-system CPU_LEVEL="$CPU_LEVEL" SYSTEM_BUILD_OUT=bin/finserve-system-portable
+    PKG_CONFIG_PATH="$LLAMA_PREFIX/lib/pkgconfig" make -s build-system CPU_LEVEL="$CPU_LEVEL" SYSTEM_BUILD_OUT=bin/finserve-system-portable FIPS="${FIPS:-}"
     bin=bin/finserve-system-portable
     mkdir -p "$OUT$LLAMA_PREFIX/lib"
     cp -a "$LLAMA_PREFIX"/lib/*.so* "$LLAMA_PREFIX/lib/ggml" "$OUT$LLAMA_PREFIX/lib/"

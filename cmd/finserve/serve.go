@@ -229,7 +229,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	log := slog.Default()
 	info, built := build()
-	log.Info("finserve", "version", info.Version, "revision", info.Revision, "built", built, "go", info.GoVersion, "llama_cpp", info.LlamaCpp)
+	log.Info("finserve", "version", info.Version, "revision", info.Revision, "built", built, "go", info.GoVersion, "llama_cpp", info.LlamaCpp, "fips140", fipsMode())
 	for _, d := range engine.GPUs() {
 		log.Info("GPU device", "name", d.Name, "description", d.Description, "free_mib", d.FreeBytes>>20, "total_mib", d.TotalBytes>>20)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/fips140"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -63,10 +64,20 @@ func newVersionCmd() *cobra.Command {
 			b, date := build()
 			fmt.Fprintf(w, "finserve %s\nrevision: %s\nbuilt: %s\ngo: %s %s/%s\n%s\nllama.cpp provider: %s\n%s\n",
 				b.Version, b.Revision, date, b.GoVersion, runtime.GOOS, runtime.GOARCH, b.LlamaCpp, engine.Provider, engine.SystemInfo())
+			fmt.Fprintf(w, "fips140: %s\n", fipsMode())
 			for _, d := range engine.Devices() {
 				fmt.Fprintf(w, "device %s (%s): %s, %d MiB free of %d MiB\n", d.Name, d.Kind, d.Description, d.FreeBytes>>20, d.TotalBytes>>20)
 			}
 			return nil
 		},
 	}
+}
+
+// fipsMode says whether Go's cryptography runs in FIPS 140-3 mode (a
+// build with GOFIPS140, or GODEBUG=fips140=on) and with which module.
+func fipsMode() string {
+	if !fips140.Enabled() {
+		return "off"
+	}
+	return "on (Go Cryptographic Module " + fips140.Version() + ")"
 }
