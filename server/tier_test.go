@@ -149,10 +149,13 @@ func TestTierLimits(t *testing.T) {
 // TestTierQueueErrors: a full tier queue answers 429 with a Retry-After;
 // a request that waits past the tier's queue timeout answers 503 with a
 // Retry-After, streamed or not; both are counted, and the server serves on.
+// The queue-full check cannot race a timeout: that tier's timeout is an
+// hour; the timeouts are those of another tier.
 func TestTierQueueErrors(t *testing.T) {
 	tiers := engine.DefaultTiers()
 	tiers[engine.TierRealtime].MaxQueued = 1
-	tiers[engine.TierRealtime].QueueTimeout = time.Second
+	tiers[engine.TierRealtime].QueueTimeout = time.Hour
+	tiers[engine.TierBatch].QueueTimeout = time.Second
 	// A context beyond the tiny model's 4096: the hog must outlast two
 	// queue timeouts with room to spare (4000 tokens once did not, on a
 	// loaded machine with the system provider's faster kernels).
@@ -186,27 +189,32 @@ func TestTierQueueErrors(t *testing.T) {
 	if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || n < 1 {
 		t.Errorf("429 Retry-After %q", resp.Header.Get("Retry-After"))
 	}
-	a := <-first
-	checkError(t, a.resp, a.body, 503, "", "queue_timeout")
-	if a.resp.Header.Get("Retry-After") == "" {
+	resp, body = sendTo(t, ts.tierURL("batch"), "/chat/completions", msg+`}`)
+	checkError(t, resp, body, 503, "", "queue_timeout")
+	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 queue_timeout without Retry-After")
 	}
 	// Streamed, the timeout is still a status, not a 200 stream.
-	resp, body = sendTo(t, ts.tierURL("realtime"), "/chat/completions", msg+`,"stream":true}`)
+	resp, body = sendTo(t, ts.tierURL("batch"), "/chat/completions", msg+`,"stream":true}`)
 	checkError(t, resp, body, 503, "", "queue_timeout")
 
 	_, metrics := ts.get(t, "/metrics")
 	for _, want := range []string{
 		`finserve_tier_rejections_total{reason="queue_full",tier="realtime"} 1`,
-		`finserve_tier_rejections_total{reason="queue_timeout",tier="realtime"} 2`,
-		`finserve_tier_requests_waiting{tier="realtime"} 0`,
-		"finserve_num_requests_waiting 0",
+		`finserve_tier_rejections_total{reason="queue_timeout",tier="batch"} 2`,
+		`finserve_tier_rejections_total{reason="queue_timeout",tier="realtime"} 0`,
+		`finserve_tier_requests_waiting{tier="realtime"} 1`,
+		`finserve_tier_requests_waiting{tier="batch"} 0`,
+		"finserve_num_requests_waiting 1",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
 	hog.Body.Close()
+	if a := <-first; a.resp.StatusCode != 200 {
+		t.Errorf("the queued realtime request once the hog left: %d %s", a.resp.StatusCode, a.body)
+	}
 	ts.waitIdle(t)
 	if resp, body := sendTo(t, ts.tierURL("realtime"), "/chat/completions", msg+`}`); resp.StatusCode != 200 {
 		t.Fatalf("after the hog left: %d %s", resp.StatusCode, body)
