@@ -40,7 +40,7 @@ MODELS := testdata/models
 env: ## print the build environment: eval "$$(make -s env)" to use go directly
 	@echo 'export PATH="$(PATH)" GOTOOLCHAIN=$(GOTOOLCHAIN) CGO_ENABLED=1 CGO_CFLAGS="$(CGO_CFLAGS)" CGO_CXXFLAGS="$(CGO_CXXFLAGS)" CGO_CPPFLAGS="$(CGO_CPPFLAGS)"'
 
-.PHONY: env help prereqs headers build test test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build container-build-system gpu-carry lint-dockerfile llama-lib clean
+.PHONY: env help prereqs headers build test test-deploy test-system build-system demo smoke fuzz bench peer-bench serve-bench prefix-bench tier-bench aml-bench container-build container-build-system gpu-carry lint-dockerfile llama-lib clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ container-build-system: ## the CUDA image's build steps without nvcc: llama.cpp 
 
 gpu-carry: ## stage the GPU check for a GPU host into gpu-carry/ (scripts/gpu-check.sh: binary, llama.cpp sources, recipe)
 	scripts/gpu-check.sh stage gpu-carry
+
+test-deploy: build ## the deploy modules: the Helm chart rendered for each toggle and decoded into Kubernetes and GIE types; GIE's endpoint picker against live finserve processes
+	cd deploy/charttest && FINSERVE_BIN=$(CURDIR)/bin/finserve $(GO) test -count=1 ./...
+	cd deploy/routertest && FINSERVE_BIN=$(CURDIR)/bin/finserve $(GO) test -count=1 -v ./...
 
 lint-dockerfile: ## lint the Dockerfile (dockerfile_lint from npm, plus per-stage USER and HEALTHCHECK)
 	scripts/lint-dockerfile.sh

@@ -186,7 +186,7 @@ func TestHangupAndLogSettings(t *testing.T) {
 	for n := 1; n <= 2; n++ {
 		cmd.Process.Signal(syscall.SIGHUP)
 		waitFor(t, 10*time.Second, func() bool {
-			return strings.Count(logs.String(), `"msg":"SIGHUP: nothing to reload (no --api-keys file)"`) == n
+			return strings.Count(logs.String(), `"msg":"SIGHUP: nothing to reload (no --api-keys file, TLS certificate or --aml-config)"`) == n
 		}, func() string { return "the hangup was not logged as JSON:\n" + logs.String() })
 	}
 	if !readyAt(base + "/ready") {
