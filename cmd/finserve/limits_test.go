@@ -17,7 +17,7 @@ import (
 func TestThreadsFromCPULimit(t *testing.T) {
 	cg := cpuQuotaCgroup(t, 1)
 	model := tinyModel(t, t.TempDir())
-	c := spawnIn(t, cg, nil, nil, "--model", model, "--ctx", "256", "--parallel", "1")
+	c := spawnWrapped(t, cgroupWrap(cg), nil, nil, "--model", model, "--ctx", "256", "--parallel", "1")
 	c.waitReady(t)
 	line := logLine(t, c, "compute threads")
 	if line["threads"] != 1.0 || line["source"] != "cgroup CPU limit" {
@@ -27,7 +27,7 @@ func TestThreadsFromCPULimit(t *testing.T) {
 		t.Errorf("Go procs under a 1-CPU quota: %v", procs)
 	}
 
-	explicit := spawnIn(t, cg, nil, nil, "--model", model, "--ctx", "256", "--parallel", "1", "--threads", "2")
+	explicit := spawnWrapped(t, cgroupWrap(cg), nil, nil, "--model", model, "--ctx", "256", "--parallel", "1", "--threads", "2")
 	explicit.waitReady(t)
 	if line := logLine(t, explicit, "compute threads"); line["threads"] != 2.0 || line["source"] != "--threads" {
 		t.Errorf("--threads 2 under the quota: %v", line)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,29 +37,21 @@ type child struct {
 // for it to be ready.
 func spawn(t *testing.T, env []string, cred *syscall.Credential, args ...string) *child {
 	t.Helper()
-	return spawnIn(t, "", env, cred, args...)
+	return spawnWrapped(t, nil, env, cred, args...)
 }
 
-// spawnIn is spawn with the process started in a cgroup (v1 or v2) when
-// cgroup names its folder: a shell moves itself there, then execs the
-// binary, so that the Go runtime reads the cgroup's limits from the start.
-func spawnIn(t *testing.T, cgroup string, env []string, cred *syscall.Credential, args ...string) *child {
+// spawnWrapped is spawn with the binary started by a wrapper command
+// (wrap, then the binary and its arguments): cgroupWrap, podWrap.
+func spawnWrapped(t *testing.T, wrap []string, env []string, cred *syscall.Credential, args ...string) *child {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	bin := os.Args[0]
-	if cred != nil {
-		bin = exported(t)
+	if cred != nil || wrap != nil {
+		bin = exported(t) // go test's own folder is private to root
 	}
 	c := &child{base: "http://" + addr, logs: &lockedBuffer{}, exit: make(chan error, 1)}
-	c.cmd = exec.Command(bin, "-test.run=^$")
-	if cgroup != "" {
-		c.cmd = exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroup, bin, "-test.run=^$")
-	}
+	argv := append(slices.Clone(wrap), bin, "-test.run=^$")
+	c.cmd = exec.Command(argv[0], argv[1:]...)
 	c.cmd.Env = append(append(os.Environ(), env...),
 		"FINSERVE_TEST_ARGS="+strings.Join(append([]string{"serve", "--addr", addr, "--log-format", "json"}, args...), "\x1f"))
 	c.cmd.Stderr = c.logs
@@ -77,6 +70,13 @@ func spawnIn(t *testing.T, cgroup string, env []string, cred *syscall.Credential
 		}
 	})
 	return c
+}
+
+// cgroupWrap starts a command in the cgroup (v1 or v2) whose folder is
+// dir: a shell moves itself there, then execs it, so that the Go runtime
+// reads the cgroup's limits from the start.
+func cgroupWrap(dir string) []string {
+	return []string{"sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, dir}
 }
 
 // runCmd runs a finserve command in this process and returns what it

@@ -78,7 +78,7 @@ func TestRestrictedPod(t *testing.T) {
 	}
 
 	probe := freeAddr(t)
-	c := spawnWrapped(t, wrap, bin, "--config", conf, "--probe-addr", probe, "--threads", "2", "--ctx", "1024", "--parallel", "1")
+	c := spawnWrapped(t, wrap, nil, nil, "--config", conf, "--probe-addr", probe, "--threads", "2", "--ctx", "1024", "--parallel", "1")
 	waitFor(t, 60*time.Second, func() bool { return readyAt("http://" + probe + "/ready") },
 		func() string { return "the probe port never said ready:\n" + c.logs.String() })
 	if resp, _ := call(t, "GET", "http://"+probe+"/metrics", "", ""); resp.StatusCode != 200 {
@@ -101,27 +101,4 @@ func TestRestrictedPod(t *testing.T) {
 	if strings.Contains(c.logs.String(), `"level":"ERROR"`) {
 		t.Errorf("errors in the pod's log:\n%s", c.logs.String())
 	}
-}
-
-// spawnWrapped starts `bin serve args...` under wrap (podWrap).
-func spawnWrapped(t *testing.T, wrap []string, bin string, args ...string) *child {
-	t.Helper()
-	addr := freeAddr(t)
-	c := &child{base: "http://" + addr, logs: &lockedBuffer{}, exit: make(chan error, 1)}
-	c.cmd = exec.Command(wrap[0], append(wrap[1:], bin, "-test.run=^$")...)
-	c.cmd.Env = append(os.Environ(),
-		"FINSERVE_TEST_ARGS="+strings.Join(append([]string{"serve", "--addr", addr, "--log-format", "json"}, args...), "\x1f"))
-	c.cmd.Stderr = c.logs
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { c.exit <- c.cmd.Wait() }()
-	t.Cleanup(func() {
-		c.cmd.Process.Kill()
-		<-c.exit
-		if t.Failed() {
-			t.Logf("child log:\n%s", c.logs.String())
-		}
-	})
-	return c
 }
