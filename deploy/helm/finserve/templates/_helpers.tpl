@@ -1,0 +1,33 @@
+{{- define "finserve.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "finserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "finserve.labels" -}}
+{{ include "finserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The labels the router's endpoint picker reads to pick its metric names. */}}
+{{- define "finserve.engineLabels" -}}
+llm-d.ai/engine-type: finserve
+inference.networking.k8s.io/engine-type: finserve
+{{- end -}}
+
+{{- define "finserve.image" -}}
+{{- $tag := ternary .Values.gpu.image.tag .Values.image.tag .Values.gpu.enabled -}}
+{{- if .Values.image.digest -}}{{ .Values.image.repository }}@{{ .Values.image.digest }}{{- else -}}{{ .Values.image.repository }}:{{ $tag }}{{- end -}}
+{{- end -}}
+
+{{/* Probes, metrics and the picker use the plain probe port whenever TLS is on (kubelet presents no client certificate). */}}
+{{- define "finserve.probePort" -}}
+{{- if .Values.tls.secretName -}}probes{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{- define "finserve.probeScheme" -}}HTTP{{- end -}}
