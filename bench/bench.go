@@ -29,53 +29,58 @@ import (
 // Config describes one load run.
 type Config struct {
 	// BaseURL is the API root, for example http://127.0.0.1:8080/v1.
-	BaseURL string
-	Model   string
-	APIKey  string
+	BaseURL string `json:"base_url"`
+	Model   string `json:"model"`
+	// APIKey is never written to a report.
+	APIKey string `json:"-"`
 	// Clients is the number of concurrent clients (closed loop: each sends
 	// its next request when the last ended); Requests the total number of
 	// requests (conversations with Turns > 1), spread over them.
-	Clients, Requests int
+	Clients  int `json:"clients"`
+	Requests int `json:"requests"`
 	// Rate > 0 sends requests open loop instead, at that many per second
 	// on average, however many are in flight: arrival gaps are drawn from
 	// a gamma distribution of shape Burstiness (default 1: Poisson
 	// arrivals; below 1 burstier, above 1 more regular), seeded by Seed.
-	Rate, Burstiness float64
+	Rate       float64 `json:"rate,omitempty"`
+	Burstiness float64 `json:"burstiness,omitempty"`
 	// Duration > 0 stops sending new requests after that long (requests
 	// in flight finish); with it Requests may be 0 (no count limit).
-	Duration time.Duration
+	Duration time.Duration `json:"duration_ns,omitempty"`
 	// API is "chat" (default: /chat/completions) or "completions"
 	// (/completions, the chat's messages joined as a plain prompt).
-	API string
+	API string `json:"api"`
 	// SLOTTFT and SLOTPOT, when set, are the service-level objectives
 	// goodput counts requests against.
-	SLOTTFT, SLOTPOT time.Duration
+	SLOTTFT time.Duration `json:"slo_ttft_ns,omitempty"`
+	SLOTPOT time.Duration `json:"slo_tpot_ns,omitempty"`
 	// MaxTokens per request; with IgnoreEOS each request generates exactly
 	// that many (a llama.cpp extension finserve and llama-server honour).
-	MaxTokens int
-	IgnoreEOS bool
+	MaxTokens int  `json:"max_tokens"`
+	IgnoreEOS bool `json:"ignore_eos"`
 	// Prompt is the user message; request i appends " #i" so that no two
 	// prompts are equal.
-	Prompt string
+	Prompt string `json:"prompt,omitempty"`
 	// SystemWords > 0 sends every request the same system message of that
 	// many words (a bank's long system prompt): a workload for prefix
 	// caches. QuestionWords > 0 replaces Prompt with a distinct generated
 	// question of that many words per request and turn.
-	SystemWords, QuestionWords int
+	SystemWords   int `json:"system_words,omitempty"`
+	QuestionWords int `json:"question_words,omitempty"`
 	// Seed varies the generated questions: runs with different seeds ask
 	// different ones, so that a prefix cache cannot serve one run's
 	// prompts from another's.
-	Seed uint64
+	Seed uint64 `json:"seed"`
 	// Turns > 1 makes each request a conversation: turn k resends the
 	// whole history (system, questions and the server's answers) and asks
 	// one more question. Latencies are reported per turn too.
-	Turns int
+	Turns int `json:"turns,omitempty"`
 	// Timeout bounds each request (default 5 minutes).
-	Timeout time.Duration
+	Timeout time.Duration `json:"timeout_ns"`
 	// NoPromptCache sends "cache_prompt": false: llama-server then does
 	// not reuse its slot's previous prompt, and finserve reuses nothing
 	// from its prefix cache.
-	NoPromptCache bool
+	NoPromptCache bool `json:"no_prompt_cache,omitempty"`
 	// Background > 0 runs that many closed-loop streaming clients beside
 	// the measured requests, from before the first of them (once the
 	// first background token arrived: every client has sent its request
@@ -86,10 +91,10 @@ type Config struct {
 	// asks a distinct question of BackgroundWords words (default 200) for
 	// BackgroundMaxTokens tokens (default 256), at BackgroundURL (default
 	// BaseURL). Requests cut off at the end are not counted.
-	Background          int
-	BackgroundURL       string
-	BackgroundWords     int
-	BackgroundMaxTokens int
+	Background          int    `json:"background,omitempty"`
+	BackgroundURL       string `json:"background_url,omitempty"`
+	BackgroundWords     int    `json:"background_words,omitempty"`
+	BackgroundMaxTokens int    `json:"background_max_tokens,omitempty"`
 
 	firstToken func() // called at a request's first token (background)
 	done       func() // called when a measured request (or turn) ends
@@ -97,7 +102,10 @@ type Config struct {
 
 // Dist summarises a latency distribution, in seconds.
 type Dist struct {
-	Mean, P50, P90, P99 float64
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P90  float64 `json:"p90"`
+	P99  float64 `json:"p99"`
 }
 
 // Metric definitions follow vLLM's serving benchmark: TTFT from sending a
@@ -107,36 +115,42 @@ type Dist struct {
 
 // Result is what one run measured.
 type Result struct {
-	Clients, Requests, Failed int
-	Wall                      time.Duration
-	PromptTokens              int
-	OutputTokens              int
+	Clients      int           `json:"clients"`
+	Requests     int           `json:"requests"`
+	Failed       int           `json:"failed"`
+	Wall         time.Duration `json:"wall_ns"`
+	PromptTokens int           `json:"prompt_tokens"`
+	OutputTokens int           `json:"output_tokens"`
 	// OutputTPS is aggregate output tokens per second of wall time;
 	// TotalTPS counts prompt tokens too.
-	OutputTPS, TotalTPS float64
-	RequestsPS          float64
-	TTFT, TPOT, ITL     Dist
-	E2E                 Dist
+	// (vLLM's serving benchmark names them so.)
+	OutputTPS  float64 `json:"output_throughput"`
+	TotalTPS   float64 `json:"total_token_throughput"`
+	RequestsPS float64 `json:"request_throughput"`
+	TTFT       Dist    `json:"ttft"`
+	TPOT       Dist    `json:"tpot"`
+	ITL        Dist    `json:"itl"`
+	E2E        Dist    `json:"e2el"`
 	// Goodput is requests per second that met every SLO set (SLOMet of
 	// them); without SLOs every successful request counts.
-	Goodput float64
-	SLOMet  int
+	Goodput float64 `json:"request_goodput"`
+	SLOMet  int     `json:"slo_met"`
 	// Errors counts failed requests by HTTP status ("429", "503"), or
 	// "transport" and "stream" for failures outside HTTP statuses.
-	Errors map[string]int `json:",omitempty"`
+	Errors map[string]int `json:"errors,omitempty"`
 	// ClientCPU is the CPU time the load generator itself used, as a
 	// fraction of one core over the wall time: it must stay small beside
 	// the servers it measures.
-	ClientCPU float64
+	ClientCPU float64 `json:"client_cpu"`
 	// CachedTokens is the prompt tokens the server reported as served from
 	// its prefix cache (usage.prompt_tokens_details.cached_tokens).
-	CachedTokens int
+	CachedTokens int `json:"cached_tokens"`
 	// TurnTTFT[k] is the TTFT of turn k+1 of every conversation (Turns > 1).
-	TurnTTFT    []Dist `json:",omitempty"`
-	FirstErrors []string
+	TurnTTFT    []Dist   `json:"turn_ttft,omitempty"`
+	FirstErrors []string `json:"first_errors"`
 	// Background summarises the background requests that completed
 	// while the measured ones ran (Config.Background > 0).
-	Background *Result `json:",omitempty"`
+	Background *Result `json:"background,omitempty"`
 }
 
 // sample is one request's (or turn's) measurements.

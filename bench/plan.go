@@ -54,9 +54,10 @@ func cmpStr(a, b string) string {
 
 // Target is a server to measure: a name and its OpenAI base URL.
 type Target struct {
-	Name, URL string
+	Name string `json:"name"`
+	URL  string `json:"url"`
 	// Tiers is set when the server offers finserve's tier URLs.
-	Tiers bool
+	Tiers bool `json:"tiers"`
 }
 
 // ParseTarget reads "NAME=URL" or a bare URL (named by its host).
@@ -107,32 +108,32 @@ type Plan struct {
 
 // Level is one load level's result against one target.
 type Level struct {
-	Concurrency int     `json:",omitempty"`
-	Rate        float64 `json:",omitempty"`
-	Result      Result
+	Concurrency int     `json:"concurrency,omitempty"`
+	Rate        float64 `json:"rate,omitempty"`
+	Result      Result  `json:"result"`
 }
 
 // TargetReport is what a target served.
 type TargetReport struct {
 	Target
-	Model  string // the model the server lists first
-	Server string // its Server header, if any
-	Levels []Level
+	Model  string  `json:"model"`  // the model the server lists first
+	Server string  `json:"server"` // its Server header, if any
+	Levels []Level `json:"levels"`
 }
 
 // Report is a whole benchmark: every figure, and how it was taken.
 type Report struct {
-	Date     time.Time
-	Host     string
-	CPUs     int
-	Bench    string // the generator's module version
-	Workload string
+	Date     time.Time `json:"date"`
+	Host     string    `json:"host"`
+	CPUs     int       `json:"cpus"`
+	Bench    string    `json:"bench"` // the generator's module version
+	Workload string    `json:"workload"`
 	Plan     struct {
-		Concurrency []int
-		Rates       []float64
-		Settings    Config
-	}
-	Targets []TargetReport
+		Concurrency []int     `json:"concurrency"`
+		Rates       []float64 `json:"rates"`
+		Settings    Config    `json:"settings"`
+	} `json:"plan"`
+	Targets []TargetReport `json:"targets"`
 }
 
 // RunPlan runs p's workload against every target in turn.

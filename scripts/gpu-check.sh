@@ -104,8 +104,8 @@ run() {
   pid= bpid= # global: the EXIT trap stops what is still running
   trap 'for p in ${bpid:-} ${pid:-}; do kill "$p" 2>/dev/null || true; done' EXIT
   fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-  # finserve bench exits 0 when requests failed: read its report.
-  failed() { grep -q '"Failed": [1-9]' "$1/report.json" 2>/dev/null || [ ! -f "$1/report.json" ]; }
+  # requests that failed, from the report (bench also exits 1 on them)
+  failed() { grep -q '"failed": [1-9]' "$1/report.json" 2>/dev/null || [ ! -f "$1/report.json" ]; }
   step() { echo; echo "== $* ($((SECONDS - t0)) s)"; }
 
   step "host"
@@ -185,7 +185,7 @@ run() {
   echo "AML: HTTP $code, $(head -c 300 "$out/aml.json")"
   [ "$code" = 200 ] || fail "AML case answered $code"
   step "SIGTERM while 16 streams run"
-  "$fin" bench --url "$url" --concurrency 16 --requests-per-client 1 --max-tokens 512 --out "$out/bench-sigterm" >"$out/bench-sigterm.txt" 2>&1 &
+  "$fin" bench --url "$url" --concurrency 16 --requests-per-client 1 --max-tokens 512 --allow-failures --out "$out/bench-sigterm" >"$out/bench-sigterm.txt" 2>&1 &
   bpid=$!
   for _ in $(seq 1 400); do # until streams run
     curl -s "http://127.0.0.1:$port/metrics" | grep -q '^finserve_num_requests_running [1-9]' && break

@@ -54,7 +54,7 @@ for q in $MODELS; do
       echo "== $q round $r: $s"
       start "$s"
       warm_up
-      b() { bin/finserve bench --target "$s=http://127.0.0.1:$PORT/v1" --requests-per-client "$PER_CLIENT" \
+      b() { bin/finserve bench --allow-failures --target "$s=http://127.0.0.1:$PORT/v1" --requests-per-client "$PER_CLIENT" \
         --max-tokens "$MAX_TOKENS" --seed "$r" --json "$@"; }
       b --workload short --concurrency "$LEVELS" >"$OUT/$q-$s-short-$r.json"
       b --workload chat --concurrency 4 --requests-per-client 1 >"$OUT/$q-$s-chat-$r.json"
@@ -69,7 +69,7 @@ out, rounds, threads, parallel, ctx, max_tokens, models = sys.argv[1], int(sys.a
 med = statistics.median
 servers = ("llama-server", "bundled", "system")
 def load(q, s, w):
-    return [json.load(open(f"{out}/{q}-{s}-{w}-{r}.json"))["Targets"][0]["Levels"] for r in range(1, rounds + 1)]
+    return [json.load(open(f"{out}/{q}-{s}-{w}-{r}.json"))["targets"][0]["levels"] for r in range(1, rounds + 1)]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 version = subprocess.run(["bin/finserve", "version"], capture_output=True, text=True).stdout.strip().replace("\n", "; ")
 print("# Serving benchmark results\n")
@@ -80,8 +80,8 @@ print(f"- finserve: {version}")
 print(f"- servers: llama-server from the Debian sid root; finserve bundled (ollama's llama.cpp) and system provider (Debian's libllama, the same as llama-server's)")
 print(f"- settings: bench preset (768 x 12 layers, 32k vocabulary), {threads} threads, {parallel} slots of {ctx} tokens, "
       f"{max_tokens} tokens per answer (ignore_eos, greedy), {rounds} interleaved rounds; medians over rounds, ratios are the median of per-round ratios to llama-server\n")
-fields = (("output tok/s", lambda x: x["OutputTPS"], "{:.1f}"), ("TTFT p50 ms", lambda x: 1000 * x["TTFT"]["P50"], "{:.0f}"),
-          ("TTFT p99 ms", lambda x: 1000 * x["TTFT"]["P99"], "{:.0f}"), ("TPOT p50 ms", lambda x: 1000 * x["TPOT"]["P50"], "{:.1f}"))
+fields = (("output tok/s", lambda x: x["output_throughput"], "{:.1f}"), ("TTFT p50 ms", lambda x: 1000 * x["ttft"]["p50"], "{:.0f}"),
+          ("TTFT p99 ms", lambda x: 1000 * x["ttft"]["p99"], "{:.0f}"), ("TPOT p50 ms", lambda x: 1000 * x["tpot"]["p50"], "{:.1f}"))
 for q in models:
     for w, title in (("short", "short questions, by concurrency"), ("chat", "customer-service chat with a shared system prompt, 4 conversations of 3 turns")):
         R = {s: load(q, s, w) for s in servers}
@@ -90,15 +90,15 @@ for q in models:
         fails = 0
         for i, lv in enumerate(R["llama-server"][0]):
             for name, get, fmt in fields:
-                v = {s: [get(R[s][r][i]["Result"]) for r in range(rounds)] for s in servers}
+                v = {s: [get(R[s][r][i]["result"]) for r in range(rounds)] for s in servers}
                 ratio = lambda s: med(a / b for a, b in zip(v[s], v["llama-server"]) if b > 0) if any(v["llama-server"]) else float("nan")
-                print(f"| {lv['Concurrency']} | {name} | {fmt.format(med(v['llama-server']))} | {fmt.format(med(v['system']))} | "
+                print(f"| {lv['concurrency']} | {name} | {fmt.format(med(v['llama-server']))} | {fmt.format(med(v['system']))} | "
                       f"{ratio('system'):.2f} | {fmt.format(med(v['bundled']))} | {ratio('bundled'):.2f} |")
-            fails += sum(R[s][r][i]["Result"]["Failed"] for s in servers for r in range(rounds))
+            fails += sum(R[s][r][i]["result"]["failed"] for s in servers for r in range(rounds))
         if w == "chat":
-            v = {s: [R[s][r][0]["Result"]["CachedTokens"] / max(1, R[s][r][0]["Result"]["PromptTokens"]) for r in range(rounds)] for s in servers}
+            v = {s: [R[s][r][0]["result"]["cached_tokens"] / max(1, R[s][r][0]["result"]["prompt_tokens"]) for r in range(rounds)] for s in servers}
             print(f"\nprompt tokens served from cache: " + ", ".join(f"{s} {100 * med(v[s]):.0f}%" for s in servers))
-        cpu_use = max(R[s][r][i]["Result"]["ClientCPU"] for s in servers for r in range(rounds) for i in range(len(R[s][r])))
+        cpu_use = max(R[s][r][i]["result"]["client_cpu"] for s in servers for r in range(rounds) for i in range(len(R[s][r])))
         print(f"\nfailed requests: {fails}; load generator CPU at most {100 * cpu_use:.0f}% of one core\n")
 PY
 echo "wrote bench/RESULTS.md"

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,16 +18,16 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	var (
-		cfg                 bench.Config
-		targets             []string
-		url, levels, rates  string
-		workload, out       string
-		asJSON              bool
-		perClient, requests int
+		cfg                   bench.Config
+		targets               []string
+		url, levels, rates    string
+		workload, out         string
+		asJSON, allowFailures bool
+		perClient, requests   int
 	)
 	cmd := &cobra.Command{
 		Use:     "bench",
-		Example: "  finserve bench --url http://127.0.0.1:8080 --concurrency 1,4,8 --requests 64",
+		Example: "  finserve bench --url http://127.0.0.1:8080/v1 --concurrency 1,4,8 --requests 64",
 		Short:   "Load-test OpenAI-compatible servers (finserve, llama-server, vLLM, Ollama) with streaming clients",
 		Long: `Load-test one or more OpenAI-compatible servers with a seeded workload,
 closed loop (--concurrency) or open loop (--rate, Poisson or gamma arrivals),
@@ -84,7 +86,10 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(r)
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+				return failures(r, allowFailures)
 			}
 			r.Markdown(cmd.OutOrStdout())
 			for _, t := range r.Targets {
@@ -101,7 +106,7 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 					}
 				}
 			}
-			return nil
+			return failures(r, allowFailures)
 		},
 	}
 	f := cmd.Flags()
@@ -117,6 +122,7 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 	f.DurationVar(&cfg.Duration, "duration", 0, "stop sending new requests after this long in each run")
 	f.DurationVar(&cfg.SLOTTFT, "slo-ttft", 0, "TTFT objective for goodput, e.g. 300ms")
 	f.DurationVar(&cfg.SLOTPOT, "slo-tpot", 0, "TPOT objective for goodput, e.g. 50ms")
+	f.BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed (by default a run with failed requests exits 1, after writing its report)")
 	f.StringVar(&out, "out", "", "directory for report.json, report.md and latency-throughput.svg")
 	f.StringVar(&cfg.API, "api", "chat", "chat (/chat/completions) or completions (/completions)")
 	f.StringVar(&cfg.Model, "model", "", "model name to send (default: the first the server lists)")
@@ -187,4 +193,33 @@ func progressBar(cmd *cobra.Command) func(done, total int) {
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "\r[%s%s] %d/%d requests", strings.Repeat("#", n), strings.Repeat(".", width-n), done, total)
 	}
+}
+
+// failures is the bench command's verdict: an error naming how many
+// requests failed and why (by status), unless allowed. A script that
+// reads only the exit status must not take a run of 404s for a result.
+func failures(r *bench.Report, allowed bool) error {
+	failed, sent := 0, 0
+	why := map[string]int{}
+	for _, t := range r.Targets {
+		for _, l := range t.Levels {
+			failed += l.Result.Failed
+			sent += l.Result.Requests
+			for k, n := range l.Result.Errors {
+				why[k] += n
+			}
+		}
+	}
+	if failed == 0 || allowed {
+		return nil
+	}
+	kinds := make([]string, 0, len(why))
+	for _, k := range slices.Sorted(maps.Keys(why)) {
+		kinds = append(kinds, fmt.Sprintf("%d %s", why[k], k))
+	}
+	hint := ""
+	if why["404"] > 0 {
+		hint = "; 404: is the URL the API root, ending in /v1?"
+	}
+	return fmt.Errorf("%d of %d requests failed (%s)%s; --allow-failures exits 0 anyway", failed, sent, strings.Join(kinds, ", "), hint)
 }

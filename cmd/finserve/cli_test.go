@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -164,4 +166,69 @@ func TestSoakCommand(t *testing.T) {
 		t.Errorf("soak report: %s", data)
 	}
 	c.cmd.Process.Signal(syscall.SIGTERM)
+}
+
+// TestBenchCommand: a run whose requests all fail (a URL without /v1:
+// 404s) exits non-zero, says how many failed and why, and still writes
+// its report; --allow-failures exits 0. The report's keys are snake_case,
+// as vLLM's benchmark writes them, and it never holds the API key.
+func TestBenchCommand(t *testing.T) {
+	dir := t.TempDir()
+	c := spawn(t, nil, nil, "--model", tinyModel(t, dir), "--threads", "2", "--ctx", "256", "--parallel", "1")
+	c.waitReady(t)
+	args := func(url, out string, extra ...string) []string {
+		return append([]string{"bench", "--url", url, "--concurrency", "1", "--requests-per-client", "2", "--max-tokens", "2",
+			"--api-key", "sk-test-secret-1234", "--out", out}, extra...)
+	}
+	bad := filepath.Join(dir, "bad")
+	out, err := runCmd(args(c.base, bad)...)
+	if err == nil || !strings.Contains(err.Error(), "2 of 2 requests failed (2 404)") || !strings.Contains(err.Error(), "ending in /v1") {
+		t.Errorf("a run of 404s: err %v\n%s", err, out)
+	}
+	var rep map[string]any
+	data, _ := os.ReadFile(filepath.Join(bad, "report.json"))
+	if json.Unmarshal(data, &rep) != nil || !strings.Contains(string(data), `"failed": 2`) {
+		t.Errorf("the failed run's report:\n%.500s", data)
+	}
+	if _, err := runCmd(args(c.base, filepath.Join(dir, "allowed"), "--allow-failures")...); err != nil {
+		t.Errorf("--allow-failures: %v", err)
+	}
+
+	good := filepath.Join(dir, "good")
+	if out, err := runCmd(args(c.base+"/v1", good)...); err != nil {
+		t.Fatalf("a good run: %v\n%s", err, out)
+	}
+	data, err = os.ReadFile(filepath.Join(good, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "sk-test-secret") {
+		t.Error("report.json holds the API key")
+	}
+	var r struct {
+		Targets []struct {
+			Levels []struct {
+				Result map[string]json.RawMessage `json:"result"`
+			} `json:"levels"`
+		} `json:"targets"`
+		Plan struct {
+			Settings map[string]any `json:"settings"`
+		} `json:"plan"`
+	}
+	if err := json.Unmarshal(data, &r); err != nil || len(r.Targets) != 1 || len(r.Targets[0].Levels) != 1 {
+		t.Fatalf("report: %v\n%.500s", err, data)
+	}
+	res := r.Targets[0].Levels[0].Result
+	for _, key := range []string{"requests", "failed", "output_throughput", "total_token_throughput", "request_throughput", "ttft", "tpot", "itl", "e2el", "request_goodput", "cached_tokens"} {
+		if _, ok := res[key]; !ok {
+			t.Errorf("result lacks %q: %v", key, slices.Collect(maps.Keys(res)))
+		}
+	}
+	var ttft map[string]float64
+	if json.Unmarshal(res["ttft"], &ttft) != nil || ttft["p50"] <= 0 {
+		t.Errorf("ttft %s", res["ttft"])
+	}
+	if r.Plan.Settings["max_tokens"] != 2.0 {
+		t.Errorf("settings %v", r.Plan.Settings)
+	}
 }
