@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/finserve/finserve/aml"
+	"github.com/finserve/finserve/apikeys"
 	"github.com/finserve/finserve/audit"
 )
 
@@ -93,11 +94,11 @@ the key fails. An auditor also compares the head it prints with the
 // otherwise a missing default means an unkeyed log.
 func auditKey(path, keyFile string, create bool) ([]byte, error) {
 	if keyFile != "" {
-		return audit.ReadKeyFile(keyFile)
+		return readAuditKey(keyFile)
 	}
 	def := path + ".key"
 	if _, err := os.Stat(def); err == nil {
-		return audit.ReadKeyFile(def)
+		return readAuditKey(def)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("audit key: %w", err)
 	}
@@ -108,6 +109,16 @@ func auditKey(path, keyFile string, create bool) ([]byte, error) {
 		return nil, fmt.Errorf("audit log %s exists but has no key (%s): it was written unkeyed by an older finserve; verify it with `finserve audit verify`, archive it, and start a new log", path, def)
 	}
 	return audit.CreateKeyFile(def)
+}
+
+// readAuditKey reads an audit key file, refusing one that others may
+// read or that its group may write (apikeys.CheckMode): whoever reads the
+// key can rewrite the log and its chain.
+func readAuditKey(path string) ([]byte, error) {
+	if err := apikeys.CheckMode(path); err != nil {
+		return nil, fmt.Errorf("audit key: %w", err)
+	}
+	return audit.ReadKeyFile(path)
 }
 
 func newAMLCmd() *cobra.Command {

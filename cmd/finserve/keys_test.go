@@ -159,8 +159,9 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 	}
 }
 
-// TestSecretFileModes: serve refuses a key file or TLS key that others
-// may read, as config check does (apikeys.TestCheckMode has the modes).
+// TestSecretFileModes: serve refuses a key file, TLS key or audit key
+// that others may read, as config check does (apikeys.TestCheckMode has
+// the modes).
 func TestSecretFileModes(t *testing.T) {
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "keys.json")
@@ -178,5 +179,34 @@ func TestSecretFileModes(t *testing.T) {
 	os.Chmod(key, 0o644)
 	if _, err := tlsConfig(filepath.Join(dir, "server.pem"), key, ""); err == nil || !strings.Contains(err.Error(), "--tls-key") {
 		t.Errorf("a 0644 TLS key: %v", err)
+	}
+	// The audit key, given or beside the log: whoever reads it can rewrite
+	// the chain. serve and config check refuse it alike.
+	auditKeyFile := filepath.Join(dir, "audit.key")
+	if out, err := runCmd("audit", "keygen", auditKeyFile); err != nil {
+		t.Fatalf("keygen: %v %s", err, out)
+	}
+	logPath := filepath.Join(dir, "audit.jsonl")
+	os.Chmod(auditKeyFile, 0o644)
+	for name, check := range map[string]func() error{
+		"serve --audit-key-file": func() error {
+			cmd := newServeCmd()
+			cmd.SilenceErrors, cmd.SilenceUsage = true, true
+			cmd.SetArgs([]string{"--model", filepath.Join(dir, "none.gguf"), "--addr", "127.0.0.1:0", "--audit-log", logPath, "--audit-key-file", auditKeyFile})
+			return cmd.Execute()
+		},
+		"config check": func() error { return checkAuditLog(logPath, auditKeyFile) },
+	} {
+		if err := check(); err == nil || !strings.Contains(err.Error(), "open to others") {
+			t.Errorf("%s with a 0644 audit key: %v", name, err)
+		}
+	}
+	os.Rename(auditKeyFile, logPath+".key") // the default place
+	if _, err := auditKey(logPath, "", true); err == nil || !strings.Contains(err.Error(), "open to others") {
+		t.Errorf("a 0644 audit key beside the log: %v", err)
+	}
+	os.Chmod(logPath+".key", 0o440)
+	if _, err := auditKey(logPath, "", true); err != nil {
+		t.Errorf("a 0440 audit key (a Secret mount's mode): %v", err)
 	}
 }
