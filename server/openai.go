@@ -66,6 +66,19 @@ type StreamOptions struct {
 // ResponseFormat asks for a constrained output format.
 type ResponseFormat struct {
 	Type string `json:"type"`
+	// JSONSchema is response_format json_schema's: the answer is a JSON
+	// document that validates against Schema.
+	JSONSchema *JSONSchemaFormat `json:"json_schema,omitempty"`
+}
+
+// JSONSchemaFormat is OpenAI's response_format.json_schema.
+type JSONSchemaFormat struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Schema      json.RawMessage `json:"schema"`
+	// Strict is accepted either way: finserve always enforces the schema,
+	// and refuses one it cannot enforce.
+	Strict *bool `json:"strict,omitempty"`
 }
 
 // ChatMessage is one message of a chat request.

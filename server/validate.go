@@ -1,12 +1,16 @@
 package server
 
 import (
+	"bytes"
+	"errors"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/gbnf"
 )
 
 const (
@@ -173,9 +177,18 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object")
 			}
 			p.sampling.Grammar = jsonObjectGrammar
+		case "json_schema":
+			if p.ignoreEOS {
+				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_schema")
+			}
+			g, apiErr := schemaGrammar(r.ResponseFormat.JSONSchema)
+			if apiErr != nil {
+				return nil, apiErr
+			}
+			p.sampling.Grammar = g
 		default:
 			return nil, unsupported("response_format",
-				"response_format %q is not supported; use json_object or text", r.ResponseFormat.Type)
+				"response_format %q is not supported; use json_schema, json_object or text", r.ResponseFormat.Type)
 		}
 	}
 	if r.TopLogprobs != nil {
@@ -279,6 +292,33 @@ func (s *Server) validateCompletion(r *CompletionRequest, tier engine.Tier) (*co
 func isSet(raw []byte) bool {
 	s := strings.TrimSpace(string(raw))
 	return s != "" && s != "null" && s != "[]"
+}
+
+// schemaNameRE is OpenAI's rule for response_format.json_schema.name.
+var schemaNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// schemaGrammar is the grammar of a json_schema response format: a 400
+// naming the schema keyword it cannot enforce, never a looser grammar.
+func schemaGrammar(f *JSONSchemaFormat) (string, *APIError) {
+	const param = "response_format.json_schema"
+	switch {
+	case f == nil:
+		return "", badRequest(param, "response_format json_schema needs a json_schema object with a name and a schema")
+	case !schemaNameRE.MatchString(f.Name):
+		return "", badRequest(param+".name", "json_schema.name must be 1 to 64 letters, digits, underscores or dashes")
+	case len(bytes.TrimSpace(f.Schema)) == 0 || string(bytes.TrimSpace(f.Schema)) == "null":
+		return "", badRequest(param+".schema", "json_schema.schema is required")
+	}
+	g, err := gbnf.FromSchema(f.Schema)
+	var un *gbnf.UnsupportedError
+	switch {
+	case errors.As(err, &un):
+		e := unsupported(param+".schema", "%s", err.Error())
+		return "", e
+	case err != nil:
+		return "", badRequest(param+".schema", "%s", err.Error())
+	}
+	return g, nil
 }
 
 // jsonObjectGrammar constrains output to one JSON object (RFC 8259), as
