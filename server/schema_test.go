@@ -26,7 +26,7 @@ var extractionSchemas = map[string]string{
 		"reported":{"type":"string","format":"date-time"}},"required":["items","reported"],
 		"$defs":{"tx":{"type":"object","properties":{"amount":{"type":"number"},"currency":{"enum":["CNY","USD","HKD"]},
 		"id":{"type":"string","format":"uuid"}},"required":["amount","currency","id"]}}}`,
-	"chain": `{"$defs":{"n":{"type":"object","properties":{"v":{"type":"integer"},"next":{"anyOf":[{"$ref":"#/$defs/n"},{"type":"null"}]}},"required":["v","next"]}},"$ref":"#/$defs/n"}`,
+	"chain":  `{"$defs":{"n":{"type":"object","properties":{"v":{"type":"integer"},"next":{"anyOf":[{"$ref":"#/$defs/n"},{"type":"null"}]}},"required":["v","next"]}},"$ref":"#/$defs/n"}`,
 	"scalar": `{"anyOf":[{"type":"integer"},{"const":"none"}]}`,
 }
 
@@ -91,11 +91,11 @@ func TestJSONSchemaResponses(t *testing.T) {
 func TestJSONSchemaRefusals(t *testing.T) {
 	ts := startServer(t, Config{}, engine.Options{Parallel: 1, Context: 512})
 	for keyword, schema := range map[string]string{
-		"pattern":  `{"type":"object","properties":{"iban":{"type":"string","pattern":"^[A-Z]{2}[0-9]{2}"}}}`,
-		"oneOf":    `{"oneOf":[{"type":"string"},{"type":"integer"}]}`,
-		"maximum":  `{"type":"integer","maximum":100}`,
-		"format":   `{"type":"string","format":"email"}`,
-		"$ref":     `{"$ref":"https://schemas.bank.internal/kyc.json"}`,
+		"pattern": `{"type":"object","properties":{"iban":{"type":"string","pattern":"^[A-Z]{2}[0-9]{2}"}}}`,
+		"oneOf":   `{"oneOf":[{"type":"string"},{"type":"integer"}]}`,
+		"maximum": `{"type":"integer","maximum":100}`,
+		"format":  `{"type":"string","format":"email"}`,
+		"$ref":    `{"$ref":"https://schemas.bank.internal/kyc.json"}`,
 	} {
 		body := fmt.Sprintf(`{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":%s}}}`, schema)
 		resp, text := ts.post(t, "/chat/completions", body)
