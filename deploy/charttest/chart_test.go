@@ -217,14 +217,11 @@ func TestChartProbesAndFlags(t *testing.T) {
 			if port := portOf(t, r.config["addr"]); ports["http"] != port {
 				t.Errorf("container port http %d, serve listens on %d", ports["http"], port)
 			}
-			probePort := "http"
-			if addr, ok := r.config["probe-addr"]; ok {
-				probePort = "probes"
-				if ports["probes"] != portOf(t, addr) {
-					t.Errorf("container port probes %d, probe-addr %v", ports["probes"], addr)
-				}
-			} else if r.config["tls-cert"] != nil {
-				t.Error("TLS without a probe port: kubelet probes would fail a client-certificate handshake")
+			// one plain port for probes and scrapes, whatever the API
+			// port asks (kubelet presents no client certificate)
+			const probePort = "probes"
+			if ports["probes"] == 0 || ports["probes"] != portOf(t, r.config["probe-addr"]) {
+				t.Errorf("container port probes %d, probe-addr %v", ports["probes"], r.config["probe-addr"])
 			}
 			for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
 				want := map[string]string{"startup": "/ready", "readiness": "/ready", "liveness": "/health"}[name]
@@ -402,4 +399,32 @@ func serveHelp(t *testing.T) string {
 		t.Fatalf("%s serve --help (make build first, or set FINSERVE_BIN): %v\n%s", bin, err, out)
 	}
 	return string(out)
+}
+
+// TestRouterValues: the router's values scrape the port the chart serves
+// metrics on without keys or TLS, and route to the API port the pool
+// names.
+func TestRouterValues(t *testing.T) {
+	data, err := os.ReadFile("../helm/llm-d-router-values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		InferencePool struct {
+			TargetPorts []struct{ Number int32 } `json:"targetPorts"`
+		} `json:"inferencePool"`
+		InferenceExtension struct {
+			Flags map[string]any `json:"flags"`
+		} `json:"inferenceExtension"`
+	}
+	if err := yaml.Unmarshal(data, &v); err != nil {
+		t.Fatal(err)
+	}
+	r := render(t, map[string]any{"inferencePool": map[string]any{"enabled": true}, "tls": map[string]any{"secretName": "t"}})
+	if got := fmt.Sprint(v.InferenceExtension.Flags["model-server-metrics-port"]); got != fmt.Sprint(portOf(t, r.config["probe-addr"])) {
+		t.Errorf("the router scrapes port %s; the chart serves metrics on %v", got, r.config["probe-addr"])
+	}
+	if len(v.InferencePool.TargetPorts) != 1 || v.InferencePool.TargetPorts[0].Number != int32(r.pool.Spec.TargetPorts[0].Number) {
+		t.Errorf("router target ports %v, pool %v", v.InferencePool.TargetPorts, r.pool.Spec.TargetPorts)
+	}
 }

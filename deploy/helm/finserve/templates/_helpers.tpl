@@ -25,9 +25,5 @@ inference.networking.k8s.io/engine-type: finserve
 {{- if .Values.image.digest -}}{{ .Values.image.repository }}@{{ .Values.image.digest }}{{- else -}}{{ .Values.image.repository }}:{{ $tag }}{{- end -}}
 {{- end -}}
 
-{{/* Probes, metrics and the picker use the plain probe port whenever TLS is on (kubelet presents no client certificate). */}}
-{{- define "finserve.probePort" -}}
-{{- if .Values.tls.secretName -}}probes{{- else -}}http{{- end -}}
-{{- end -}}
-
-{{- define "finserve.probeScheme" -}}HTTP{{- end -}}
+{{/* Probes, metrics and the router's endpoint picker use the plain probe port, with or without TLS on the API (kubelet presents no client certificate): one port for every setting. */}}
+{{- define "finserve.probePort" -}}probes{{- end -}}
