@@ -179,7 +179,9 @@ func TestShutdownFinishesStreams(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// A grace no machine runs out of: 300 tokens once took more than
+		// 30 s beside two race-enabled test runs, and the stream was cut.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		done <- ts.srv.Shutdown(ctx, 5*time.Second)
 	}()
