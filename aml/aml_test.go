@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -229,6 +230,14 @@ func mustTime(s string) (t0 time.Time) {
 func TestOrderInvariance(t *testing.T) {
 	data, _ := os.ReadFile("testdata/eight.json")
 	ref := assess(t, loadCase(t, "eight.json"), &textModel{})
+	// The case's hash, which the audit record keeps, is as order-free as
+	// the result, and changes with any amount.
+	refHash := loadCase(t, "eight.json").Hash()
+	changed := loadCase(t, "eight.json")
+	changed.Transactions[0].Amount.Amount = changed.Transactions[0].Amount.Amount.Add(decimal.New(1, -2))
+	if changed.Hash() == refHash {
+		t.Error("a case with another amount hashes the same")
+	}
 	var generic map[string]any
 	json.Unmarshal(data, &generic)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -242,6 +251,9 @@ func TestOrderInvariance(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := assess(t, &cs[0], &textModel{})
+		if h := cs[0].Hash(); h != refHash || len(h) != 64 {
+			t.Errorf("trial %d: hash %s, want %s", trial, h, refHash)
+		}
 		if !reflect.DeepEqual(ref, got) {
 			a, _ := json.Marshal(ref)
 			b, _ := json.Marshal(got)
@@ -357,6 +369,36 @@ func TestValidationNamesField(t *testing.T) {
 		{`"from": {}, "to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "48000.00"=>"from": {}, "to": {"account_id": "A-1", "country": "CN", "depositor_id": "P-7"}, "amount": {"amount": "48000.00"`, "transactions[1].to.depositor_id"},
 		{`"to": {"account_id": "B-9", "bank_id": "BOC", "country": "CN"}=>"to": {"account_id": "B-9", "bank_id": "BOC", "country": "CN"}, "depositor_id": "P-7"`, "depositor_id"},
 		{`"from": {"account_id": "EMP-1", "bank_id": "ICBC"=>"from": {"account_id": "EMP-1", "depositor_id": "P-7", "bank_id": "ICBC"`, "transactions[0].from.depositor_id"},
+		// Each field of the customer, the accounts and the transactions.
+		{`"customer_id": "C-1001"=>"customer_id": " "`, "customer.customer_id"},
+		{`"occupation": "retail clerk"=>"occupation": "retail\nclerk"`, "customer.occupation"},
+		{`"risk_rating": "low"=>"risk_rating": "lo\rw"`, "customer.risk_rating"},
+		{`"declared_monthly_income": {"amount": "12000.00"=>"declared_monthly_income": {"amount": "-1"`, "customer.declared_monthly_income"},
+		{`"declared_monthly_income": {"amount": "12000.00"=>"declared_monthly_income": {"amount": "0"`, ""},
+		{`"name": "张三"=>"name": "张\u0000三"`, "customer.pii.name"},
+		{`{"account_id": "A-1", "opened_at": "2019-03-01T09:00:00+08:00", "last_activity_at": "2025-11-10T09:00:00+08:00"}=>`, "accounts"},
+		{`{"account_id": "A-1", "opened_at"=>{"account_id": "", "opened_at"`, "accounts[0].account_id"},
+		{`"last_activity_at": "2025-11-10T09:00:00+08:00"}=>"last_activity_at": "2025-11-10T09:00:00+08:00"}, {"account_id": "A-1"}`, "accounts[1].account_id"},
+		{`"txn_id": "T0"=>"txn_id": ""`, "transactions[0].txn_id"},
+		{`"txn_id": "T1", "timestamp": "2025-11-20T10:15:00+08:00", =>"txn_id": "T1", `, "transactions[1].timestamp"},
+		{`"channel": "ach"=>"channel": "ach", "amount_received": {"amount": "0", "currency": "CNY"}`, "transactions[0].amount_received"},
+		{`"channel": "ach"=>"channel": "ach", "amount_received": {"amount": "1650", "currency": "USD"}`, ""},
+		{`"bank_id": "ICBC", "country": "CN"=>"bank_id": "ICBC", "country": "CHN"`, "transactions[0].from.country"},
+		{`"bank_id": "BOC"=>"bank_id": "BO\nC"`, "transactions[4].to.bank_id"},
+		{`"memo": "salary"=>"memo": "` + strings.Repeat("x", 512) + `"`, ""},
+		{`"memo": "salary"=>"memo": "` + strings.Repeat("x", 513) + `"`, "transactions[0].memo"},
+		{`"to": {"account_id": "A-1", "country": "CN"}, "amount": {"amount": "12000.00"=>"to": {"account_id": "X-2", "country": "CN"}, "amount": {"amount": "12000.00"`, "transactions[0].from.account_id"},
+		{`"from": {"account_id": "EMP-1", "bank_id": "ICBC", "country": "CN"}=>"from": {"bank_id": "ICBC", "country": "CN"}`, "transactions[0].from.account_id"},
+		{`"bank_id": "BOC", "country": "CN"}=>"bank_id": "BOC"}`, "transactions[4].to.country"},
+		{`"bank_id": "ICBC", "country": "CN"}=>"bank_id": "ICBC"}`, "transactions[0].from.country"},
+		{`"amount": "48000.00"=>"amount": "0.00000001"`, ""},
+		{`"amount": "48000.00"=>"amount": "0.000000001"`, "transactions[1].amount"},
+		{`"amount": "48000.00"=>"amount": "1000000000000000"`, ""},
+		{`"amount": "48000.00"=>"amount": "1000000000000000.01"`, "transactions[1].amount"},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"explain": {"method": "shapley"}},`, "options.explain.method"},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"explain": {"samples": -1}},`, "options.explain.samples"},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"languages": ["zh", "fr"]},`, "options.languages[1]"},
+		{`"as_of": "2025-11-28T12:00:00+08:00",=>"as_of": "2025-11-28T12:00:00+08:00", "options": {"languages": ["en"]},`, ""},
 	}
 	for _, tc := range cases {
 		old, repl, _ := strings.Cut(tc.edit, "=>")
@@ -372,8 +414,28 @@ func TestValidationNamesField(t *testing.T) {
 		switch {
 		case tc.field == "" && err != nil:
 			t.Errorf("%s: %v", tc.edit, err)
-		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field || !strings.HasPrefix(err.Error(), tc.field+": ")):
 			t.Errorf("%s: got %v, want an error on %s", tc.edit, err, tc.field)
+		}
+	}
+	// The limits on accounts and transactions, at and past them.
+	for _, tc := range []struct {
+		accounts, txns int
+		field          string
+	}{{MaxAccounts, 0, ""}, {MaxAccounts + 1, 0, "accounts"}, {1, MaxTransactions, ""}, {1, MaxTransactions + 1, "transactions"}} {
+		c := loadCase(t, "structuring.json")
+		c.Transactions = nil
+		for i := 1; i < tc.accounts; i++ {
+			c.Accounts = append(c.Accounts, Account{AccountID: fmt.Sprint("X-", i)})
+		}
+		for i := range tc.txns {
+			c.Transactions = append(c.Transactions, Transaction{TxnID: fmt.Sprint("T", i), Timestamp: mustTime("2025-11-20T01:00:00Z"),
+				To: Party{AccountID: "A-1"}, Amount: Money{Amount: decimal.NewFromInt(100), Currency: "CNY"}, Channel: "cash"})
+		}
+		err := c.Validate(DefaultConfig(), "")
+		var fe *FieldError
+		if (tc.field == "") != (err == nil) || (err != nil && (!errors.As(err, &fe) || fe.Field != tc.field)) {
+			t.Errorf("%d accounts, %d transactions: %v, want an error on %q", tc.accounts, tc.txns, err, tc.field)
 		}
 	}
 	if _, _, err := DecodeCases([]byte(`{"cases": []}`)); err == nil {
@@ -427,6 +489,16 @@ func TestConfigChecks(t *testing.T) {
 		"calendar year":    `workdays: [2025-01-26=>workdays: [2024-01-26`,
 		"empty occupation": `no_income: [student,=>no_income: [" ",`,
 		"calendar source":  `      source: "国务院办公厅关于2025年部分节假日安排的通知(国办发明电〔2024〕12号),2024-11-12"` + "\n=>",
+		"no days":          `  days: 30 =>  days: 0 `,
+		"no baseline":      `baseline_days: 90=>baseline_days: 0`,
+		"no recent days":   `recent_days: 7=>recent_days: 0`,
+		"recent past days": `recent_days: 7=>recent_days: 31`,
+		"no pass-through":  `pass_through_hours: 48=>pass_through_hours: 0`,
+		"medium at 0":      `medium: 0.3=>medium: 0`,
+		"medium is high":   `medium: 0.3=>medium: 0.6`,
+		"high is critical": `high: 0.6=>high: 0.85`,
+		"critical past 1":  `critical: 0.85=>critical: 1.01`,
+		"unknown level":    `at_level: high=>at_level: severe`,
 	}
 	for name, edit := range cases {
 		old, repl, _ := strings.Cut(edit, "=>")
@@ -438,6 +510,35 @@ func TestConfigChecks(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	// The equal and open ends of the same bounds are accepted.
+	for name, edit := range map[string]string{
+		"recent days all the window": `recent_days: 7=>recent_days: 30`,
+		"critical at 1":              `critical: 0.85=>critical: 1`,
+		"review from low":            `at_level: high=>at_level: low`,
+		// A deadline in calendar days does not read the holiday calendar,
+		// so a calendar there needs no official source.
+		"calendar days, sourceless calendar": `report_deadline: {calendar_days: 15, legal_basis: "31 CFR 1010.306(a)(3)"}=>` +
+			`report_deadline: {calendar_days: 15, legal_basis: "31 CFR 1010.306(a)(3)"}` + "\n    calendar: {years: [2025]}",
+	} {
+		old, repl, _ := strings.Cut(edit, "=>")
+		ok := strings.Replace(good, old, repl, 1)
+		if ok == good {
+			t.Fatalf("%s: edit changed nothing", name)
+		}
+		if _, err := ParseConfig([]byte(ok)); err != nil {
+			t.Errorf("%s: refused: %v", name, err)
+		}
+	}
+
+	// Working days without a holiday calendar count weekdays.
+	from, to := strings.Index(good, "    calendar:\n"), strings.Index(good, "  US:\n")
+	if from < 0 || to < from {
+		t.Fatal("the CN calendar is not where the test cuts")
+	}
+	if _, err := ParseConfig([]byte(good[:from] + good[to:])); err != nil {
+		t.Errorf("working days without a calendar: refused: %v", err)
+	}
+
 	// A table based on CNY with no USD rate passed the check, then took
 	// the server down on the first cash case (decimal division by zero).
 	cnyBase := strings.Replace(strings.Replace(good, "base: USD", "base: CNY", 1), `    USD: "1"`+"\n", "", 1)
@@ -636,5 +737,94 @@ func TestValueOrder(t *testing.T) {
 	}
 	if len(seen) != len(features) {
 		t.Errorf("valueOrder names %d of %d features", len(seen), len(features))
+	}
+}
+
+// TestLoadConfigAndExpiry: a configuration file is read and checked,
+// with its path in the error; reference data expires the day after its
+// review date (2026-02-28 for both built-in tables).
+func TestLoadConfigAndExpiry(t *testing.T) {
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.yaml"), filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, DefaultYAML(), 0o644)
+	os.WriteFile(bad, []byte("windows: {}\n"), 0o644)
+	if _, err := LoadConfig(good); err != nil {
+		t.Error(err)
+	}
+	if _, err := LoadConfig(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("a bad file: %v", err)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "none.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing file: %v", err)
+	}
+	cfg := DefaultConfig()
+	if e := cfg.Expired("2026-02-28"); len(e) != 0 {
+		t.Errorf("expired on the review day: %v", e)
+	}
+	e := cfg.Expired("2026-03-01")
+	if len(e) != 2 || !strings.Contains(strings.Join(e, "\n"), cfg.FX.Version) || !strings.Contains(strings.Join(e, "\n"), cfg.HighRiskCountries.Version) {
+		t.Errorf("the day after the review: %v", e)
+	}
+}
+
+// TestDecodeCasesErrors: each way a body can be wrong names the field
+// (or "body") it is wrong in; a list holds 1 to MaxCases cases.
+func TestDecodeCasesErrors(t *testing.T) {
+	list := func(n int) string {
+		return `{"cases": [` + strings.TrimSuffix(strings.Repeat(`{"case_id": "x"},`, n), ",") + `]}`
+	}
+	for _, tc := range []struct {
+		name, body, field string
+		n                 int
+	}{
+		{"one case", `{"case_id": "x"}`, "", 1},
+		{"a list of one", list(1), "", 1},
+		{"the largest list", list(MaxCases), "", MaxCases},
+		{"one too many", list(MaxCases + 1), "cases", 0},
+		{"an empty list", `{"cases": []}`, "cases", 0},
+		{"a number for a string", `{"cases": [{"case_id": 5}]}`, "cases.case_id", 0},
+		{"not an object", `[1, 2]`, "body", 0},
+		{"malformed", `{"case_id": "x"`, "body", 0},
+		{"trailing data", `{"case_id": "x"} {}`, "body", 0},
+		{"trailing data in a list", list(1) + ` []`, "body", 0},
+		{"a timestamp in words", `{"case_id": "x", "as_of": "yesterday"}`, "body", 0},
+		{"an unknown field", `{"case_id": "x", "priority": 1}`, "priority", 0},
+		{"an unknown field beside a list", `{"cases": [{"case_id": "x"}], "priority": 1}`, "priority", 0},
+	} {
+		cs, _, err := DecodeCases([]byte(tc.body))
+		var fe *FieldError
+		switch {
+		case tc.field == "" && (err != nil || len(cs) != tc.n):
+			t.Errorf("%s: %d cases, %v; want %d", tc.name, len(cs), err, tc.n)
+		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+			t.Errorf("%s: %v, want an error on %s", tc.name, err, tc.field)
+		}
+	}
+}
+
+// failingModel is a scorer whose model is down.
+type failingModel struct{}
+
+func (failingModel) Score(context.Context, []string, string, string) (Scores, error) {
+	return Scores{}, errors.New("engine stopped")
+}
+
+// TestScorerErrorAndEmptyWindow: a scorer's failure is the assessment's
+// (no score is made up), and a case with nothing in its window scores
+// with zero shares rather than dividing by zero.
+func TestScorerErrorAndEmptyWindow(t *testing.T) {
+	c := handCase(t, []tx{{id: "OLD", at: "2025-09-01T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}}, nil)
+	if _, err := NewAssessor(DefaultConfig(), failingModel{}).Assess(context.Background(), c); err == nil || !strings.Contains(err.Error(), "engine stopped") {
+		t.Errorf("a failing scorer: %v", err)
+	}
+	feats, _ := computeFeatures(c, DefaultConfig())
+	for _, f := range feats {
+		if f.def.unit == percent && !f.value.IsZero() {
+			t.Errorf("%s = %s on an empty window", f.def.name, f.value)
+		}
+	}
+	r := assess(t, c, &textModel{})
+	if len(r.Rules)+len(r.RegulatoryReports) != 0 {
+		t.Errorf("an empty window fired %v %v", r.Rules, r.RegulatoryReports)
 	}
 }

@@ -339,7 +339,8 @@ func (c *Config) check() error {
 		c.occupations = append(c.occupations, normalOccupation(o))
 	}
 	w := &c.Window
-	if w.Days <= 0 || w.BaselineDays <= 0 || w.RecentDays <= 0 || w.RecentDays > w.Days || w.PassThroughHours <= 0 {
+	// 0 < recent_days <= days makes days positive too.
+	if w.BaselineDays <= 0 || w.RecentDays <= 0 || w.RecentDays > w.Days || w.PassThroughHours <= 0 {
 		bad("window: days, baseline_days, recent_days (at most days) and pass_through_hours must be positive")
 	}
 	if !w.NearThreshold.IsPositive() || w.NearThreshold.GreaterThanOrEqual(decimal.NewFromInt(1)) {

@@ -94,6 +94,9 @@ type Fact struct {
 	Evidence []string
 	Groups   []Group
 	Unit     string // of a per-day fact's values: CNY or USD
+	// Missing: no data to compute the value from (no declared income,
+	// no baseline). No condition holds on it, whatever its operator.
+	Missing bool
 }
 
 // Group is one day of a per-day fact.
@@ -454,7 +457,7 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		fv := val["turnover_vs_income"]
 		fv.missing = true
 		val["turnover_vs_income"] = fv
-		facts["turnover_vs_income"].Value = decimal.NewFromInt(-1) // no rule fires on a missing income
+		facts["turnover_vs_income"].Missing = true
 	}
 
 	// Velocity: transactions in the recent days against the baseline's
@@ -478,7 +481,7 @@ func computeFeatures(c *Case, cfg *Config) ([]featureValue, map[string]*Fact) {
 		fv := val["velocity"]
 		fv.missing = true
 		val["velocity"] = fv
-		facts["velocity"].Value = decimal.NewFromInt(-1)
+		facts["velocity"].Missing = true
 	} else {
 		expected := decimal.NewFromInt(int64(before * w.RecentDays)).Div(decimal.NewFromInt(int64(w.BaselineDays)))
 		expected = decimal.Max(expected, decimal.NewFromInt(int64(w.RecentDays)).Div(decimal.NewFromInt(7)))

@@ -69,3 +69,23 @@ func TestReportSections(t *testing.T) {
 		t.Errorf("model-set level reads:\n%s", lr.Report["en"])
 	}
 }
+
+// TestTippingOffWholeWords: Latin acronyms count as whole words only
+// (every letter a to z belongs to a word), phrases and Chinese terms
+// anywhere.
+func TestTippingOffWholeWords(t *testing.T) {
+	for text, want := range map[string]string{
+		"File a SAR today":                "sar",
+		"sar.":                            "sar",
+		"see STR-2025":                    "str",
+		"structuring below the threshold": "",
+		"a branch in Sarzana, Italy":      "",
+		"the customer Strz":               "",
+		"请提交可疑交易报告":                       "可疑交易报告",
+		"a Suspicious Activity Report":    "suspicious activity report",
+	} {
+		if got := tippingOff(text); got != want {
+			t.Errorf("tippingOff(%q) = %q, want %q", text, got, want)
+		}
+	}
+}

@@ -156,6 +156,9 @@ func (cd Cond) holds(v decimal.Decimal) bool {
 // it hold: for a per-day fact, those of every day that satisfies it,
 // and those days.
 func (cd Cond) evidence(f *Fact) (bool, []string, []Group) {
+	if f.Missing {
+		return false, nil, nil
+	}
 	if f.Groups == nil {
 		return cd.holds(f.Value), f.Evidence, nil
 	}

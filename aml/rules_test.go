@@ -314,7 +314,7 @@ func TestFeatureValues(t *testing.T) {
 		{id: "T4", at: "2025-11-22T10:00:00Z", dir: "in", cpty: "X2", country: "IR", amount: "1500", ccy: "USD"},
 		{id: "T5", at: "2025-11-25T10:00:00Z", dir: "out", cpty: "Y2", country: "CN", amount: "3000"},
 	}, func(c *Case) { c.Accounts[0].LastActivityAt = ptr(mustTime("2025-06-01T00:00:00Z")) })
-	feats, _ := computeFeatures(c, DefaultConfig())
+	feats, facts := computeFeatures(c, DefaultConfig())
 	want := map[string]struct {
 		value string
 		why   string
@@ -348,6 +348,16 @@ func TestFeatureValues(t *testing.T) {
 		}
 		if !f.value.Equal(decimal.RequireFromString(w.value)) || f.missing {
 			t.Errorf("%s = %s (missing %v), want %s: %s", f.def.name, f.value, f.missing, w.value, w.why)
+		}
+		if f.def.name == "dormant_days" && (f.text("en") != "153 days" || f.text("zh") != "153天") {
+			t.Errorf("dormant_days reads %q and %q", f.text("en"), f.text("zh"))
+		}
+	}
+	// Facts in US dollars convert other currencies and take dollars as
+	// they are: T3's CNY 46,000 x 0.1381, T4's USD 1,500.
+	for name, want := range map[string]string{"cash_usd_daily_max": "6352.6", "transfer_foreign_daily_max_usd": "1500"} {
+		if !facts[name].Value.Equal(decimal.RequireFromString(want)) {
+			t.Errorf("%s = %s, want %s", name, facts[name].Value, want)
 		}
 	}
 }
@@ -716,5 +726,115 @@ func TestLevelSetBy(t *testing.T) {
 		if r.RiskLevel != tc.level || r.LevelSetBy != tc.by || !slices.Equal(r.FloorRules, tc.floors) {
 			t.Errorf("%s: level %s set by %q from %v; want %s by %q from %v", tc.name, r.RiskLevel, r.LevelSetBy, r.FloorRules, tc.level, tc.by, tc.floors)
 		}
+	}
+}
+
+// TestDormantDays: the silence before an own account's first transaction
+// in the window counts whichever way the last earlier payment went, is
+// measured for each account on its own, and counts from 30 days
+// (minDormantDays) up. Each case is as of 2025-11-28 12:00 UTC, its
+// window from 2025-10-29 12:00; B is a second own account.
+func TestDormantDays(t *testing.T) {
+	type btx struct{ id, at, dir string } // a transaction of account B
+	for _, tc := range []struct {
+		name     string
+		a        []tx
+		b        []btx
+		want     int64
+		evidence string
+	}{
+		{"last payment out", []tx{{id: "P", at: "2025-09-01T10:00:00Z", dir: "out", cpty: "Y", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}}, nil, 65, "W"},
+		{"last payment in", []tx{{id: "P", at: "2025-09-01T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "out", cpty: "Y", country: "CN", amount: "100"}}, nil, 65, "W"},
+		{"exactly 30 days", []tx{{id: "P", at: "2025-10-06T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}}, nil, 30, "W"},
+		{"29 days is ordinary", []tx{{id: "P", at: "2025-10-07T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}}, nil, 0, ""},
+		// B moves first in the window; A's silence ends with A's own
+		// first transaction, not B's.
+		{"each account its own first", []tx{{id: "P", at: "2025-09-01T10:00:00Z", dir: "out", cpty: "Y", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}},
+			[]btx{{"BW", "2025-10-30T10:00:00Z", "in"}}, 65, "W"},
+		// Another account's earlier payments do not end A's silence.
+		{"others' payments are not A's", []tx{{id: "P", at: "2025-09-01T10:00:00Z", dir: "out", cpty: "Y", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}},
+			[]btx{{"BP", "2025-10-20T10:00:00Z", "out"}}, 65, "W"},
+		// Two equal silences: the evidence is the first account's.
+		{"tie goes to the first account", []tx{{id: "P", at: "2025-09-01T10:00:00Z", dir: "out", cpty: "Y", country: "CN", amount: "100"},
+			{id: "W", at: "2025-11-05T10:00:00Z", dir: "in", cpty: "X", country: "CN", amount: "100"}},
+			[]btx{{"BP", "2025-09-02T10:00:00Z", "out"}, {"BW", "2025-11-06T10:00:00Z", "in"}}, 65, "W"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := handCase(t, tc.a, func(c *Case) {
+				c.Accounts = append(c.Accounts, Account{AccountID: "B"})
+				for _, b := range tc.b {
+					own, other := Party{AccountID: "B", Country: "CN"}, Party{AccountID: "Z", BankID: "B-Z", Country: "CN"}
+					from, to := other, own
+					if b.dir == "out" {
+						from, to = own, other
+					}
+					c.Transactions = append(c.Transactions, Transaction{TxnID: b.id, Timestamp: mustTime(b.at), From: from, To: to,
+						Amount: Money{Amount: decimal.NewFromInt(100), Currency: "CNY"}, Channel: "wire"})
+				}
+			})
+			_, facts := computeFeatures(c, DefaultConfig())
+			f := facts["dormant_days"]
+			if !f.Value.Equal(decimal.NewFromInt(tc.want)) || strings.Join(f.Evidence, ",") != tc.evidence {
+				t.Errorf("dormant_days %s (evidence %v), want %d (%q)", f.Value, f.Evidence, tc.want, tc.evidence)
+			}
+		})
+	}
+}
+
+// TestMissingFiresNoRule: a missing declared income and a missing
+// velocity baseline fire no rule, even when a bank lowers the thresholds
+// below 1, and satisfy no condition of any operator.
+func TestMissingFiresNoRule(t *testing.T) {
+	y := string(DefaultYAML())
+	for _, edit := range [][2]string{
+		{`{fact: turnover_vs_income, op: ">=", value: "5"}`, `{fact: turnover_vs_income, op: ">=", value: "0.5"}`},
+		{`{fact: velocity, op: ">=", value: "4"}`, `{fact: velocity, op: ">=", value: "0.5"}`},
+	} {
+		if !strings.Contains(y, edit[0]) {
+			t.Fatalf("default.yaml has no %s", edit[0])
+		}
+		y = strings.Replace(y, edit[0], edit[1], 1)
+	}
+	cfg, err := ParseConfig([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := handCase(t, series("N", 12, "2025-11-25T01:00:00Z", "in", "30000", 12), func(c *Case) { c.Customer.DeclaredMonthlyIncome = nil })
+	_, facts := computeFeatures(c, cfg)
+	for _, r := range cfg.Rules.evaluate(c.Jurisdiction, facts, map[string]int{}) {
+		if r.ID == "PROFILE-MISMATCH" || r.ID == "VELOCITY" {
+			t.Errorf("%s fired on missing data (turnover_vs_income %s, velocity %s)", r.ID, facts["turnover_vs_income"].Value, facts["velocity"].Value)
+		}
+	}
+	// Nor does any other comparison: "at most" holds on no data no more
+	// than "at least" does.
+	for _, name := range []string{"turnover_vs_income", "velocity"} {
+		for _, op := range []string{">=", ">", "<=", "<", "==", "!="} {
+			for _, v := range []string{"-1", "0", "1"} {
+				cd := Cond{Fact: name, Op: op, Value: decimal.RequireFromString(v)}
+				if ok, _, _ := cd.evidence(facts[name]); ok {
+					t.Errorf("%s %s %s holds on missing data", name, op, v)
+				}
+			}
+		}
+	}
+	// The same case with an income of CNY 1,000 a month fires both.
+	c.Customer.DeclaredMonthlyIncome = &Money{Amount: decimal.NewFromInt(1000), Currency: "CNY"}
+	c.Transactions = append(c.Transactions, Transaction{TxnID: "OLD", Timestamp: mustTime("2025-09-01T01:00:00Z"),
+		From: Party{AccountID: "X", BankID: "B-X", Country: "CN"}, To: Party{AccountID: "A", Country: "CN"},
+		Amount: Money{Amount: decimal.NewFromInt(100), Currency: "CNY"}, Channel: "wire"})
+	_, facts = computeFeatures(c, cfg)
+	got := map[string]bool{}
+	for _, r := range cfg.Rules.evaluate(c.Jurisdiction, facts, map[string]int{}) {
+		got[r.ID] = true
+	}
+	if !got["PROFILE-MISMATCH"] || !got["VELOCITY"] {
+		t.Errorf("with data, fired %v (turnover_vs_income %s, velocity %s)", got, facts["turnover_vs_income"].Value, facts["velocity"].Value)
 	}
 }
