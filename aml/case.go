@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -171,6 +172,25 @@ func strictUnmarshal(data []byte, v any) error {
 	return nil
 }
 
+// jsonPath writes encoding/json's field path ("cases.0.case_id": Go
+// 1.27 puts list indices in it, 1.26 did not) the way Validate names
+// fields: "cases[0].case_id".
+func jsonPath(p string) string {
+	parts := strings.Split(p, ".")
+	var b strings.Builder
+	for i, part := range parts {
+		if _, err := strconv.Atoi(part); err == nil && i > 0 {
+			b.WriteString("[" + part + "]")
+			continue
+		}
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(part)
+	}
+	return b.String()
+}
+
 // decodeErr names the field of a JSON decoding error where it can.
 func decodeErr(err error) error {
 	var te *json.UnmarshalTypeError
@@ -178,7 +198,7 @@ func decodeErr(err error) error {
 	var pe *time.ParseError
 	switch {
 	case errors.As(err, &te):
-		field := te.Field
+		field := jsonPath(te.Field)
 		if field == "" {
 			field = "body" // the top-level value
 		}
