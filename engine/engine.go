@@ -32,6 +32,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/finserve/finserve/models"
 	"github.com/finserve/finserve/prefixcache"
@@ -338,25 +339,46 @@ type Sampling struct {
 	Grammar string
 }
 
+// Limits of a request's parameters. They are checked once, by
+// Request.Check, for every caller: the HTTP server answers a 400 naming
+// the parameter before it tokenizes anything, and the engine refuses the
+// same request the same way. Where OpenAI's API bounds a parameter
+// (temperature, top_p, the penalties, top_logprobs), its bound is used;
+// the llama.cpp extensions take llama-server's own.
+const (
+	MaxTemperature   = 2 // OpenAI: 0 to 2
+	MaxTopK          = 1 << 20
+	MaxRepeatPenalty = 10
+	MaxPenaltyLastN  = 1 << 20
+	// MaxTopLogprobs is the most alternatives a request may ask for per
+	// token (OpenAI: 20).
+	MaxTopLogprobs = 20
+	// MaxStops and MaxStopBytes bound the stop strings (OpenAI allows 4;
+	// llama.cpp clients send more).
+	MaxStops     = 16
+	MaxStopBytes = 256
+)
+
 func (s *Sampling) validate() error {
 	finite := func(v float32) bool { return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0) }
+	between := func(v, lo, hi float32) bool { return finite(v) && v >= lo && v <= hi }
 	switch {
-	case !finite(s.Temperature) || s.Temperature < 0 || s.Temperature > 100:
-		return invalid("temperature", "must be between 0 and 100")
-	case s.TopK < 0:
-		return invalid("top_k", "must not be negative")
-	case !finite(s.TopP) || s.TopP < 0 || s.TopP > 1:
+	case !between(s.Temperature, 0, MaxTemperature):
+		return invalid("temperature", "must be between 0 and %d", MaxTemperature)
+	case s.TopK < 0 || s.TopK > MaxTopK:
+		return invalid("top_k", "must be between 0 and %d", MaxTopK)
+	case !between(s.TopP, 0, 1):
 		return invalid("top_p", "must be between 0 and 1")
-	case !finite(s.MinP) || s.MinP < 0 || s.MinP > 1:
+	case !between(s.MinP, 0, 1):
 		return invalid("min_p", "must be between 0 and 1")
-	case !finite(s.RepeatPenalty) || s.RepeatPenalty < 0 || s.RepeatPenalty > 10:
-		return invalid("repeat_penalty", "must be between 0 and 10")
-	case !finite(s.FrequencyPenalty) || s.FrequencyPenalty < -2 || s.FrequencyPenalty > 2:
+	case !between(s.RepeatPenalty, 0, MaxRepeatPenalty):
+		return invalid("repeat_penalty", "must be between 0 and %d", MaxRepeatPenalty)
+	case !between(s.FrequencyPenalty, -2, 2):
 		return invalid("frequency_penalty", "must be between -2 and 2")
-	case !finite(s.PresencePenalty) || s.PresencePenalty < -2 || s.PresencePenalty > 2:
+	case !between(s.PresencePenalty, -2, 2):
 		return invalid("presence_penalty", "must be between -2 and 2")
-	case s.PenaltyLastN < 0 || s.PenaltyLastN > 1<<20:
-		return invalid("penalty_last_n", "must be between 0 and 1048576")
+	case s.PenaltyLastN < 0 || s.PenaltyLastN > MaxPenaltyLastN:
+		return invalid("penalty_last_n", "must be between 0 and %d", MaxPenaltyLastN)
 	}
 	return nil
 }
@@ -393,8 +415,39 @@ type Request struct {
 	ID string
 }
 
-// MaxTopLogprobs is the most alternatives a request may ask for per token.
-const MaxTopLogprobs = 20
+// Check validates what does not depend on the model: max_tokens' sign,
+// sampling, stop strings, top_logprobs and the tier, against the limits
+// above. Generate runs it too; the server runs it before tokenizing.
+// Errors are *InvalidRequestError naming the parameter.
+func (r *Request) Check() error {
+	if r.MaxTokens < 0 {
+		return invalid("max_tokens", "must not be negative")
+	}
+	if err := r.Sampling.validate(); err != nil {
+		return err
+	}
+	if r.TopLogprobs < 0 || r.TopLogprobs > MaxTopLogprobs {
+		return invalid("top_logprobs", "must be between 0 and %d", MaxTopLogprobs)
+	}
+	if len(r.Stop) > MaxStops {
+		return invalid("stop", "%d stop strings; at most %d are allowed", len(r.Stop), MaxStops)
+	}
+	for _, st := range r.Stop {
+		switch {
+		case st == "":
+			return invalid("stop", "stop strings must not be empty")
+		case len(st) > MaxStopBytes:
+			return invalid("stop", "stop strings must be at most %d bytes", MaxStopBytes)
+		case !utf8.ValidString(st):
+			return invalid("stop", "stop strings must be valid UTF-8")
+		}
+	}
+	if r.Sampling.Grammar != "" && r.IgnoreEOS {
+		// a complete grammar allows nothing but end-of-generation
+		return invalid("grammar", "cannot be combined with ignore_eos")
+	}
+	return validTier(r.Tier)
+}
 
 // ScoreRequest asks for log-probabilities without sampling.
 type ScoreRequest struct {
@@ -628,40 +681,21 @@ func (e *Engine) validateGenerate(req *Request) error {
 	if len(req.Prompt) > e.PromptLimit() {
 		return &PromptTooLongError{Tokens: len(req.Prompt), Limit: e.PromptLimit()}
 	}
-	room := e.opts.Context - len(req.Prompt)
-	switch {
-	case req.MaxTokens < 0:
-		return invalid("max_tokens", "must not be negative")
-	case req.MaxTokens == 0 || req.MaxTokens > room:
-		req.MaxTokens = room
-	}
-	if err := req.Sampling.validate(); err != nil {
+	if err := req.Check(); err != nil {
 		return err
+	}
+	if room := e.opts.Context - len(req.Prompt); req.MaxTokens == 0 || req.MaxTokens > room {
+		req.MaxTokens = room
 	}
 	if req.Sampling.PenaltyLastN == 0 {
 		req.Sampling.PenaltyLastN = 64
 	}
 	if g := req.Sampling.Grammar; g != "" {
-		if req.IgnoreEOS {
-			// a complete grammar allows nothing but end-of-generation
-			return invalid("grammar", "cannot be combined with ignore_eos")
-		}
 		if err := e.model.checkGrammar(g); err != nil {
 			return err
 		}
 	}
-	if req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs {
-		return invalid("top_logprobs", "must be between 0 and %d", MaxTopLogprobs)
-	}
-	if len(req.Stop) > 16 {
-		return invalid("stop", "at most 16 stop strings")
-	}
-	for _, s := range req.Stop {
-		if s == "" || len(s) > 1024 {
-			return invalid("stop", "stop strings must have 1 to 1024 bytes")
-		}
-	}
-	return validTier(req.Tier)
+	return nil
 }
 
 func validTier(t Tier) error {

@@ -326,6 +326,7 @@ func TestInvalidRequests(t *testing.T) {
 		{"stop", engine.Request{Prompt: good, Stop: make([]string, 17)}},
 		{"top_logprobs", engine.Request{Prompt: good, TopLogprobs: 21}},
 		{"tier", engine.Request{Prompt: good, Tier: 7}},
+		{"penalty_last_n", engine.Request{Prompt: good, Sampling: engine.Sampling{PenaltyLastN: -1}}},
 		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= undefined-rule"}}},
 		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: `root ::= "a`}}},
 		{"grammar", engine.Request{Prompt: good, Sampling: engine.Sampling{Grammar: "root ::= root \"a\""}}},
@@ -592,7 +593,7 @@ func TestFinishAndUsage(t *testing.T) {
 	}
 	for seed := uint32(0); seed < 64; seed++ {
 		s := seed
-		req := engine.Request{Prompt: p, MaxTokens: 256, IgnoreEOS: true, Sampling: engine.Sampling{Temperature: 3, Seed: &s}}
+		req := engine.Request{Prompt: p, MaxTokens: 256, IgnoreEOS: true, Sampling: engine.Sampling{Temperature: engine.MaxTemperature, Seed: &s}}
 		r := generate(t, e, req)
 		at := slices.IndexFunc(r.tokens, tinyQ8.IsEOG)
 		if at < 0 {

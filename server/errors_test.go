@@ -90,6 +90,16 @@ func TestRequestErrors(t *testing.T) {
 		{"max_completion_tokens over cap", "/chat/completions", `{` + msg + `,"max_completion_tokens":1000}`, 400, "max_completion_tokens", ""},
 		{"stream_options without stream", "/chat/completions", `{` + msg + `,"stream_options":{"include_usage":true}}`, 400, "stream_options", ""},
 		{"empty stop", "/chat/completions", `{` + msg + `,"stop":[""]}`, 400, "stop", ""},
+		// The engine's own limits (engine.Request.Check), one step past each.
+		{"top_k high", "/chat/completions", `{` + msg + `,"top_k":1048577}`, 400, "top_k", ""},
+		{"repeat_penalty high", "/chat/completions", `{` + msg + `,"repeat_penalty":10.5}`, 400, "repeat_penalty", ""},
+		{"min_p high", "/chat/completions", `{` + msg + `,"min_p":1.5}`, 400, "min_p", ""},
+		{"17 stops", "/chat/completions", `{` + msg + `,"stop":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}`, 400, "stop", ""},
+		{"long stop", "/chat/completions", `{` + msg + `,"stop":"` + strings.Repeat("s", 257) + `"}`, 400, "stop", ""},
+		{"completion temperature high", "/completions", `{"prompt":"x","temperature":2.01}`, 400, "temperature", ""},
+		// Parameters are checked before the prompt is tokenized.
+		{"temperature before length", "/chat/completions", `{"messages":[{"role":"user","content":"` + strings.Repeat("a b ", 400) + `"}],"temperature":2.5}`, 400, "temperature", ""},
+		{"completion long stop", "/completions", `{"prompt":"x","stop":["` + strings.Repeat("s", 257) + `"]}`, 400, "stop", ""},
 		{"stop wrong type", "/chat/completions", `{` + msg + `,"stop":5}`, 400, "", ""},
 		{"unknown model", "/chat/completions", `{"model":"gpt-4o",` + msg + `}`, 404, "model", "model_not_found"},
 		{"prompt too long", "/chat/completions", `{"messages":[{"role":"user","content":"` + strings.Repeat("a b ", 400) + `"}]}`, 400, "messages", "context_length_exceeded"},

@@ -129,21 +129,24 @@ func checkAPIError(t *testing.T, e *APIError) {
 
 func checkParams(t *testing.T, p genParams, l limits) {
 	t.Helper()
-	s := p.sampling
+	r := p.req
+	s := r.Sampling
 	switch {
-	case p.maxTokens < 1 || p.maxTokens > l.maxTokens:
-		t.Fatalf("max tokens %d accepted", p.maxTokens)
+	case r.MaxTokens < 1 || r.MaxTokens > l.maxTokens:
+		t.Fatalf("max tokens %d accepted", r.MaxTokens)
 	case s.Temperature < 0 || s.Temperature > 2 || s.TopP < 0 || s.TopP > 1 || s.MinP < 0 || s.MinP > 1:
 		t.Fatalf("sampling %+v accepted", s)
 	case s.PresencePenalty < -2 || s.PresencePenalty > 2 || s.FrequencyPenalty < -2 || s.FrequencyPenalty > 2:
 		t.Fatalf("penalties %+v accepted", s)
-	case p.topLogprobs < 0 || p.topLogprobs > 20 || len(p.stop) > maxStops:
+	case s.TopK < 0 || s.TopK > 1<<20 || s.RepeatPenalty < 0 || s.RepeatPenalty > 10:
+		t.Fatalf("llama.cpp samplers %+v accepted", s)
+	case r.TopLogprobs < 0 || r.TopLogprobs > 20 || len(r.Stop) > 16:
 		t.Fatalf("params %+v accepted", p)
 	case p.includeUsage && !p.stream:
 		t.Fatal("stream options without a stream accepted")
 	}
-	for _, st := range p.stop {
-		if st == "" || len(st) > maxStopLength || !utf8.ValidString(st) {
+	for _, st := range r.Stop {
+		if st == "" || len(st) > 256 || !utf8.ValidString(st) {
 			t.Fatalf("stop %q accepted", st)
 		}
 	}

@@ -131,19 +131,9 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	j.quit = make(chan struct{})
 	j.choices = make([]choiceState, len(j.prompts))
 	for _, prompt := range j.prompts {
-		st, err := j.b.eng.Generate(j.ctx, engine.Request{
-			Prompt:      prompt,
-			MaxTokens:   j.p.maxTokens,
-			Sampling:    j.p.sampling,
-			Stop:        j.p.stop,
-			IgnoreEOS:   j.p.ignoreEOS,
-			Logprobs:    j.p.logprobs,
-			TopLogprobs: j.p.topLogprobs,
-			Tier:        j.tier,
-			Tenant:      j.tenant,
-			NoCache:     j.p.noCache,
-			ID:          cmp.Or(j.requestID, j.id),
-		})
+		req := j.p.req
+		req.Prompt, req.Tier, req.Tenant, req.ID = prompt, j.tier, j.tenant, cmp.Or(j.requestID, j.id)
+		st, err := j.b.eng.Generate(j.ctx, req)
 		if err != nil {
 			j.cancel()
 			s.done()
@@ -512,7 +502,7 @@ func (j *job) response() any {
 		text := ch.text.String()
 		choice := ChatChoice{Index: 0, Message: &AssistantOutput{Role: "assistant", Content: &text},
 			FinishReason: finishReason(ch.final)}
-		if j.p.logprobs {
+		if j.p.req.Logprobs {
 			choice.Logprobs = &ChatLogprobs{Content: ch.chat, Refusal: nil}
 			if choice.Logprobs.Content == nil {
 				choice.Logprobs.Content = []TokenLogprob{}
@@ -636,7 +626,7 @@ func (j *job) completionChunk(choices ...CompletionChoice) CompletionResponse {
 func (j *job) deltaChunk(i int, text string, ch *choiceState, before, legacyBefore int) any {
 	if j.kind == kindChat {
 		c := ChatChoice{Index: i, Delta: &AssistantOutput{Content: &text}}
-		if j.p.logprobs {
+		if j.p.req.Logprobs {
 			c.Logprobs = &ChatLogprobs{Content: ch.chat[before:]}
 		}
 		return j.chatChunk(c)

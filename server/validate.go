@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"errors"
-	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,32 +13,29 @@ import (
 )
 
 const (
-	maxStops      = 16  // OpenAI allows 4; llama.cpp clients send more
-	maxStopLength = 256 // bytes
-	maxMessages   = 4096
-	maxPrompts    = 64 // prompts in one completions request
+	maxMessages = 4096
+	maxPrompts  = 64 // prompts in one completions request
 )
 
 // genParams is what a chat or completions request asks of the engine,
-// validated.
+// validated: req is the engine request every prompt of it starts from
+// (the prompt, tier, tenant and id are the generation's own).
 type genParams struct {
-	maxTokens    int
-	sampling     engine.Sampling
-	stop         []string
-	logprobs     bool
-	topLogprobs  int
-	ignoreEOS    bool
-	noCache      bool // cache_prompt: false
+	req          engine.Request
 	stream       bool
 	includeUsage bool
 }
 
-// params validates the shared fields against the tier's limits. OpenAI's
-// defaults apply where a field is absent: temperature 1 (0 in a
-// deterministic tier), top_p 1. maxTokens is the request's token limit
-// and param the field it came from.
+// params reads the shared fields. OpenAI's defaults apply where a field
+// is absent: temperature 1 (0 in a deterministic tier), top_p 1; the
+// tier caps max_tokens. The bounds of every engine parameter are the
+// engine's own (engine.Request.Check, which check runs once the request
+// is complete). maxTokens is the request's token limit and param the
+// field it came from.
 func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genParams, *APIError) {
-	p := genParams{stream: c.Stream, ignoreEOS: c.IgnoreEOS, noCache: c.CachePrompt != nil && !*c.CachePrompt}
+	p := genParams{stream: c.Stream}
+	r := &p.req
+	r.IgnoreEOS, r.NoCache = c.IgnoreEOS, c.CachePrompt != nil && !*c.CachePrompt
 	if c.N != nil && *c.N != 1 {
 		return p, unsupported("n", "n must be 1: this server returns one choice per prompt")
 	}
@@ -53,7 +49,7 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 		return p, unsupported("logit_bias", "logit_bias is not supported")
 	}
 
-	p.maxTokens = l.defaultMaxTokens
+	r.MaxTokens = l.defaultMaxTokens
 	if maxTokens != nil {
 		switch n := *maxTokens; {
 		case n < 1:
@@ -61,54 +57,32 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 		case n > l.maxTokens:
 			return p, badRequest(param, "%s is %d; this tier allows at most %d", param, n, l.maxTokens)
 		default:
-			p.maxTokens = n
+			r.MaxTokens = n
 		}
 	}
 
-	s := &p.sampling
+	s := &r.Sampling
 	s.Temperature = 1
 	if l.deterministic {
 		s.Temperature = 0
 	}
-	if v, err := number("temperature", c.Temperature, 0, 2); err != nil {
-		return p, err
-	} else if v != nil {
-		s.Temperature = float32(*v)
-	}
-	if v, err := number("top_p", c.TopP, 0, 1); err != nil {
-		return p, err
-	} else if v != nil {
-		if *v == 0 {
-			// OpenAI accepts 0 and keeps only the most likely token.
-			s.Temperature = 0
-		} else {
-			s.TopP = float32(*v)
+	set := func(dst *float32, v *float64) {
+		if v != nil {
+			*dst = float32(*v)
 		}
 	}
-	if v, err := number("presence_penalty", c.PresencePenalty, -2, 2); err != nil {
-		return p, err
-	} else if v != nil {
-		s.PresencePenalty = float32(*v)
+	set(&s.Temperature, c.Temperature)
+	if c.TopP != nil && *c.TopP == 0 {
+		// OpenAI accepts 0 and keeps only the most likely token.
+		s.Temperature = 0
+	} else {
+		set(&s.TopP, c.TopP)
 	}
-	if v, err := number("frequency_penalty", c.FrequencyPenalty, -2, 2); err != nil {
-		return p, err
-	} else if v != nil {
-		s.FrequencyPenalty = float32(*v)
-	}
-	if v, err := number("min_p", c.MinP, 0, 1); err != nil {
-		return p, err
-	} else if v != nil {
-		s.MinP = float32(*v)
-	}
-	if v, err := number("repeat_penalty", c.RepeatPenalty, 0, 10); err != nil {
-		return p, err
-	} else if v != nil {
-		s.RepeatPenalty = float32(*v)
-	}
+	set(&s.PresencePenalty, c.PresencePenalty)
+	set(&s.FrequencyPenalty, c.FrequencyPenalty)
+	set(&s.MinP, c.MinP)
+	set(&s.RepeatPenalty, c.RepeatPenalty)
 	if c.TopK != nil {
-		if *c.TopK < 0 || *c.TopK > 1<<20 {
-			return p, badRequest("top_k", "top_k must be between 0 and 1048576")
-		}
 		s.TopK = *c.TopK
 	}
 	if c.Seed != nil {
@@ -116,33 +90,22 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 		seed := uint32(uint64(*c.Seed))
 		s.Seed = &seed
 	}
-
-	if len(c.Stop) > maxStops {
-		return p, badRequest("stop", "stop has %d strings; at most %d are allowed", len(c.Stop), maxStops)
-	}
-	for _, st := range c.Stop {
-		switch {
-		case st == "":
-			return p, badRequest("stop", "stop strings must not be empty")
-		case len(st) > maxStopLength:
-			return p, badRequest("stop", "stop strings must be at most %d bytes", maxStopLength)
-		case !utf8.ValidString(st):
-			return p, badRequest("stop", "stop strings must be valid UTF-8")
-		}
-	}
-	p.stop = c.Stop
+	r.Stop = c.Stop
 	return p, nil
 }
 
-// number checks an optional finite number against [lo, hi].
-func number(name string, v *float64, lo, hi float64) (*float64, *APIError) {
-	if v == nil {
-		return nil, nil
+// check runs the engine's own checks on the complete request, before
+// the prompt is tokenized, so that a client sees the same bounds
+// whichever way it reaches the engine.
+func (p *genParams) check() *APIError {
+	if err := p.req.Check(); err != nil {
+		var ir *engine.InvalidRequestError
+		if errors.As(err, &ir) {
+			return badRequest(ir.Field, "%s %s", ir.Field, ir.Reason)
+		}
+		return badRequest("", "%v", err)
 	}
-	if math.IsNaN(*v) || math.IsInf(*v, 0) || *v < lo || *v > hi {
-		return nil, badRequest(name, "%s must be between %g and %g", name, lo, hi)
-	}
-	return v, nil
+	return nil
 }
 
 // chatRequest is a validated chat request.
@@ -173,19 +136,19 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		switch r.ResponseFormat.Type {
 		case "", "text":
 		case "json_object":
-			if p.ignoreEOS {
+			if p.req.IgnoreEOS {
 				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object")
 			}
-			p.sampling.Grammar = jsonObjectGrammar
+			p.req.Sampling.Grammar = jsonObjectGrammar
 		case "json_schema":
-			if p.ignoreEOS {
+			if p.req.IgnoreEOS {
 				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_schema")
 			}
 			g, apiErr := schemaGrammar(r.ResponseFormat.JSONSchema)
 			if apiErr != nil {
 				return nil, apiErr
 			}
-			p.sampling.Grammar = g
+			p.req.Sampling.Grammar = g
 		default:
 			return nil, unsupported("response_format",
 				"response_format %q is not supported; use json_schema, json_object or text", r.ResponseFormat.Type)
@@ -195,12 +158,12 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		if !r.Logprobs {
 			return nil, badRequest("top_logprobs", "top_logprobs requires logprobs: true")
 		}
-		if *r.TopLogprobs < 0 || *r.TopLogprobs > engine.MaxTopLogprobs {
-			return nil, badRequest("top_logprobs", "top_logprobs must be between 0 and %d", engine.MaxTopLogprobs)
-		}
-		p.topLogprobs = *r.TopLogprobs
+		p.req.TopLogprobs = *r.TopLogprobs
 	}
-	p.logprobs = r.Logprobs
+	p.req.Logprobs = r.Logprobs
+	if err := p.check(); err != nil {
+		return nil, err
+	}
 
 	if len(r.Messages) == 0 {
 		return nil, badRequest("messages", "messages must contain at least one message")
@@ -273,7 +236,10 @@ func (s *Server) validateCompletion(r *CompletionRequest, tier engine.Tier) (*co
 		if *r.Logprobs < 0 || *r.Logprobs > 5 {
 			return nil, badRequest("logprobs", "logprobs must be between 0 and 5")
 		}
-		p.logprobs, p.topLogprobs = true, *r.Logprobs
+		p.req.Logprobs, p.req.TopLogprobs = true, *r.Logprobs
+	}
+	if err := p.check(); err != nil {
+		return nil, err
 	}
 	if !r.Prompt.Set || r.Prompt.Len() == 0 {
 		return nil, badRequest("prompt", "prompt is required")
