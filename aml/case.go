@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -175,21 +175,9 @@ func strictUnmarshal(data []byte, v any) error {
 // jsonPath writes encoding/json's field path ("cases.0.case_id": Go
 // 1.27 puts list indices in it, 1.26 did not) the way Validate names
 // fields: "cases[0].case_id".
-func jsonPath(p string) string {
-	parts := strings.Split(p, ".")
-	var b strings.Builder
-	for i, part := range parts {
-		if _, err := strconv.Atoi(part); err == nil && i > 0 {
-			b.WriteString("[" + part + "]")
-			continue
-		}
-		if i > 0 {
-			b.WriteByte('.')
-		}
-		b.WriteString(part)
-	}
-	return b.String()
-}
+func jsonPath(p string) string { return listIndex.ReplaceAllString(p, "[$1]") }
+
+var listIndex = regexp.MustCompile(`\.(\d+)`)
 
 // decodeErr names the field of a JSON decoding error where it can.
 func decodeErr(err error) error {

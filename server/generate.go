@@ -34,7 +34,7 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	}
 	var req ChatRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
-		return badRequest("", "%s", err.Error())
+		return bodyError(err)
 	}
 	tier := s.tier(c)
 	v, apiErr := s.validateChat(&req, tier)
@@ -57,7 +57,7 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	}
 	var req CompletionRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
-		return badRequest("", "%s", err.Error())
+		return bodyError(err)
 	}
 	tier := s.tier(c)
 	v, apiErr := s.validateCompletion(&req, tier)

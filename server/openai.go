@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 )
 
 // The wire types follow the OpenAI API reference. Fields the server does
@@ -373,6 +374,23 @@ type ErrorDetail struct {
 	Code    *string `json:"code"`
 }
 
+var listIndex = regexp.MustCompile(`\.(\d+)`)
+
+// fieldError is a decoding error in one field of the body.
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string { return e.msg }
+
+// bodyError is the 400 for a body decodeJSON refused, naming the field
+// where it knows it.
+func bodyError(err error) *APIError {
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		return badRequest(fe.field, "%s", fe.msg)
+	}
+	return badRequest("", "%s", err.Error())
+}
+
 // decodeJSON decodes one JSON object and refuses trailing data, so that a
 // body such as `{...}{...}` is an error rather than half a request.
 func decodeJSON(body []byte, v any) error {
@@ -388,7 +406,10 @@ func decodeJSON(body []byte, v any) error {
 			return fmt.Errorf("the request body is not valid JSON: %s (at byte %d)", syn.Error(), syn.Offset)
 		case errors.As(err, &typ):
 			if typ.Field != "" {
-				return fmt.Errorf("invalid type for %q: expected %s, got JSON %s", typ.Field, typ.Type, typ.Value)
+				// OpenAI names list items messages[0].content; Go 1.27's
+				// path is messages.0.content.
+				field := listIndex.ReplaceAllString(typ.Field, "[$1]")
+				return &fieldError{field, fmt.Sprintf("invalid type for %s: expected %s, got JSON %s", field, typ.Type, typ.Value)}
 			}
 			return fmt.Errorf("the request body must be a JSON object, got JSON %s", typ.Value)
 		}

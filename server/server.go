@@ -523,7 +523,7 @@ func (s *Server) embeddings(c *fiber.Ctx) error {
 	}
 	var req EmbeddingRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
-		return badRequest("", "%s", err.Error())
+		return bodyError(err)
 	}
 	if err := s.checkModel(req.Model); err != nil {
 		return err
