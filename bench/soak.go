@@ -37,30 +37,31 @@ type SoakOptions struct {
 
 // SoakReport is what a soak saw.
 type SoakReport struct {
-	Clients  int
-	Duration time.Duration
+	Clients  int           `json:"clients"`
+	Duration time.Duration `json:"duration_ns"`
 	// Status counts outcomes by behaviour: "200", "429 queue_full", "503 queue_timeout" (status and error code), "transport",
 	// "disconnected" (a client that left on purpose) and so on.
-	Status map[string]map[string]int
+	Status map[string]map[string]int `json:"status"`
 	// Shed counts requests the server refused by design under load: 429
 	// queue_full and 503 queue_timeout, with Retry-After.
-	Shed int
+	Shed int `json:"shed"`
 	// Unintended counts outcomes other than success, intended disconnects,
 	// 429s on the rate-limited key and shed load.
-	Unintended int
-	Samples    []SoakSample
+	Unintended int          `json:"unintended"`
+	Samples    []SoakSample `json:"samples"`
 	// After the clients stopped and the server went idle.
-	IdleRunning, IdleWaiting float64
-	IdleKVUsage              float64
-	IdlePrefixTokens         float64
+	IdleRunning      float64 `json:"idle_running"`
+	IdleWaiting      float64 `json:"idle_waiting"`
+	IdleKVUsage      float64 `json:"idle_kv_usage"`
+	IdlePrefixTokens float64 `json:"idle_prefix_tokens"`
 }
 
 // SoakSample is one scrape of the server's metrics.
 type SoakSample struct {
-	At      time.Duration
-	RSS     float64 // bytes
-	KVUsage float64 // fraction of cells reserved by running requests
-	Running float64
+	At      time.Duration `json:"at_ns"`
+	RSS     float64       `json:"rss_bytes"`
+	KVUsage float64       `json:"kv_usage"` // fraction of cells reserved by running requests
+	Running float64       `json:"running"`
 }
 
 // behaviours of soak clients, chosen by client index.

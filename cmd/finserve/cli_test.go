@@ -165,6 +165,13 @@ func TestSoakCommand(t *testing.T) {
 	if r.Unintended != 0 || r.Status["over-rate"]["429 rate_limit_exceeded"] == 0 || r.Status["realtime-chat"]["200"] == 0 {
 		t.Errorf("soak report: %s", data)
 	}
+	// snake_case keys, as the bench report's (encoding/json would read
+	// Go's field names into r too).
+	for _, k := range []string{`"unintended": 0`, `"status": {`, `"idle_kv_usage": `, `"rss_bytes": `} {
+		if !strings.Contains(string(data), k) {
+			t.Errorf("soak report lacks %s:\n%s", k, data)
+		}
+	}
 	c.cmd.Process.Signal(syscall.SIGTERM)
 }
 
