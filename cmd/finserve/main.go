@@ -115,17 +115,16 @@ func cpuBudget() (n int, source string) {
 	return n, source
 }
 
-// computeThreads is the default --threads: the CPU budget, so that a pod
-// limited to 4 CPUs on a 64-core node runs 4 compute threads, not 64
-// throttled ones.
-func computeThreads(threads int, log *slog.Logger) int {
+// computeThreads is the default --threads: the CPU budget (cpuBudget's
+// n and source), so that a pod limited to 4 CPUs on a 64-core node runs
+// 4 compute threads, not 64 throttled ones.
+func computeThreads(threads, budget int, source string, log *slog.Logger) int {
 	if threads > 0 {
 		log.Info("compute threads", "threads", threads, "source", "--threads")
 		return threads
 	}
-	n, source := cpuBudget()
-	log.Info("compute threads", "threads", n, "source", source, "cpus", runtime.NumCPU())
-	return n
+	log.Info("compute threads", "threads", budget, "source", source, "cpus", runtime.NumCPU())
+	return budget
 }
 
 // setGoProcs bounds the CPUs that run Go code. ggml's compute threads spin
@@ -134,13 +133,12 @@ func computeThreads(threads int, log *slog.Logger) int {
 // step far more than its own CPU time (measured on 2 cores: 4-8% of
 // single-stream decode with GOMAXPROCS=2, none with 1). The serving work
 // needs little CPU, so it gets the CPUs of the budget the compute threads
-// leave.
-func setGoProcs(n, threads int, log *slog.Logger) {
+// leave: budget (cpuBudget's) less threads.
+func setGoProcs(n, threads, budget int, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
 	if n <= 0 {
-		budget, _ := cpuBudget()
 		n = min(4, max(1, budget-threads))
 	}
 	runtime.GOMAXPROCS(n)

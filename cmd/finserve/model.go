@@ -219,7 +219,8 @@ compare; scripts/peer-bench.sh does both.`,
 				return err
 			}
 			ctx := cmd.Context()
-			setGoProcs(0, threads, slog.Default()) // as `serve` does
+			budget, _ := cpuBudget()
+			setGoProcs(0, threads, budget, slog.Default()) // as `serve` does
 			mo, err := gpu.options(engine.ServingShape{Context: max(pp+1, tg+2, npp+ntg+1), Sequences: maxNPL, UBatch: ubatch})
 			if err != nil {
 				return err

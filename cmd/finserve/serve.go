@@ -233,8 +233,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 	for _, d := range engine.GPUs() {
 		log.Info("GPU device", "name", d.Name, "description", d.Description, "free_mib", d.FreeBytes>>20, "total_mib", d.TotalBytes>>20)
 	}
-	o.threads = computeThreads(o.threads, log)
-	setGoProcs(o.goProcs, o.threads, log)
+	budget, source := cpuBudget() // the cgroup files are read once
+	o.threads = computeThreads(o.threads, budget, source, log)
+	setGoProcs(o.goProcs, o.threads, budget, log)
 	stopTracing, err := setupTracing(ctx, log)
 	if err != nil {
 		return err
