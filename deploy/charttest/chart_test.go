@@ -246,6 +246,39 @@ func TestChartProbesAndFlags(t *testing.T) {
 	}
 }
 
+// TestChartTracing: without tracing the pods may call nothing; with a
+// collector endpoint they get the OTel environment and egress to the
+// collector's port and to DNS, and nowhere else.
+func TestChartTracing(t *testing.T) {
+	off := render(t, nil)
+	if eg := off.netpol.Spec.Egress; len(eg) != 0 || !slices.Contains(off.netpol.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+		t.Errorf("egress without tracing: %+v (policy types %v)", eg, off.netpol.Spec.PolicyTypes)
+	}
+	if slices.ContainsFunc(off.pod().Spec.Containers[0].Env, func(e corev1.EnvVar) bool { return strings.HasPrefix(e.Name, "OTEL_") }) {
+		t.Error("OTel settings without tracing")
+	}
+	on := render(t, map[string]any{"tracing": map[string]any{"endpoint": "http://otel-collector.observability:4318"}})
+	env := map[string]string{}
+	for _, e := range on.pod().Spec.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	if env["OTEL_EXPORTER_OTLP_ENDPOINT"] != "http://otel-collector.observability:4318" || env["OTEL_SERVICE_NAME"] != "finserve" {
+		t.Errorf("env with tracing: %v", env)
+	}
+	var ports []string
+	for _, rule := range on.netpol.Spec.Egress {
+		if len(rule.To) == 0 {
+			t.Errorf("an egress rule to anywhere: %+v", rule)
+		}
+		for _, p := range rule.Ports {
+			ports = append(ports, fmt.Sprintf("%s/%s", p.Port, *p.Protocol))
+		}
+	}
+	if want := []string{"4318/TCP", "53/UDP", "53/TCP"}; !slices.Equal(ports, want) {
+		t.Errorf("egress ports %v, want %v", ports, want)
+	}
+}
+
 // TestChartGrace: the pod's grace period covers preStop, serve's worst
 // case stop (shutdown-grace plus 6 s: cancel, then close) and a margin;
 // the drain delay fits in the grace; the defaults' worst case stays above
