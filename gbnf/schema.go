@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,27 +60,48 @@ const (
 // FromSchema converts a JSON Schema (draft 2020-12 or 07 keywords) into a
 // GBNF grammar with start rule "root".
 func FromSchema(schema []byte) (string, error) {
+	b := NewBuilder()
+	expr, err := b.Schema(schema)
+	if err != nil {
+		return "", err
+	}
+	return b.Grammar(expr), nil
+}
+
+// Builder composes one grammar from several schemas and literal text:
+// a reply made of JSON pieces (a tool call's name and its arguments, each
+// tool's arguments by its own schema). Each schema resolves its own $refs.
+type Builder struct {
+	rules map[string]string
+	n     int
+}
+
+// NewBuilder returns an empty Builder.
+func NewBuilder() *Builder { return &Builder{rules: map[string]string{}} }
+
+// Schema returns a grammar expression matching exactly the JSON documents
+// that validate against schema, with FromSchema's errors.
+func (b *Builder) Schema(schema []byte) (string, error) {
 	root, err := parse(schema)
 	if err != nil {
 		return "", &InvalidError{Reason: err.Error()}
 	}
-	c := &converter{root: root, rules: map[string]string{}, refs: map[string]string{}}
-	expr, err := c.convert(root, "", 0)
-	if err != nil {
-		return "", err
-	}
-	c.rules["root"] = expr
-	var b strings.Builder
-	names := make([]string, 0, len(c.rules))
-	for n := range c.rules {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		fmt.Fprintf(&b, "%s ::= %s\n", n, c.rules[n])
-	}
-	return b.String(), nil
+	c := &converter{root: root, b: b, refs: map[string]string{}}
+	return c.convert(root, "", 0)
 }
+
+// Grammar returns the grammar whose start rule "root" is expr.
+func (b *Builder) Grammar(expr string) string {
+	b.rules["root"] = expr
+	var out strings.Builder
+	for _, n := range slices.Sorted(maps.Keys(b.rules)) {
+		fmt.Fprintf(&out, "%s ::= %s\n", n, b.rules[n])
+	}
+	return out.String()
+}
+
+// Literal returns a grammar expression matching s exactly.
+func Literal(s string) string { return literal(s) }
 
 // node is a parsed JSON value that keeps the order of object members
 // (properties are written in the schema's order).
@@ -237,20 +259,19 @@ var handled = map[string]bool{"type": true, "enum": true, "const": true, "anyOf"
 	"format": true, "minimum": true, "prefixItems": true}
 
 type converter struct {
-	root  *node
-	rules map[string]string
-	refs  map[string]string // $ref to its rule name
-	n     int
+	root *node
+	b    *Builder
+	refs map[string]string // $ref to its rule name
 }
 
 // rule adds a rule for expr and returns its name.
 func (c *converter) rule(prefix, expr string) (string, error) {
-	if len(c.rules) >= maxRules {
+	if len(c.b.rules) >= maxRules {
 		return "", &InvalidError{Reason: fmt.Sprintf("the grammar would need more than %d rules", maxRules)}
 	}
-	c.n++
-	name := fmt.Sprintf("%s-%d", prefix, c.n)
-	c.rules[name] = expr
+	c.b.n++
+	name := fmt.Sprintf("%s-%d", prefix, c.b.n)
+	c.b.rules[name] = expr
 	return name, nil
 }
 
@@ -445,7 +466,7 @@ func (c *converter) ref(ref *node, path string, depth int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c.rules[name] = expr
+	c.b.rules[name] = expr
 	return name, nil
 }
 
@@ -652,12 +673,12 @@ func (c *converter) number(s *node, typ, path string) (string, error) {
 
 // any is a rule for any JSON value, as compact JSON.
 func (c *converter) any() string {
-	if _, ok := c.rules["value"]; !ok {
-		c.rules["value"] = `object | array | string | number | "true" | "false" | "null"`
-		c.rules["object"] = `"{" ( string ":" value ( "," string ":" value )* )? "}"`
-		c.rules["array"] = `"[" ( value ( "," value )* )? "]"`
-		c.rules["string"] = `"\"" ` + char + `* "\""`
-		c.rules["number"] = `"-"? ( "0" | [1-9] [0-9]{0,14} ) ( "." [0-9]{1,15} )? ( [eE] [-+]? [0-9]{1,3} )?`
+	if _, ok := c.b.rules["value"]; !ok {
+		c.b.rules["value"] = `object | array | string | number | "true" | "false" | "null"`
+		c.b.rules["object"] = `"{" ( string ":" value ( "," string ":" value )* )? "}"`
+		c.b.rules["array"] = `"[" ( value ( "," value )* )? "]"`
+		c.b.rules["string"] = `"\"" ` + char + `* "\""`
+		c.b.rules["number"] = `"-"? ( "0" | [1-9] [0-9]{0,14} ) ( "." [0-9]{1,15} )? ( [eE] [-+]? [0-9]{1,3} )?`
 	}
 	return "value"
 }
