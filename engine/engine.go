@@ -691,7 +691,7 @@ func (e *Engine) validateGenerate(req *Request) error {
 		req.Sampling.PenaltyLastN = 64
 	}
 	if g := req.Sampling.Grammar; g != "" {
-		if err := e.model.checkGrammar(g); err != nil {
+		if err := e.model.CheckGrammar(g); err != nil {
 			return err
 		}
 	}

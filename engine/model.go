@@ -636,9 +636,9 @@ func (m *Model) grammarSampler(grammar string) *C.struct_llama_sampler {
 	return C.llama_sampler_init_grammar(m.vocab, cg, root)
 }
 
-// checkGrammar reports whether llama.cpp accepts a grammar, so that a bad
+// CheckGrammar reports whether llama.cpp accepts a grammar, so that a bad
 // one is a request error rather than a failure inside the loop.
-func (m *Model) checkGrammar(grammar string) error {
+func (m *Model) CheckGrammar(grammar string) error {
 	switch {
 	case len(grammar) > maxGrammarBytes:
 		return invalid("grammar", "is longer than %d bytes", maxGrammarBytes)
