@@ -132,6 +132,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatContent -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzReplyStream -fuzztime $(FUZZTIME)
 	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)
 	$(GO) test ./bench -run '^$$' -fuzz FuzzParseTarget -fuzztime $(FUZZTIME)
 	$(GO) test ./aml -run '^$$' -fuzz FuzzDecodeCases -fuzztime $(FUZZTIME)

@@ -40,6 +40,8 @@ var fuzzSeeds = []string{
 	`{"prompt":[[1,2,3],[4]],"n":1,"best_of":1}`,
 	`{"prompt":[1,2,999999]}`,
 	`{"messages":[{"role":"user","content":"\ud800"}]}`,
+	`{"messages":[{"role":"user","content":"b?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"a\":1}"}}]},{"role":"tool","tool_call_id":"c1","content":"5"}],"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object","properties":{"a":{"type":"integer"}}}}}],"tool_choice":"auto","parallel_tool_calls":false}`,
+	`{"messages":[{"role":"user","content":"q"}],"tools":[{"type":"function","function":{"name":"f","strict":true}}],"tool_choice":{"type":"function","function":{"name":"f"}}}`,
 	`{"messages":[`, `[]`, `null`, `{"messages":"hi"}`, `{"stop":5}`,
 }
 

@@ -41,12 +41,24 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
+	if g := v.req.Sampling.Grammar; g != "" {
+		// The grammar is the server's, made from the client's schemas:
+		// one llama.cpp refuses (too big, too deep) is the client's 400,
+		// before its tools' description is tokenized.
+		if err := b.model.CheckGrammar(g); err != nil {
+			param, what := "response_format", "the schema"
+			if v.tools != nil {
+				param, what = "tools", "the tools' parameter schemas"
+			}
+			return badRequest(param, "the grammar made from %s is one this server cannot use: %v", what, err)
+		}
+	}
 	prompt, apiErr := s.chatPrompt(b, v.messages)
 	if apiErr != nil {
 		return apiErr
 	}
 	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c),
-		tier: tier, start: start})
+		tier: tier, start: start, tools: v.tools})
 }
 
 func (s *Server) completions(c *fiber.Ctx) error {
@@ -82,6 +94,7 @@ type job struct {
 	tenant  string // whose prefixes the prompts may reuse (see Server.tenant)
 	tier    engine.Tier
 	start   time.Time
+	tools   *toolPlan // a chat whose answer is tool calls or {"response":...}
 
 	id string
 	// requestID is the client's X-Request-Id (else id); traceID its W3C
@@ -116,6 +129,7 @@ type choiceState struct {
 	legacy    *CompletionLogprobs
 	final     engine.Event
 	done      bool
+	reply     replyStream // a streamed tool-using answer (job.tools)
 }
 
 // generate starts the engine streams and answers, streamed or not.
@@ -502,6 +516,14 @@ func (j *job) response() any {
 		text := ch.text.String()
 		choice := ChatChoice{Index: 0, Message: &AssistantOutput{Role: "assistant", Content: &text},
 			FinishReason: finishReason(ch.final)}
+		if j.tools != nil {
+			content, calls, _ := parseReply(text)
+			choice.Message.Content = &content
+			if len(calls) > 0 {
+				choice.Message.Content, choice.Message.ToolCalls = nil, calls
+				choice.FinishReason = &finishToolCalls
+			}
+		}
 		if j.p.req.Logprobs {
 			choice.Logprobs = &ChatLogprobs{Content: ch.chat, Refusal: nil}
 			if choice.Logprobs.Content == nil {
@@ -579,6 +601,14 @@ func (s *Server) writeStream(w *bufio.Writer, j *job, events eventSource) bool {
 			w.WriteString("data: [DONE]\n\n")
 			return w.Flush() == nil
 		}
+		if j.tools != nil {
+			// The JSON of a tool-using answer stays in; a response's text
+			// goes out as it decodes, calls once they are complete.
+			if !j.sendReply(send, it.i, ch, ev) {
+				return false
+			}
+			continue
+		}
 		if ev.Text != "" || len(ch.chat) > before || (ch.legacy != nil && len(ch.legacy.Tokens) > legacyBefore) {
 			if !send(j.deltaChunk(it.i, ev.Text, ch, before, legacyBefore)) {
 				return false
@@ -638,6 +668,40 @@ func (j *job) deltaChunk(i int, text string, ch *choiceState, before, legacyBefo
 			TopLogprobs: l.TopLogprobs[legacyBefore:], TextOffset: l.TextOffset[legacyBefore:]}
 	}
 	return j.completionChunk(c)
+}
+
+// finishToolCalls is the finish reason of an answer that calls tools.
+var finishToolCalls = "tool_calls"
+
+// sendReply streams one event of a tool-using answer: the decoded text
+// of a response, or, at the end, the calls (each a delta with its index,
+// id, name and whole arguments) and the finish reason. An answer cut
+// short of valid JSON (max_tokens, a stop string) goes out as it is.
+func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.Event) bool {
+	if text := ch.reply.feed(ev.Text); text != "" {
+		if !send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: &text}})) {
+			return false
+		}
+	}
+	if !ev.Done {
+		return true
+	}
+	finish := j.finishChunk(i, ev).(ChatResponse)
+	if !ch.reply.streaming() {
+		content, calls, _ := parseReply(ch.text.String())
+		delta := &AssistantOutput{Content: &content}
+		if len(calls) > 0 {
+			delta = &AssistantOutput{ToolCalls: calls}
+			for k := range calls {
+				calls[k].Index = &k
+			}
+			finish.Choices[0].FinishReason = &finishToolCalls
+		}
+		if !send(j.chatChunk(ChatChoice{Index: i, Delta: delta})) {
+			return false
+		}
+	}
+	return send(finish)
 }
 
 func (j *job) finishChunk(i int, ev engine.Event) any {

@@ -22,9 +22,10 @@ type ChatRequest struct {
 	Logprobs            bool            `json:"logprobs"`
 	TopLogprobs         *int            `json:"top_logprobs"`
 	ResponseFormat      *ResponseFormat `json:"response_format"`
-	Tools               json.RawMessage `json:"tools"`
+	Tools               []Tool          `json:"tools"`
 	ToolChoice          json.RawMessage `json:"tool_choice"`
-	Functions           json.RawMessage `json:"functions"`
+	ParallelToolCalls   *bool           `json:"parallel_tool_calls"`
+	Functions           json.RawMessage `json:"functions"` // the deprecated form of tools: refused
 }
 
 // GenerationParams are the fields chat and completions requests share.
@@ -87,9 +88,10 @@ type ChatMessage struct {
 	Role    string      `json:"role"`
 	Content ChatContent `json:"content"`
 	Name    string      `json:"name,omitempty"`
-	// ToolCalls and ToolCallID belong to tool use, which is refused.
-	ToolCalls  json.RawMessage `json:"tool_calls,omitempty"`
-	ToolCallID string          `json:"tool_call_id,omitempty"`
+	// ToolCalls are an assistant's calls; ToolCallID says which call a
+	// tool message answers.
+	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
+	ToolCallID string     `json:"tool_call_id,omitempty"`
 }
 
 // ChatContent is a message's content: a string or an array of parts, of
@@ -284,9 +286,10 @@ type ChatChoice struct {
 
 // AssistantOutput is a response message or a streamed delta.
 type AssistantOutput struct {
-	Role    string  `json:"role,omitempty"`
-	Content *string `json:"content,omitempty"`
-	Refusal *string `json:"refusal,omitempty"`
+	Role      string     `json:"role,omitempty"`
+	Content   *string    `json:"content,omitempty"`
+	Refusal   *string    `json:"refusal,omitempty"`
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
 }
 
 // ChatLogprobs are the log-probabilities of a choice's tokens.

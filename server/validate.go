@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"regexp"
 	"strconv"
@@ -112,6 +113,7 @@ func (p *genParams) check() *APIError {
 type chatRequest struct {
 	genParams
 	messages []engine.Message
+	tools    *toolPlan // nil: the answer is free text
 }
 
 func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *APIError) {
@@ -129,8 +131,12 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 	if err != nil {
 		return nil, err
 	}
-	if isSet(r.Tools) || isSet(r.ToolChoice) || isSet(r.Functions) {
-		return nil, unsupported("tools", "tools and function calling are not supported by this server")
+	if isSet(r.Functions) {
+		return nil, unsupported("functions", "functions is deprecated and not supported; send tools")
+	}
+	tools, apiErr := toolsOf(r)
+	if apiErr != nil {
+		return nil, apiErr
 	}
 	if r.ResponseFormat != nil {
 		switch r.ResponseFormat.Type {
@@ -154,6 +160,17 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 				"response_format %q is not supported; use json_schema, json_object or text", r.ResponseFormat.Type)
 		}
 	}
+	if tools != nil {
+		switch {
+		case r.ResponseFormat != nil && r.ResponseFormat.Type != "" && r.ResponseFormat.Type != "text":
+			return nil, unsupported("response_format", "response_format %q together with tools is not supported; describe the answer as a tool's parameters", r.ResponseFormat.Type)
+		case p.req.IgnoreEOS:
+			return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with tools")
+		case r.Logprobs:
+			return nil, unsupported("logprobs", "logprobs together with tools is not supported")
+		}
+		p.req.Sampling.Grammar = tools.grammar
+	}
 	if r.TopLogprobs != nil {
 		if !r.Logprobs {
 			return nil, badRequest("top_logprobs", "top_logprobs requires logprobs: true")
@@ -171,23 +188,28 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 	if len(r.Messages) > maxMessages {
 		return nil, badRequest("messages", "messages has %d entries; at most %d are allowed", len(r.Messages), maxMessages)
 	}
-	out := &chatRequest{genParams: p, messages: make([]engine.Message, 0, len(r.Messages))}
+	out := &chatRequest{genParams: p, messages: make([]engine.Message, 0, len(r.Messages)), tools: tools}
+	called := map[string]string{} // tool call id -> the function it called
+	var results []toolResult      // consecutive tool messages, for one user turn
+	flush := func() {
+		if len(results) > 0 {
+			out.messages = append(out.messages, engine.Message{Role: "user", Content: resultsJSON(results)})
+			results = nil
+		}
+	}
 	for i, m := range r.Messages {
 		param := "messages[" + strconv.Itoa(i) + "]"
 		role := m.Role
 		switch role {
-		case "system", "user", "assistant":
+		case "system", "user", "assistant", "tool":
 		case "developer":
 			role = "system" // OpenAI's newer name for the system role
-		case "tool", "function":
-			return nil, unsupported(param+".role", "role %q is not supported: this server has no tool use", role)
+		case "function":
+			return nil, unsupported(param+".role", "role \"function\" is deprecated and not supported; send tool messages")
 		case "":
 			return nil, badRequest(param+".role", "%s.role is required", param)
 		default:
-			return nil, badRequest(param+".role", "role %q is not one of system, developer, user or assistant", role)
-		}
-		if isSet(m.ToolCalls) {
-			return nil, unsupported(param+".tool_calls", "tool_calls are not supported by this server")
+			return nil, badRequest(param+".role", "role %q is not one of system, developer, user, assistant or tool", role)
 		}
 		if m.Content.Other != "" {
 			return nil, unsupported(param+".content", "content parts of type %q are not supported; send text parts", m.Content.Other)
@@ -198,7 +220,45 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		if !utf8.ValidString(m.Content.Text) || strings.IndexByte(m.Content.Text, 0) >= 0 {
 			return nil, badRequest(param+".content", "%s.content must be valid UTF-8 without NUL characters", param)
 		}
-		out.messages = append(out.messages, engine.Message{Role: role, Content: m.Content.Text})
+		if len(m.ToolCalls) > 0 && role != "assistant" {
+			return nil, badRequest(param+".tool_calls", "only assistant messages have tool_calls")
+		}
+		content := m.Content.Text
+		switch {
+		case role == "tool":
+			name, ok := called[m.ToolCallID]
+			if !ok {
+				return nil, badRequest(param+".tool_call_id", "%s.tool_call_id %q answers no tool call of an earlier assistant message", param, m.ToolCallID)
+			}
+			results = append(results, toolResult{ToolCallID: m.ToolCallID, Name: name, Content: content})
+			continue
+		case len(m.ToolCalls) > 0:
+			for k, c := range m.ToolCalls {
+				cp := param + ".tool_calls[" + strconv.Itoa(k) + "]"
+				switch {
+				case c.Type != "" && c.Type != "function":
+					return nil, badRequest(cp+".type", "%s.type must be \"function\"", cp)
+				case c.ID == "":
+					return nil, badRequest(cp+".id", "%s.id is required", cp)
+				case !toolNameRE.MatchString(c.Function.Name):
+					return nil, badRequest(cp+".function.name", "%s.function.name must be 1 to 64 letters, digits, underscores or dashes", cp)
+				case !utf8.ValidString(c.Function.Arguments) || strings.IndexByte(c.Function.Arguments, 0) >= 0:
+					return nil, badRequest(cp+".function.arguments", "%s.function.arguments must be valid UTF-8 without NUL characters", cp)
+				}
+				called[c.ID] = c.Function.Name
+			}
+			content = strings.TrimSpace(content + "\n" + callsJSON(m.ToolCalls))
+		case role == "assistant" && tools != nil:
+			// the answer as the model writes it when it has tools
+			text, _ := json.Marshal(content)
+			content = `{"response":` + string(text) + `}`
+		}
+		flush()
+		out.messages = append(out.messages, engine.Message{Role: role, Content: content})
+	}
+	flush()
+	if tools != nil {
+		out.messages = withToolsSystem(out.messages, tools.system)
 	}
 	return out, nil
 }
