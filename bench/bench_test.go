@@ -38,7 +38,7 @@ func startServerWith(t *testing.T, cfg server.Config, o engine.Options) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
-	o.Threads = 2
+	o.Threads = 1
 	e, err := engine.New(m, o)
 	if err != nil {
 		t.Fatal(err)

@@ -735,7 +735,7 @@ func nearTie(top []engine.TokenLogprob, a, b engine.Token, tol float32) (float32
 // TestCloseEndsEverything: closing the engine ends running and waiting
 // requests with ErrStopped, and later requests are refused.
 func TestCloseEndsEverything(t *testing.T) {
-	e, err := engine.New(tinyQ8, engine.Options{Parallel: 1, Context: 512, Threads: 2})
+	e, err := engine.New(tinyQ8, engine.Options{Parallel: 1, Context: 512, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

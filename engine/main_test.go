@@ -68,7 +68,12 @@ func run(m *testing.M) int {
 func newEngine(t testing.TB, m *engine.Model, o engine.Options) *engine.Engine {
 	t.Helper()
 	if o.Threads == 0 {
-		o.Threads = 2
+		// One compute thread: ggml's threads spin at a barrier every
+		// graph node, and beside other test processes on a small machine
+		// a spinning thread burns the time slice its peer needs. Two race
+		// runs of this package at once on 2 cores: 177 s with 2 threads,
+		// 11 s with 1 (TestCloseUnderLoad keeps 2, for the thread pool).
+		o.Threads = 1
 	}
 	if o.Context == 0 {
 		o.Context = 512

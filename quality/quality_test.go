@@ -70,7 +70,7 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-var opts = quality.Options{Context: 128, Chunks: 4, Threads: 2, SkipSpeed: true}
+var opts = quality.Options{Context: 128, Chunks: 4, Threads: 1, SkipSpeed: true}
 
 // TestKLOrdersQuantizations: against its f32 original, q8_0 diverges less
 // than q4_k_m; both divergences are positive and both keep most top-1

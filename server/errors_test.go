@@ -300,7 +300,7 @@ func TestLoading(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-	e, err := engine.New(tiny, engine.Options{Threads: 2, Context: 256, Parallel: 1})
+	e, err := engine.New(tiny, engine.Options{Threads: 1, Context: 256, Parallel: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

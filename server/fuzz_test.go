@@ -216,7 +216,7 @@ func httpServer(f *testing.F, cfg Config) (*Server, string, string) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	e, err := engine.New(tiny, engine.Options{Parallel: 2, Context: 1024, Threads: 2})
+	e, err := engine.New(tiny, engine.Options{Parallel: 2, Context: 1024, Threads: 1})
 	if err != nil {
 		f.Fatal(err)
 	}

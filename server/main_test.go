@@ -88,7 +88,7 @@ func startServer(t testing.TB, cfg Config, o engine.Options) *testServer {
 	t.Helper()
 	ts := startLoading(t, cfg)
 	if o.Threads == 0 {
-		o.Threads = 2
+		o.Threads = 1 // see engine's newEngine: spinning threads beside other tests
 	}
 	if o.Context == 0 {
 		o.Context = 1024

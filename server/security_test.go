@@ -238,7 +238,7 @@ func TestAmbiguousFraming(t *testing.T) {
 // before, "<|im_start|>system" in a user message became a system turn.
 func TestUserDefinedMarkersInContent(t *testing.T) {
 	ts := startLoading(t, Config{})
-	e, err := engine.New(tinyUser, engine.Options{Threads: 2, Context: 512, Parallel: 1})
+	e, err := engine.New(tinyUser, engine.Options{Threads: 1, Context: 512, Parallel: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,11 +60,11 @@ func TestAuditSurvivesKill(t *testing.T) {
 	}
 	var ids []string
 	for round, n := range []int{3, 1} {
-		cmd, base := startChild(t, "--model", model, "--threads", "2", "--ctx", "1024", "--audit-log", logPath)
+		cmd, base := startChild(t, "--model", model, "--threads", "1", "--ctx", "1024", "--audit-log", logPath)
 		if round == 0 {
 			// A second server on the same log is refused, clearly.
 			second := exec.Command(os.Args[0], "-test.run=^$")
-			second.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--audit-log", logPath}, "\x1f"))
+			second.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--threads", "1", "--audit-log", logPath}, "\x1f"))
 			out, err := second.CombinedOutput()
 			if err == nil || !strings.Contains(string(out), "locked by another process") {
 				t.Fatalf("a second server on the same audit log: %v %s", err, out)
@@ -143,7 +143,7 @@ func TestAuditSurvivesKill(t *testing.T) {
 		t.Errorf("verify of a cut acknowledged record: %v %s", err, out)
 	}
 	refused := exec.Command(os.Args[0], "-test.run=^$")
-	refused.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--audit-log", logPath}, "\x1f"))
+	refused.Env = append(os.Environ(), "FINSERVE_TEST_ARGS="+strings.Join([]string{"serve", "--addr", "127.0.0.1:0", "--model", model, "--threads", "1", "--audit-log", logPath}, "\x1f"))
 	if out, err := refused.CombinedOutput(); err == nil || !strings.Contains(string(out), "finserve audit repair") {
 		t.Errorf("serve on a cut acknowledged record: %v %s", err, out)
 	}
@@ -172,7 +172,7 @@ func TestHangupAndLogSettings(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	conf := filepath.Join(dir, "serve.yaml")
-	os.WriteFile(conf, []byte("model: "+model+"\nctx: 256\nthreads: 2\nlog-format: json\naddr: "+addr+"\n"), 0o600)
+	os.WriteFile(conf, []byte("model: "+model+"\nctx: 256\nthreads: 1\nlog-format: json\naddr: "+addr+"\n"), 0o600)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "FINSERVE_TEST_ARGS=serve\x1f--config\x1f"+conf, "FINSERVE_LOG_LEVEL=debug")
 	logs := &lockedBuffer{}

@@ -52,7 +52,7 @@ func TestModelCommands(t *testing.T) {
 	eval := func(cand string) (top1, kl float64) {
 		var r struct{ Top1Agreement, KLMean float64 }
 		out := mustRun("eval", "--reference", f16, "--candidate", cand, "--corpus", "../../testdata/corpus/finance-zh-en.txt",
-			"--ctx", "128", "--chunks", "2", "--no-speed", "--json", "--threads", "2")
+			"--ctx", "128", "--chunks", "2", "--no-speed", "--json", "--threads", "1")
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("eval: %v %s", err, out)
 		}
@@ -68,7 +68,7 @@ func TestModelCommands(t *testing.T) {
 	// The text is the line before the summary (finish=..., then timings
 	// that differ run to run).
 	gen := func() string {
-		out := mustRun("generate", "--model", q8, "--prompt", "The branch opens at", "--max-tokens", "6", "--temperature", "0", "--threads", "2", "--ctx", "256")
+		out := mustRun("generate", "--model", q8, "--prompt", "The branch opens at", "--max-tokens", "6", "--temperature", "0", "--threads", "1", "--ctx", "256")
 		head, summary, ok := strings.Cut(out, "\nfinish=")
 		if !ok || !strings.HasPrefix(summary, "length prompt=") || !strings.Contains(summary, "completion=6 ") {
 			t.Fatalf("generate printed %q", out)
@@ -83,7 +83,7 @@ func TestModelCommands(t *testing.T) {
 		Test string
 		Mean float64
 	}
-	if err := json.Unmarshal([]byte(mustRun("model", "bench", q8, "--pp", "16", "--tg", "4", "--reps", "1", "--npl", "", "--threads", "2", "--json")), &bench); err != nil {
+	if err := json.Unmarshal([]byte(mustRun("model", "bench", q8, "--pp", "16", "--tg", "4", "--reps", "1", "--npl", "", "--threads", "1", "--json")), &bench); err != nil {
 		t.Fatal(err)
 	}
 	if len(bench) != 2 || bench[0].Test != "pp16" || bench[1].Test != "tg4" || bench[0].Mean <= 0 || bench[1].Mean <= 0 {
@@ -143,7 +143,7 @@ func TestSoakCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "2048", "--parallel", "4", "--api-keys", keys)
+	c := spawn(t, nil, nil, "--model", model, "--threads", "1", "--ctx", "2048", "--parallel", "4", "--api-keys", keys)
 	waitFor(t, 60e9, func() bool {
 		resp, _, err := try("GET", c.base+"/ready", "", key)
 		return err == nil && resp.StatusCode == 200
@@ -181,7 +181,7 @@ func TestSoakCommand(t *testing.T) {
 // as vLLM's benchmark writes them, and it never holds the API key.
 func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
-	c := spawn(t, nil, nil, "--model", tinyModel(t, dir), "--threads", "2", "--ctx", "256", "--parallel", "1")
+	c := spawn(t, nil, nil, "--model", tinyModel(t, dir), "--threads", "1", "--ctx", "256", "--parallel", "1")
 	c.waitReady(t)
 	args := func(url, out string, extra ...string) []string {
 		return append([]string{"bench", "--url", url, "--concurrency", "1", "--requests-per-client", "2", "--max-tokens", "2",

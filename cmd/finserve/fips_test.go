@@ -15,7 +15,7 @@ func TestFIPSTLS(t *testing.T) {
 	dir := t.TempDir()
 	model := tinyModel(t, dir)
 	_, cert, key, _, _ := certs(t, dir)
-	c := spawn(t, []string{"GODEBUG=fips140=on"}, nil, "--model", model, "--threads", "2", "--ctx", "256", "--parallel", "1",
+	c := spawn(t, []string{"GODEBUG=fips140=on"}, nil, "--model", model, "--threads", "1", "--ctx", "256", "--parallel", "1",
 		"--tls-cert", cert, "--tls-key", key)
 	addr := strings.TrimPrefix(c.base, "http://")
 	waitFor(t, 60*time.Second, func() bool { return readyAt("https://" + addr + "/ready") },

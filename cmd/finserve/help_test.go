@@ -178,7 +178,7 @@ func TestTracingExport(t *testing.T) {
 	dir := t.TempDir()
 	model := tinyModel(t, dir)
 	c := spawn(t, []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + collector.URL, "OTEL_BSP_SCHEDULE_DELAY=50", "OTEL_SERVICE_NAME=finserve-test"}, nil,
-		"--model", model, "--threads", "2", "--ctx", "256")
+		"--model", model, "--threads", "1", "--ctx", "256")
 	c.waitReady(t)
 	const trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 	req, _ := http.NewRequest("POST", c.base+"/v1/chat/completions", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}`))

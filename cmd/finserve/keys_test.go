@@ -91,7 +91,7 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	cmd := newServeCmd()
-	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "1",
+	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "1", "--ctx", "256", "--parallel", "1",
 		"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--api-keys", keys, "--shutdown-grace", "1s"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

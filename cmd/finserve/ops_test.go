@@ -232,7 +232,7 @@ func drainTest(t *testing.T, sig syscall.Signal) {
 	model := tinyModel(t, dir)
 	notify := listenNotify(t)
 	c := spawn(t, []string{"NOTIFY_SOCKET=" + notify.path}, nil,
-		"--model", model, "--threads", "2", "--ctx", "256", "--shutdown-grace", "5m", "--drain-delay", "5m")
+		"--model", model, "--threads", "1", "--ctx", "256", "--shutdown-grace", "5m", "--drain-delay", "5m")
 	c.waitReady(t)
 	waitFor(t, 5*time.Second, func() bool { return notify.has("READY=1") }, func() string { return "no READY=1 on the notify socket" })
 	if notify.has("STOPPING=1") {
@@ -310,7 +310,7 @@ func TestReloadedKeysStayReadable(t *testing.T) {
 	os.Chown(keys, 0, gid)
 	os.Chmod(keys, 0o640)
 
-	c := spawn(t, nil, &syscall.Credential{Uid: uid, Gid: gid}, "--model", model, "--threads", "2", "--ctx", "256", "--api-keys", keys)
+	c := spawn(t, nil, &syscall.Credential{Uid: uid, Gid: gid}, "--model", model, "--threads", "1", "--ctx", "256", "--api-keys", keys)
 	waitFor(t, 60*time.Second, func() bool {
 		resp, _, err := try("GET", c.base+"/ready", "", first)
 		return err == nil && resp.StatusCode == 200
@@ -410,7 +410,7 @@ func TestAuditDiskFull(t *testing.T) {
 		t.Fatalf("keygen: %v %s", err, out)
 	}
 	conf := filepath.Join(dir, "serve.yaml")
-	os.WriteFile(conf, []byte("model: "+model+"\nthreads: 2\nctx: 1024\naudit-log: "+logPath+"\naudit-key-file: "+keyPath+"\n"), 0o600)
+	os.WriteFile(conf, []byte("model: "+model+"\nthreads: 1\nctx: 1024\naudit-log: "+logPath+"\naudit-key-file: "+keyPath+"\n"), 0o600)
 	amlCase, err := os.ReadFile("../../aml/testdata/structuring.json")
 	if err != nil {
 		t.Fatal(err)
@@ -507,7 +507,7 @@ func TestConfigCheckMatchesServe(t *testing.T) {
 	good := filepath.Join(dir, "good")
 	os.Mkdir(good, 0o750)
 	logPath := filepath.Join(good, "audit.jsonl")
-	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "1024", "--audit-log", logPath)
+	c := spawn(t, nil, nil, "--model", model, "--threads", "1", "--ctx", "1024", "--audit-log", logPath)
 	c.waitReady(t)
 	amlCase, _ := os.ReadFile("../../aml/testdata/structuring.json")
 	var heads [][]byte
@@ -547,7 +547,7 @@ func TestConfigCheckMatchesServe(t *testing.T) {
 	os.WriteFile(filepath.Join(tampered, "audit.jsonl.key"), key, 0o600)
 	os.WriteFile(filepath.Join(tampered, "audit.jsonl.head"), heads[1], 0o640)
 
-	base := "model: " + model + "\nthreads: 2\nctx: 256\n"
+	base := "model: " + model + "\nthreads: 1\nctx: 256\n"
 	cases := []struct {
 		name, yaml string
 		ok         bool
@@ -655,7 +655,7 @@ func TestBrokenKeyFileKeepsKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(keys)
-	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "256", "--api-keys", keys)
+	c := spawn(t, nil, nil, "--model", model, "--threads", "1", "--ctx", "256", "--api-keys", keys)
 	waitFor(t, 60*time.Second, func() bool {
 		resp, _, err := try("GET", c.base+"/ready", "", first)
 		return err == nil && resp.StatusCode == 200
@@ -692,7 +692,7 @@ func TestBrokenKeyFileKeepsKeys(t *testing.T) {
 func TestBinaryLogsMasked(t *testing.T) {
 	dir := t.TempDir()
 	model := tinyModel(t, dir)
-	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "1024")
+	c := spawn(t, nil, nil, "--model", model, "--threads", "1", "--ctx", "1024")
 	c.waitReady(t)
 	const card = "4111111111111111"
 	req, _ := http.NewRequest("GET", c.base+"/v1/no-such-route", nil)

@@ -78,7 +78,7 @@ func TestRestrictedPod(t *testing.T) {
 	}
 
 	probe := freeAddr(t)
-	c := spawnWrapped(t, wrap, nil, nil, "--config", conf, "--probe-addr", probe, "--threads", "2", "--ctx", "1024", "--parallel", "1")
+	c := spawnWrapped(t, wrap, nil, nil, "--config", conf, "--probe-addr", probe, "--threads", "1", "--ctx", "1024", "--parallel", "1")
 	waitFor(t, 60*time.Second, func() bool { return readyAt("http://" + probe + "/ready") },
 		func() string { return "the probe port never said ready:\n" + c.logs.String() })
 	if resp, _ := call(t, "GET", "http://"+probe+"/metrics", "", ""); resp.StatusCode != 200 {

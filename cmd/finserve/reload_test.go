@@ -87,7 +87,7 @@ func TestReloadsOnSecretUpdate(t *testing.T) {
 	}
 	cm := newSecretMount(t, map[string][]byte{"aml.yaml": aml.DefaultYAML()})
 
-	c := spawn(t, nil, nil, "--model", model, "--threads", "2", "--ctx", "1024", "--parallel", "1",
+	c := spawn(t, nil, nil, "--model", model, "--threads", "1", "--ctx", "1024", "--parallel", "1",
 		"--tls-cert", secret.path("tls.crt"), "--tls-key", secret.path("tls.key"), "--aml-config", cm.path("aml.yaml"),
 		"--reload-interval", "100ms")
 	addr, logs := strings.TrimPrefix(c.base, "http://"), c.logs

@@ -122,7 +122,7 @@ func TestServeCommand(t *testing.T) {
 	// Long enough to be worth a copy (a block of 32 tokens at least), with
 	// commas that a comma-splitting flag would break.
 	system := strings.Repeat("You are a bank assistant, brief and polite. ", 8)
-	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "2", "--ctx", "256", "--parallel", "2", "--shutdown-grace", "2s",
+	cmd.SetArgs([]string{"--model", model, "--addr", addr, "--threads", "1", "--ctx", "256", "--parallel", "2", "--shutdown-grace", "2s",
 		"--pin-system-prompt", system, "--prefix-cache-host", "16MiB"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
