@@ -140,7 +140,7 @@ func toolsOf(r *ChatRequest) (*toolPlan, *APIError) {
 		}
 		name, _ := json.Marshal(t.Function.Name)
 		calls = append(calls, gbnf.Literal(`{"name":`+string(name)+`,"arguments":`)+" "+args+" "+gbnf.Literal("}"))
-		line, _ := json.Marshal(struct {
+		line := promptJSON(struct {
 			Name        string          `json:"name"`
 			Description string          `json:"description,omitempty"`
 			Parameters  json.RawMessage `json:"parameters"`
@@ -204,6 +204,16 @@ func toolChoice(raw json.RawMessage) (choice, named string, _ *APIError) {
 	return "function", obj.Function.Name, nil
 }
 
+// promptJSON is v as JSON for the model to read: <, > and & as they are,
+// not escaped for HTML.
+func promptJSON(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
+
 func compactJSON(raw json.RawMessage) json.RawMessage {
 	var b bytes.Buffer
 	if json.Compact(&b, raw) != nil {
@@ -225,12 +235,11 @@ func callsJSON(calls []ToolCall) string {
 	for _, c := range calls {
 		args := json.RawMessage(compactJSON(json.RawMessage(c.Function.Arguments)))
 		if !json.Valid(args) {
-			args, _ = json.Marshal(c.Function.Arguments)
+			args = promptJSON(c.Function.Arguments)
 		}
 		out.ToolCalls = append(out.ToolCalls, call{c.Function.Name, args})
 	}
-	data, _ := json.Marshal(out)
-	return string(data)
+	return string(promptJSON(out))
 }
 
 // toolResult is one tool message, written for the model.
@@ -243,10 +252,9 @@ type toolResult struct {
 // resultsJSON writes consecutive tool messages as one user turn (chat
 // templates expect user and assistant turns to alternate).
 func resultsJSON(rs []toolResult) string {
-	data, _ := json.Marshal(struct {
+	return string(promptJSON(struct {
 		ToolResults []toolResult `json:"tool_results"`
-	}{rs})
-	return string(data)
+	}{rs}))
 }
 
 // withToolsSystem puts the tools' description into the system message:

@@ -286,3 +286,49 @@ func TestToolRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// TestToolHistory: a conversation with tool calls and results reaches
+// the template in the format the model answers in: the tools in the
+// system message, the calls as {"tool_calls":...}, consecutive results
+// as one user turn naming their calls' functions, earlier text answers
+// as {"response":...}; text stays as written (no HTML escapes).
+func TestToolHistory(t *testing.T) {
+	s, _ := fuzzServer()
+	body := `{"messages":[
+		{"role":"system","content":"You serve bank customers."},
+		{"role":"user","content":"Balance of A-1 & A-2?"},
+		{"role":"assistant","content":null,"tool_calls":[
+			{"id":"c1","type":"function","function":{"name":"get_balance","arguments":"{\"account\": \"A-1\"}"}},
+			{"id":"c2","type":"function","function":{"name":"get_balance","arguments":"not json"}}]},
+		{"role":"tool","tool_call_id":"c1","content":"<1200>"},
+		{"role":"tool","tool_call_id":"c2","content":"300"},
+		{"role":"assistant","content":"A-1 holds 1200."},
+		{"role":"user","content":"Thanks"}],
+		"tools":[{"type":"function","function":{"name":"get_balance","description":"balance < limit","parameters":{"type":"object","properties":{"account":{"type":"string"}}}}}]}`
+	var req ChatRequest
+	if err := decodeJSON([]byte(body), &req); err != nil {
+		t.Fatal(err)
+	}
+	v, apiErr := s.validateChat(&req, 0)
+	if apiErr != nil {
+		t.Fatal(apiErr)
+	}
+	var got []string
+	for _, m := range v.messages {
+		got = append(got, m.Role+": "+m.Content)
+	}
+	want := []string{
+		"system: You serve bank customers.\n\n" + v.tools.system,
+		"user: Balance of A-1 & A-2?",
+		`assistant: {"tool_calls":[{"name":"get_balance","arguments":{"account":"A-1"}},{"name":"get_balance","arguments":"not json"}]}`,
+		`user: {"tool_results":[{"tool_call_id":"c1","name":"get_balance","content":"<1200>"},{"tool_call_id":"c2","name":"get_balance","content":"300"}]}`,
+		`assistant: {"response":"A-1 holds 1200."}`,
+		"user: Thanks",
+	}
+	if strings.Join(got, "\n---\n") != strings.Join(want, "\n---\n") {
+		t.Errorf("messages:\n%s\nwant:\n%s", strings.Join(got, "\n---\n"), strings.Join(want, "\n---\n"))
+	}
+	if !strings.Contains(v.tools.system, `"description":"balance < limit"`) {
+		t.Errorf("tools described as:\n%s", v.tools.system)
+	}
+}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"regexp"
 	"strconv"
@@ -250,8 +249,7 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 			content = strings.TrimSpace(content + "\n" + callsJSON(m.ToolCalls))
 		case role == "assistant" && tools != nil:
 			// the answer as the model writes it when it has tools
-			text, _ := json.Marshal(content)
-			content = `{"response":` + string(text) + `}`
+			content = `{"response":` + string(promptJSON(content)) + `}`
 		}
 		flush()
 		out.messages = append(out.messages, engine.Message{Role: role, Content: content})
