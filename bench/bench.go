@@ -81,6 +81,11 @@ type Config struct {
 	// not reuse its slot's previous prompt, and finserve reuses nothing
 	// from its prefix cache.
 	NoPromptCache bool `json:"no_prompt_cache,omitempty"`
+	// ResponseFormat, when set, is sent as response_format's type
+	// ("json_object"): grammar-constrained decoding, to measure what it
+	// costs against the same run without (needs IgnoreEOS off: a grammar
+	// ends the answer where it completes).
+	ResponseFormat string `json:"response_format,omitempty"`
 	// Background > 0 runs that many closed-loop streaming clients beside
 	// the measured requests, from before the first of them (once the
 	// first background token arrived: every client has sent its request
@@ -534,6 +539,9 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	}
 	if cfg.NoPromptCache {
 		fields["cache_prompt"] = false
+	}
+	if cfg.ResponseFormat != "" {
+		fields["response_format"] = map[string]string{"type": cfg.ResponseFormat}
 	}
 	path := "/chat/completions"
 	if cfg.API == "completions" {

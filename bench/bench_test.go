@@ -110,6 +110,25 @@ func TestRunAgainstServer(t *testing.T) {
 		t.Fatalf("background: %+v", b)
 	}
 
+	// Grammar-constrained decoding: every answer a JSON object, ended by
+	// the grammar; the field is sent (an unknown format is refused).
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 2, Requests: 4,
+		MaxTokens: 32, Prompt: "hello", ResponseFormat: "json_object"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.Requests != 4 || r.OutputTokens == 0 {
+		t.Fatalf("json_object: %+v", r)
+	}
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 1, Requests: 1,
+		MaxTokens: 4, ResponseFormat: "xml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 1 || r.Errors["400"] != 1 {
+		t.Fatalf("an unknown response format: %+v", r)
+	}
+
 	// A server that refuses is counted as failures, with the reason.
 	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "no-such-model", Clients: 2, Requests: 3, MaxTokens: 4})
 	if err != nil {

@@ -132,6 +132,7 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 	f.StringVar(&cfg.Prompt, "prompt", "", "user message of the short workload")
 	f.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "per-request timeout")
 	f.BoolVar(&cfg.NoPromptCache, "no-prompt-cache", false, `send "cache_prompt": false (no prompt reuse in llama-server or finserve)`)
+	f.StringVar(&cfg.ResponseFormat, "response-format", "", `send response_format of this type (json_object: grammar-constrained decoding; with --ignore-eos=false)`)
 	f.IntVar(&cfg.SystemWords, "system-words", 0, "send every request the same generated system message of this many words")
 	f.IntVar(&cfg.QuestionWords, "question-words", 0, "ask distinct generated questions of this many words")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "vary the generated questions and arrivals (runs with different seeds ask different ones)")
