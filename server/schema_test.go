@@ -57,7 +57,7 @@ func TestJSONSchemaResponses(t *testing.T) {
 			if err := json.Unmarshal([]byte(raw), &schema); err != nil {
 				t.Fatal(err)
 			}
-			for seed := range 3 {
+			for seed := range 5 { // 4 schemas x 5 seeds: 20 seeded prompts
 				params := chatParams(700, openai.UserMessage("Extract the record from: customer 88 is a low risk PEP born in 1970."))
 				params.Temperature = openai.Float(1)
 				params.Seed = openai.Int(int64(seed))
