@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -356,5 +357,39 @@ func TestSlowClientTimesOut(t *testing.T) {
 			t.Fatalf("after the slow client: %d %s", resp.StatusCode, body)
 		}
 		break
+	}
+}
+
+// TestServeAfterShutdown: a Serve that starts after Shutdown (a test or
+// a process stopped during start-up) closes its listener and returns,
+// rather than accepting for ever: seen as a test cleanup that hung for
+// minutes once tests got fast enough to shut a server down before its
+// Serve goroutine ran.
+func TestServeAfterShutdown(t *testing.T) {
+	srv, err := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(context.Background(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for name, serve := range map[string]func(net.Listener) error{"api": srv.Serve, "probes": srv.ServeProbes} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- serve(ln) }()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(2 * time.Minute): // a hang guard, not a timing assertion
+			t.Fatalf("%s: Serve after Shutdown still accepts", name)
+		}
+		if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+			t.Errorf("%s: the listener is still open", name)
+		}
 	}
 }

@@ -186,6 +186,12 @@ type Server struct {
 	inflightN atomic.Int64 // the WaitGroup's count, for Generating
 	stopOnce  sync.Once
 	stopErr   error
+	// listeners are those Serve and ServeProbes were given, closed by
+	// shutdown after fasthttp's own close: a listener that reached
+	// fasthttp after its Shutdown would otherwise accept for ever.
+	lnMu      sync.Mutex
+	listeners []net.Listener
+	closed    bool // shutdown closed the listeners: Serve refuses new ones
 
 	metrics *metrics
 	// routePaths are the registered routes, for metric labels of
@@ -303,7 +309,23 @@ func (s *Server) SetAML(cfg *aml.Config) {
 
 // Serve answers requests on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln) {
+		return nil
+	}
 	return s.app.Listener(ln)
+}
+
+// track records a listener for shutdown to close; after shutdown it
+// closes ln at once and reports false.
+func (s *Server) track(ln net.Listener) bool {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.closed {
+		ln.Close()
+		return false
+	}
+	s.listeners = append(s.listeners, ln)
+	return true
 }
 
 // ServeProbes answers /health, /ready, /ready/aml and (unless
@@ -311,6 +333,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // port for kubelet probes and scrapers when the API port asks for client
 // certificates.
 func (s *Server) ServeProbes(ln net.Listener) error {
+	if !s.track(ln) {
+		return nil
+	}
 	return s.probes.Listener(ln)
 }
 
@@ -369,6 +394,15 @@ func (s *Server) shutdown(ctx context.Context, hard time.Duration) error {
 	if cerr := s.probes.ShutdownWithContext(closeCtx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) && err == nil {
 		err = cerr
 	}
+	// A Serve that began just before shutdown may have handed its
+	// listener to fasthttp after fasthttp's close: closing it here ends
+	// that Serve too (fasthttp returns on an accept error once stopped).
+	s.lnMu.Lock()
+	s.closed = true
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	s.lnMu.Unlock()
 	return err
 }
 
