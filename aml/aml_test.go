@@ -515,6 +515,11 @@ func TestConfigChecks(t *testing.T) {
 		"recent days all the window": `recent_days: 7=>recent_days: 30`,
 		"critical at 1":              `critical: 0.85=>critical: 1`,
 		"review from low":            `at_level: high=>at_level: low`,
+		"a rule with all and any": `        - {fact: velocity, op: ">=", value: "4"}
+      grades:=>        - {fact: velocity, op: ">=", value: "4"}
+      any:
+        - {fact: fan_in, op: ">=", value: "1"}
+      grades:`,
 		// A deadline in calendar days does not read the holiday calendar,
 		// so a calendar there needs no official source.
 		"calendar days, sourceless calendar": `report_deadline: {calendar_days: 15, legal_basis: "31 CFR 1010.306(a)(3)"}=>` +
@@ -828,5 +833,26 @@ func TestScorerErrorAndEmptyWindow(t *testing.T) {
 	r := assess(t, c, &textModel{})
 	if len(r.Rules)+len(r.RegulatoryReports) != 0 {
 		t.Errorf("an empty window fired %v %v", r.Rules, r.RegulatoryReports)
+	}
+}
+
+// TestPermutationStdErr: the permutation estimate's standard error is the
+// sample standard deviation of a player's marginal contributions over
+// the permutations, over the square root of their number; with one
+// permutation there is none. Two players, v({})=0, v({0})=1, v({1})=2,
+// v({0,1})=5: player 0 adds 1 first and 3 second; player 1 adds 2 and 4.
+func TestPermutationStdErr(t *testing.T) {
+	v := map[uint64]float64{0: 0, 1: 1, 2: 2, 3: 5}
+	phi, se := permutationShapley(2, [][]int{{0, 1}, {1, 0}, {0, 1}}, v)
+	// player 0: 1, 3, 1: mean 5/3, sample variance ((2/3)^2*2 + (4/3)^2)/2 = 4/3
+	// player 1: 4, 2, 4: mean 10/3, sample variance 4/3 likewise
+	wantSE := math.Sqrt(4.0 / 3 / 3)
+	for i, want := range []float64{5.0 / 3, 10.0 / 3} {
+		if math.Abs(phi[i]-want) > 1e-12 || math.Abs(se[i]-wantSE) > 1e-12 {
+			t.Errorf("player %d: phi %v stderr %v, want %v and %v", i, phi[i], se[i], want, wantSE)
+		}
+	}
+	if _, se := permutationShapley(2, [][]int{{1, 0}}, v); se[0] != 0 || se[1] != 0 {
+		t.Errorf("one permutation: stderr %v", se)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -836,5 +837,59 @@ func TestMissingFiresNoRule(t *testing.T) {
 	}
 	if !got["PROFILE-MISMATCH"] || !got["VELOCITY"] {
 		t.Errorf("with data, fired %v (turnover_vs_income %s, velocity %s)", got, facts["turnover_vs_income"].Value, facts["velocity"].Value)
+	}
+}
+
+// TestPerDayConditions: a condition on a per-day fact holds on the days
+// that satisfy it; with no day at all, "at most" holds (no activity is
+// at most any amount) and "at least" does not; days that all fail it
+// fail it, whatever 0 would do.
+func TestPerDayConditions(t *testing.T) {
+	atMost := Cond{Fact: "cash_daily_max", Op: "<=", Value: decimal.NewFromInt(100)}
+	atLeast := Cond{Fact: "cash_daily_max", Op: ">=", Value: decimal.NewFromInt(100)}
+	none := &Fact{Groups: []Group{}}
+	days := &Fact{Groups: []Group{{Key: "2025-11-20 in", Value: decimal.NewFromInt(500), Evidence: []string{"T1"}}}}
+	for _, tc := range []struct {
+		name string
+		cd   Cond
+		f    *Fact
+		want bool
+	}{{"at most, no day", atMost, none, true}, {"at least, no day", atLeast, none, false},
+		{"at most, a bigger day", atMost, days, false}, {"at least, a bigger day", atLeast, days, true}} {
+		if ok, _, _ := tc.cd.evidence(tc.f); ok != tc.want {
+			t.Errorf("%s: %v", tc.name, ok)
+		}
+	}
+}
+
+// TestCondOperators: each operator below, at and above its value.
+func TestCondOperators(t *testing.T) {
+	want := map[string][3]bool{ // below, at, above
+		">=": {false, true, true}, ">": {false, false, true}, "<=": {true, true, false},
+		"<": {true, false, false}, "==": {false, true, false}, "!=": {true, false, true}, "=>": {false, false, false},
+	}
+	for op, w := range want {
+		cd := Cond{Fact: "velocity", Op: op, Value: decimal.RequireFromString("4")}
+		for i, v := range []string{"3.99", "4", "4.01"} {
+			if got := cd.holds(decimal.RequireFromString(v)); got != w[i] {
+				t.Errorf("%s %s %s: %v", v, op, cd.Value, got)
+			}
+		}
+	}
+}
+
+// TestModelLevelBoundaries: a score at a level's threshold has that
+// level; just under it, the level below (default levels 0.3, 0.6, 0.85).
+func TestModelLevelBoundaries(t *testing.T) {
+	cfg := DefaultConfig()
+	l := cfg.Levels
+	for _, tc := range []struct {
+		score float64
+		want  Level
+	}{{0, LevelLow}, {math.Nextafter(l.Medium, 0), LevelLow}, {l.Medium, LevelMedium}, {math.Nextafter(l.High, 0), LevelMedium},
+		{l.High, LevelHigh}, {math.Nextafter(l.Critical, 0), LevelHigh}, {l.Critical, LevelCritical}, {1, LevelCritical}} {
+		if got := cfg.modelLevel(tc.score); got != tc.want {
+			t.Errorf("score %v: %s, want %s", tc.score, got, tc.want)
+		}
 	}
 }
