@@ -82,10 +82,16 @@ type Config struct {
 	// from its prefix cache.
 	NoPromptCache bool `json:"no_prompt_cache,omitempty"`
 	// ResponseFormat, when set, is sent as response_format's type
-	// ("json_object"): grammar-constrained decoding, to measure what it
-	// costs against the same run without (needs IgnoreEOS off: a grammar
-	// ends the answer where it completes).
+	// ("json_object"), or as the whole object when it is one (a
+	// json_schema): grammar-constrained decoding, to measure what it costs
+	// against the same run without (needs IgnoreEOS off: a grammar ends
+	// the answer where it completes).
 	ResponseFormat string `json:"response_format,omitempty"`
+	// Temperature of the requests (default 0, greedy: every server gives
+	// the same text). Sampling makes a grammar-constrained answer as long
+	// as an unconstrained one on a random model, where greedy closes a
+	// JSON object within a few tokens.
+	Temperature float64 `json:"temperature,omitempty"`
 	// Background > 0 runs that many closed-loop streaming clients beside
 	// the measured requests, from before the first of them (once the
 	// first background token arrived: every client has sent its request
@@ -532,7 +538,7 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	fields := map[string]any{
 		"model":          cfg.Model,
 		"max_tokens":     cfg.MaxTokens,
-		"temperature":    0,
+		"temperature":    cfg.Temperature,
 		"stream":         true,
 		"stream_options": map[string]bool{"include_usage": true},
 		"ignore_eos":     cfg.IgnoreEOS,
@@ -540,8 +546,11 @@ func one(ctx context.Context, client *http.Client, cfg Config, i int, msgs []map
 	if cfg.NoPromptCache {
 		fields["cache_prompt"] = false
 	}
-	if cfg.ResponseFormat != "" {
-		fields["response_format"] = map[string]string{"type": cfg.ResponseFormat}
+	switch rf := cfg.ResponseFormat; {
+	case strings.HasPrefix(rf, "{"):
+		fields["response_format"] = json.RawMessage(rf) // a whole response_format object
+	case rf != "":
+		fields["response_format"] = map[string]string{"type": rf}
 	}
 	path := "/chat/completions"
 	if cfg.API == "completions" {

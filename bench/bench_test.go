@@ -120,6 +120,14 @@ func TestRunAgainstServer(t *testing.T) {
 	if r.Failed != 0 || r.Requests != 4 || r.OutputTokens == 0 {
 		t.Fatalf("json_object: %+v", r)
 	}
+	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 1, Requests: 2, MaxTokens: 64, Temperature: 1,
+		ResponseFormat: `{"type":"json_schema","json_schema":{"name":"t","schema":{"type":"object","properties":{"t":{"type":"string","minLength":8,"maxLength":8}},"required":["t"]}}}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 0 || r.OutputTokens < 2*4 {
+		t.Fatalf("json_schema: %+v", r)
+	}
 	r, err = bench.Run(context.Background(), bench.Config{BaseURL: base, Model: "tiny", Clients: 1, Requests: 1,
 		MaxTokens: 4, ResponseFormat: "xml"})
 	if err != nil {
