@@ -100,6 +100,11 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 func (p *genParams) check() *APIError {
 	if err := p.req.Check(); err != nil {
 		var ir *engine.InvalidRequestError
+		if errors.As(err, &ir) && ir.Field == "grammar" {
+			// the grammar is the server's, from response_format or tools:
+			// what the client asked for that conflicts with it is ignore_eos
+			return badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object or json_schema, or with tools: the answer ends where its grammar completes")
+		}
 		if errors.As(err, &ir) {
 			return badRequest(ir.Field, "%s %s", ir.Field, ir.Reason)
 		}
@@ -141,14 +146,8 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		switch r.ResponseFormat.Type {
 		case "", "text":
 		case "json_object":
-			if p.req.IgnoreEOS {
-				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object")
-			}
 			p.req.Sampling.Grammar = jsonObjectGrammar
 		case "json_schema":
-			if p.req.IgnoreEOS {
-				return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_schema")
-			}
 			g, apiErr := schemaGrammar(r.ResponseFormat.JSONSchema)
 			if apiErr != nil {
 				return nil, apiErr
@@ -163,8 +162,6 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		switch {
 		case r.ResponseFormat != nil && r.ResponseFormat.Type != "" && r.ResponseFormat.Type != "text":
 			return nil, unsupported("response_format", "response_format %q together with tools is not supported; describe the answer as a tool's parameters", r.ResponseFormat.Type)
-		case p.req.IgnoreEOS:
-			return nil, badRequest("ignore_eos", "ignore_eos cannot be combined with tools")
 		case r.Logprobs:
 			return nil, unsupported("logprobs", "logprobs together with tools is not supported")
 		}
