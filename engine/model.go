@@ -8,6 +8,7 @@ import "C"
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -169,6 +170,12 @@ type Model struct {
 	// frees a context after its model only at the cost of a use-after-free.
 	engMu   sync.Mutex
 	engines map[*Engine]struct{}
+
+	// parsed holds the hashes of grammars CheckGrammar accepted, so that
+	// a request's grammar is parsed once however many layers check it
+	// (the server before tokenizing, Generate after).
+	parsedMu sync.Mutex
+	parsed   map[[32]byte]bool
 }
 
 // ModelInfo describes a loaded model.
@@ -592,6 +599,8 @@ func SystemInfo() string {
 const (
 	maxGrammarBytes = 64 << 10
 	maxGrammarDepth = 64
+	// maxParsedGrammars bounds the memory of accepted grammars' hashes.
+	maxParsedGrammars = 256
 )
 
 // grammarDepth is the deepest nesting of parentheses outside string
@@ -650,10 +659,23 @@ func (m *Model) CheckGrammar(grammar string) error {
 		// llama.cpp's parser recurses once per level
 		return invalid("grammar", "nests groups more than %d deep", maxGrammarDepth)
 	}
+	sum := sha256.Sum256([]byte(grammar))
+	m.parsedMu.Lock()
+	ok := m.parsed[sum]
+	m.parsedMu.Unlock()
+	if ok {
+		return nil
+	}
 	g := m.grammarSampler(grammar)
 	if g == nil {
 		return invalid("grammar", "llama.cpp cannot parse it (start rule \"root\"; see llama.cpp's GBNF syntax)")
 	}
 	C.llama_sampler_free(g)
+	m.parsedMu.Lock()
+	if len(m.parsed) >= maxParsedGrammars || m.parsed == nil {
+		m.parsed = map[[32]byte]bool{} // bounded: start over
+	}
+	m.parsed[sum] = true
+	m.parsedMu.Unlock()
 	return nil
 }
