@@ -517,12 +517,9 @@ func (j *job) response() any {
 		choice := ChatChoice{Index: 0, Message: &AssistantOutput{Role: "assistant", Content: &text},
 			FinishReason: finishReason(ch.final)}
 		if j.tools != nil {
-			content, calls, _ := parseReply(text)
-			choice.Message.Content = &content
-			if len(calls) > 0 {
-				choice.Message.Content, choice.Message.ToolCalls = nil, calls
-				choice.FinishReason = &finishToolCalls
-			}
+			var finish *string
+			choice.Message.Content, choice.Message.ToolCalls, finish = toolAnswer(text)
+			choice.FinishReason = cmp.Or(finish, choice.FinishReason)
 		}
 		if j.p.req.Logprobs {
 			choice.Logprobs = &ChatLogprobs{Content: ch.chat, Refusal: nil}
@@ -688,20 +685,27 @@ func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.E
 	}
 	finish := j.finishChunk(i, ev).(ChatResponse)
 	if !ch.reply.streaming() {
-		content, calls, _ := parseReply(ch.text.String())
-		delta := &AssistantOutput{Content: &content}
-		if len(calls) > 0 {
-			delta = &AssistantOutput{ToolCalls: calls}
-			for k := range calls {
-				calls[k].Index = &k
-			}
-			finish.Choices[0].FinishReason = &finishToolCalls
+		content, calls, reason := toolAnswer(ch.text.String())
+		for k := range calls {
+			calls[k].Index = &k
 		}
-		if !send(j.chatChunk(ChatChoice{Index: i, Delta: delta})) {
+		finish.Choices[0].FinishReason = cmp.Or(reason, finish.Choices[0].FinishReason)
+		if !send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: content, ToolCalls: calls}})) {
 			return false
 		}
 	}
 	return send(finish)
+}
+
+// toolAnswer is what a client sees of a whole tool-using answer: its
+// content, or its calls and the finish reason tool_calls (nil: the
+// engine's reason stands).
+func toolAnswer(text string) (content *string, calls []ToolCall, finish *string) {
+	c, calls, _ := parseReply(text)
+	if len(calls) > 0 {
+		return nil, calls, &finishToolCalls
+	}
+	return &c, nil, nil
 }
 
 func (j *job) finishChunk(i int, ev engine.Event) any {
