@@ -1,7 +1,6 @@
 package server
 
 import (
-	"crypto/tls"
 	"net"
 	"syscall"
 	"time"
@@ -67,8 +66,13 @@ const (
 )
 
 func rawConn(conn net.Conn) syscall.RawConn {
-	if tc, ok := conn.(*tls.Conn); ok {
-		conn = tc.NetConn()
+	// Down to the socket, through our lingerConn and a *tls.Conn.
+	for {
+		w, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		conn = w.NetConn()
 	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {

@@ -119,6 +119,9 @@ func fromFiber(err *fiber.Error) *APIError {
 	case fiber.StatusRequestEntityTooLarge:
 		e.Code = "request_too_large"
 		e.Message = "the request body is larger than this server accepts"
+	case fiber.StatusRequestHeaderFieldsTooLarge:
+		e.Code = "headers_too_large"
+		e.Message = "the request headers are larger than this server accepts"
 	case fiber.StatusRequestTimeout:
 		e.Code = "timeout"
 	}

@@ -312,7 +312,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if !s.track(ln) {
 		return nil
 	}
-	return s.app.Listener(ln)
+	return s.app.Listener(newLingerListener(ln, s.cfg.BodyLimit))
 }
 
 // track records a listener for shutdown to close; after shutdown it
@@ -437,6 +437,10 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	}
 	if api.RetryAfter > 0 {
 		c.Set(fiber.HeaderRetryAfter, fmt.Sprint(api.RetryAfter))
+	}
+	if api.Status == fiber.StatusRequestEntityTooLarge || api.Status == fiber.StatusRequestHeaderFieldsTooLarge {
+		// Refused unread: the client may still be sending it.
+		markLinger(c.Context().Conn())
 	}
 	return c.Status(api.Status).JSON(api.body())
 }

@@ -144,6 +144,18 @@ func TestServeTLSAndKeyReload(t *testing.T) {
 	if code, err := get(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: gcm}}, base+"/health", ""); err != nil || code != 200 {
 		t.Errorf("TLS 1.2 with ECDHE-ECDSA-AES128-GCM: %d %v", code, err)
 	}
+	// A body three times the 4 MiB limit, refused over TLS with an answer
+	// the client reads although the server stopped reading long before.
+	big, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(`{"prompt":"`+strings.Repeat("x", 12<<20)+`"}`))
+	big.Header.Set("Authorization", "Bearer "+k1)
+	if resp, err := good.Do(big); err != nil {
+		t.Errorf("12 MiB body over TLS: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("12 MiB body over TLS: %d", resp.StatusCode)
+		}
+	}
 	k2, err := apikeys.Add(keys, "second", []string{"batch"}, 0)
 	if err != nil {
 		t.Fatal(err)
