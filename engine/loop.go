@@ -1,19 +1,13 @@
 package engine
 
-// #include <stdlib.h>
-// #include "helpers.h"
-import "C"
-
 import (
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"runtime"
 	"slices"
 	"time"
-	"unsafe"
 
 	"github.com/finserve/finserve/prefixcache"
 )
@@ -59,7 +53,7 @@ type genTask struct {
 	stream    *Stream
 	asm       textAssembler
 	seq       *sequence
-	sampler   *C.struct_llama_sampler // nil: greedy fast path
+	sampler   sampler // nil: greedy fast path
 	generated int
 	cached    int // prompt tokens reused from the prefix cache
 	firstTok  time.Time
@@ -200,10 +194,8 @@ type output struct {
 type loop struct {
 	e       *Engine
 	m       *Model
-	ctx     *C.struct_llama_context
-	mem     C.llama_memory_t
-	pool    *C.struct_ggml_threadpool
-	batch   C.struct_llama_batch
+	x       executor
+	now     func() time.Time // the clock: time.Now, or a test's
 	nBatch  int
 	nVocab  int
 	kvTotal int
@@ -218,19 +210,12 @@ type loop struct {
 	nextNo    uint64
 	steps     uint64
 
-	// batch views and per-step scratch
-	bTok    []C.llama_token
-	bPos    []C.llama_pos
-	bNSeq   []C.int32_t
-	bSeq    []*C.llama_seq_id
-	bLogits []C.int8_t
-	outs    []output
-
-	// C scratch for fs_sample_batch
-	cSamplers []*C.struct_llama_sampler
-	cIdx      []C.int32_t
-	cOut      []C.int32_t
-	cScratch  unsafe.Pointer
+	// per-step scratch
+	b        batch
+	outs     []output
+	samplers []sampler
+	rows     []int32
+	sampled  []Token
 
 	prefillCap int // shrinks after a KV-full decode, recovers after success
 
@@ -270,77 +255,41 @@ func (e *Engine) run(ready chan<- error) {
 }
 
 func (e *Engine) newLoop() (*loop, error) {
+	x, err := newLlamaExec(e)
+	if err != nil {
+		return nil, err
+	}
+	l := newLoop(e, x, x.kvCells, time.Now)
+	if err := l.prefillPinned(e.opts.PrefixCache.Pinned); err != nil {
+		l.free()
+		return nil, err
+	}
 	o := e.opts
-	e.model.mu.RLock()
-	defer e.model.mu.RUnlock()
-	if e.model.closed {
-		return nil, ErrModelClosed
-	}
+	e.log.Info("engine ready", "provider", Provider, "parallel", o.Parallel, "context", o.Context,
+		"kv_cells", l.kvTotal, "batch", o.Batch, "threads", o.Threads, "unified_kv", o.UnifiedKV,
+		"prefix_cache", l.pc.on, "host_tier_bytes", o.PrefixCache.HostBytes, "pinned", len(o.PrefixCache.Pinned))
+	return l, nil
+}
+
+// newLoop makes the scheduler for e's options on executor x, whose
+// context holds kvCells cells, with the clock now.
+func newLoop(e *Engine, x executor, kvCells int, now func() time.Time) *loop {
+	o := e.opts
 	slots := o.Parallel + len(o.PrefixCache.Pinned)
-	p := C.llama_context_default_params()
-	p.n_seq_max = C.uint32_t(slots)
-	p.n_batch = C.uint32_t(o.Batch)
-	p.n_ubatch = C.uint32_t(o.UBatch)
-	p.n_threads = C.int32_t(o.Threads)
-	p.n_threads_batch = C.int32_t(o.ThreadsBatch)
-	p.kv_unified = C.bool(o.UnifiedKV)
-	p.no_perf = true
-	p.n_ctx = C.uint32_t(o.KVCells)
-	if !o.UnifiedKV {
-		// llama.cpp divides the cells evenly between the streams, rounding
-		// each down to its padding of 256: ask for whole multiples.
-		p.n_ctx = C.uint32_t((o.Context + 255) / 256 * 256 * slots)
-	}
-	p.type_k, p.type_v = C.enum_ggml_type(o.typeK), C.enum_ggml_type(o.typeV) // parsed by Options.fill
-	switch o.FlashAttention {
-	case FlashAttentionOn:
-		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
-	case FlashAttentionOff:
-		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
-	default:
-		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
-	}
-	ctx := C.llama_init_from_model(e.model.c, p)
-	if ctx == nil {
-		return nil, fmt.Errorf("creating llama context (%d KV cells, %d sequences): llama.cpp refused (out of memory for the KV cache? it holds --parallel times --ctx cells: lower either, or use --cache-type-k/--cache-type-v q8_0), see its log at --log-level debug", o.KVCells, o.Parallel)
-	}
 	l := &loop{
 		e:          e,
 		m:          e.model,
-		ctx:        ctx,
-		mem:        C.llama_get_memory(ctx),
+		x:          x,
+		now:        now,
 		nBatch:     o.Batch,
 		nVocab:     e.model.info.VocabSize,
-		kvTotal:    int(C.llama_n_ctx(ctx)),
+		kvTotal:    kvCells,
 		split:      !o.UnifiedKV,
 		prefillCap: o.Batch,
 	}
-	if perSeq := int(C.llama_n_ctx_seq(ctx)); perSeq < o.Context {
-		l.free()
-		return nil, fmt.Errorf("creating llama context: a sequence holds %d cells, fewer than the context %d", perSeq, o.Context)
-	}
-	// A persistent thread pool: without one ggml starts and joins its
-	// worker threads on every graph computation.
-	l.pool = C.fs_threadpool_attach(ctx, C.int32_t(max(o.Threads, o.ThreadsBatch)))
-	if l.pool == nil {
-		e.log.Warn("ggml CPU thread pool unavailable; decoding creates threads per step")
-	}
-	l.batch = C.llama_batch_init(C.int32_t(o.Batch), 0, 1)
 	n := o.Batch
-	l.bTok = unsafe.Slice(l.batch.token, n)
-	l.bPos = unsafe.Slice(l.batch.pos, n)
-	l.bNSeq = unsafe.Slice(l.batch.n_seq_id, n)
-	l.bSeq = unsafe.Slice(l.batch.seq_id, n)
-	l.bLogits = unsafe.Slice(l.batch.logits, n)
-	for i := range l.bNSeq {
-		l.bNSeq[i] = 1
-	}
-	// One allocation for the sampling scratch: pointers, then two int32 arrays.
-	ptr := C.size_t(unsafe.Sizeof(uintptr(0)))
-	l.cScratch = C.malloc(C.size_t(n)*ptr + 2*C.size_t(n)*4)
-	l.cSamplers = unsafe.Slice((**C.struct_llama_sampler)(l.cScratch), n)
-	l.cIdx = unsafe.Slice((*C.int32_t)(unsafe.Add(l.cScratch, n*int(ptr))), n)
-	l.cOut = unsafe.Slice((*C.int32_t)(unsafe.Add(l.cScratch, n*int(ptr)+4*n)), n)
+	l.b = batch{tok: make([]Token, 0, n), pos: make([]int32, 0, n), seq: make([]int32, 0, n), logits: make([]bool, 0, n)}
+	l.samplers, l.rows, l.sampled = make([]sampler, n), make([]int32, n), make([]Token, n)
 	for i := o.Parallel - 1; i >= 0; i-- {
 		l.freeSlots = append(l.freeSlots, int32(i))
 	}
@@ -350,53 +299,22 @@ func (e *Engine) newLoop() (*loop, error) {
 	for _, tp := range o.Tiers {
 		l.topPrio = max(l.topPrio, tp.Priority)
 	}
-	l.lastAged = time.Now()
+	l.lastAged = now()
 	l.pc.on = !o.PrefixCache.Disabled
 	l.pc.block = o.PrefixCache.BlockTokens
 	l.pc.host = e.host
-	if err := l.prefillPinned(o.PrefixCache.Pinned); err != nil {
-		l.free()
-		return nil, err
-	}
-	e.log.Info("engine ready", "provider", Provider, "parallel", o.Parallel, "context", o.Context,
-		"kv_cells", l.kvTotal, "batch", o.Batch, "threads", o.Threads, "unified_kv", o.UnifiedKV,
-		"prefix_cache", l.pc.on, "host_tier_bytes", o.PrefixCache.HostBytes, "pinned", len(o.PrefixCache.Pinned))
-	return l, nil
+	return l
 }
 
-// free releases the C resources of the loop, once, in the order
-// llama.cpp needs: what uses the context (samplers, the batch) first; the
-// context after the device finished its queued work (on a GPU a decode
-// returns before its kernels end, and freeing their buffers under them
-// crashes); the thread pool only once no context refers to it. The model
-// outlives the context (Model.Close closes its engines first).
+// free releases the samplers of running generations, then the executor.
 func (l *loop) free() {
 	for _, sq := range l.running {
 		if t := sq.gen; t != nil && t.sampler != nil {
-			C.llama_sampler_free(t.sampler)
+			l.x.freeSampler(t.sampler)
 			t.sampler = nil
 		}
 	}
-	if l.cScratch != nil {
-		C.free(l.cScratch)
-		l.cScratch = nil
-	}
-	if l.batch.token != nil {
-		C.llama_batch_free(l.batch)
-		l.batch = C.struct_llama_batch{}
-	}
-	if l.ctx != nil {
-		C.llama_synchronize(l.ctx)
-		if l.pool != nil {
-			C.llama_detach_threadpool(l.ctx)
-		}
-		C.llama_free(l.ctx)
-		l.ctx = nil
-	}
-	if l.pool != nil {
-		C.fs_threadpool_free(l.pool)
-		l.pool = nil
-	}
+	l.x.close()
 }
 
 func (l *loop) serve() {
@@ -409,12 +327,7 @@ func (l *loop) serve() {
 		default:
 		}
 		l.intake(e.take(false))
-		now := time.Now()
-		l.dropCancelled()
-		l.expired(now)
-		l.admit()
-		stepped := l.step()
-		l.age(time.Now())
+		stepped := l.iterate()
 		if stepped || len(l.running) > 0 || len(l.scoring) > 0 {
 			continue
 		}
@@ -440,6 +353,18 @@ func (l *loop) serve() {
 	}
 }
 
+// iterate is one turn of the loop after intake: drop what was cancelled
+// or timed out, admit, compute a step, age. It reports whether it
+// decoded anything.
+func (l *loop) iterate() bool {
+	l.dropCancelled()
+	l.expired(l.now())
+	l.admit()
+	stepped := l.step()
+	l.age(l.now())
+	return stepped
+}
+
 func (l *loop) intake(items []any) {
 	for _, it := range items {
 		switch v := it.(type) {
@@ -448,7 +373,7 @@ func (l *loop) intake(items []any) {
 		case task:
 			b := v.base()
 			b.arrival = l.steps
-			l.lastSeen[b.tier] = time.Now()
+			l.lastSeen[b.tier] = l.now()
 			b.order = l.nextNo
 			l.nextNo++
 			l.waiting = append(l.waiting, v)
@@ -493,7 +418,7 @@ func (l *loop) stats() Stats {
 	}
 	s.Running = len(tasks)
 	for slot := range l.bySlot {
-		if C.llama_memory_seq_pos_max(l.mem, C.llama_seq_id(slot)) >= 0 {
+		if l.x.seqPosMax(int32(slot)) >= 0 {
 			s.SlotsWithMemory++
 		}
 	}
@@ -504,7 +429,7 @@ func (l *loop) stats() Stats {
 
 // work lists the tasks the loop holds for Stats.Work.
 func (l *loop) work() []Work {
-	now := time.Now()
+	now := l.now()
 	var out []Work
 	index := map[task]int{}
 	describe := func(t task, state string) Work {
@@ -695,7 +620,7 @@ func (l *loop) removeSeq(sq *sequence, keepCells bool) {
 	if keepCells && l.pc.on && sq.fed > 0 {
 		l.keep(sq)
 	} else {
-		C.llama_memory_seq_rm(l.mem, C.llama_seq_id(sq.slot), -1, -1)
+		l.x.seqRemove(sq.slot, -1, -1)
 	}
 	l.bySlot[sq.slot] = nil
 	l.releaseSlot(sq.slot)
@@ -739,8 +664,8 @@ func (l *loop) admitGen(t *genTask) admission {
 	slot, fed := l.open(src)
 	t.hit = nil
 	if t.resume == nil {
-		t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
-		t.sampler = l.newSampler(&t.req.Sampling)
+		t.admitted, t.waitSteps = l.now(), l.steps-t.arrival
+		t.sampler = l.x.newSampler(&t.req.Sampling)
 		t.cached = fed
 		t.stream.admit()
 	}
@@ -753,48 +678,6 @@ func (l *loop) admitGen(t *genTask) admission {
 	return admitted
 }
 
-func (l *loop) newSampler(s *Sampling) *C.struct_llama_sampler {
-	if s.greedy() {
-		return nil
-	}
-	chain := C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-	if s.Grammar != "" {
-		// First, so that every later sampler sees only allowed tokens.
-		// The grammar was parsed when the request was submitted.
-		if g := l.m.grammarSampler(s.Grammar); g != nil {
-			C.llama_sampler_chain_add(chain, g)
-		}
-	}
-	if s.penalized() {
-		rep := s.RepeatPenalty
-		if rep == 0 {
-			rep = 1
-		}
-		C.llama_sampler_chain_add(chain, initPenalties(l.m.vocab, C.int32_t(s.PenaltyLastN),
-			C.float(rep), C.float(s.FrequencyPenalty), C.float(s.PresencePenalty)))
-	}
-	if s.Temperature == 0 {
-		C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
-		return chain
-	}
-	if s.TopK > 0 {
-		C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(C.int32_t(s.TopK)))
-	}
-	if s.TopP > 0 && s.TopP < 1 {
-		C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(C.float(s.TopP), 1))
-	}
-	if s.MinP > 0 {
-		C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(C.float(s.MinP), 1))
-	}
-	C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(C.float(s.Temperature)))
-	seed := rand.Uint32()
-	if s.Seed != nil {
-		seed = *s.Seed
-	}
-	C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(C.uint32_t(seed)))
-	return chain
-}
-
 // step builds one batch, decodes it and handles its outputs. It reports
 // whether it decoded anything.
 func (l *loop) step() bool {
@@ -803,17 +686,15 @@ func (l *loop) step() bool {
 	}
 	n := 0
 	l.outs = l.outs[:0]
+	l.b.reset()
 	add := func(sq *sequence, k int) {
 		for j := 0; j < k; j++ {
 			i := sq.fed + j
-			l.bTok[n] = C.llama_token(sq.tokens[i])
-			l.bPos[n] = C.llama_pos(i)
-			*l.bSeq[n] = C.llama_seq_id(sq.slot)
-			l.bLogits[n] = 0
-			if sq.wantsLogits(i) {
-				l.bLogits[n] = 1
+			logits := sq.wantsLogits(i)
+			if logits {
 				l.outs = append(l.outs, output{seq: sq, index: i, batch: int32(n)})
 			}
+			l.b.add(sq.tokens[i], i, sq.slot, logits)
 			n++
 		}
 		sq.inBatch = k
@@ -865,15 +746,14 @@ func (l *loop) step() bool {
 	if n == 0 {
 		return false
 	}
-	l.batch.n_tokens = C.int32_t(n)
-	start := time.Now()
-	rc := C.llama_decode(l.ctx, l.batch)
+	start := l.now()
+	rc := l.x.decode(&l.b)
 	l.steps++
 	if rc != 0 {
-		l.decodeFailed(int(rc), prefill)
+		l.decodeFailed(rc, prefill)
 		return true
 	}
-	l.stepTime.add(n, time.Since(start))
+	l.stepTime.add(n, l.now().Sub(start))
 	l.prefillCap = min(l.nBatch, l.prefillCap*2)
 	for _, sq := range l.running {
 		sq.fed += sq.inBatch
@@ -912,10 +792,6 @@ func (l *loop) decodeFailed(rc, prefill int) {
 	}
 }
 
-func (l *loop) logits(batchIdx int32) unsafe.Pointer {
-	return unsafe.Pointer(C.llama_get_logits_ith(l.ctx, C.int32_t(batchIdx)))
-}
-
 func (l *loop) handleOutputs() {
 	// Generation: sample every sequence that fed its last token, in one call.
 	var gens []output
@@ -925,13 +801,15 @@ func (l *loop) handleOutputs() {
 		}
 	}
 	if len(gens) > 0 {
+		n := len(gens)
 		for i, o := range gens {
-			l.cSamplers[i] = o.seq.gen.sampler
-			l.cIdx[i] = C.int32_t(o.batch)
+			l.samplers[i] = o.seq.gen.sampler
+			l.rows[i] = o.batch
 		}
-		C.fs_sample_batch(l.ctx, C.int32_t(l.nVocab), C.int32_t(len(gens)), &l.cSamplers[0], &l.cIdx[0], &l.cOut[0])
+		l.x.sample(l.samplers[:n], l.rows[:n], l.sampled[:n])
+		clear(l.samplers[:n]) // hold no freed sampler
 		for i, o := range gens {
-			l.accept(o, Token(l.cOut[i]))
+			l.accept(o, l.sampled[i])
 		}
 	}
 	for _, o := range l.outs {
@@ -958,7 +836,7 @@ func (l *loop) handleOutputs() {
 // accept takes a sampled token into a generation.
 func (l *loop) accept(o output, tok Token) {
 	t := o.seq.gen
-	now := time.Now()
+	now := l.now()
 	if t.generated == 0 {
 		t.firstTok = now
 	}
@@ -973,7 +851,7 @@ func (l *loop) accept(o output, tok Token) {
 	}
 	ev := Event{Token: tok}
 	if t.req.Logprobs || t.req.TopLogprobs > 0 {
-		lp, top := l.logprobs(o.batch, []Token{tok}, t.req.TopLogprobs)
+		lp, top := l.x.logprobs(o.batch, []Token{tok}, t.req.TopLogprobs)
 		ev.Logprob = &TokenLogprob{Token: tok, Logprob: lp[0]}
 		ev.TopLogprobs = top
 	}
@@ -995,32 +873,6 @@ func (l *loop) accept(o output, tok Token) {
 	}
 }
 
-// logprobs returns the log-probabilities of targets and the top k tokens
-// from the logits of batch row idx.
-func (l *loop) logprobs(idx int32, targets []Token, k int) ([]float32, []TokenLogprob) {
-	lp := make([]float32, len(targets))
-	ids := make([]int32, k+1)
-	tops := make([]float32, k+1)
-	var tp *C.int32_t
-	if len(targets) > 0 {
-		tp = (*C.int32_t)(unsafe.Pointer(&targets[0]))
-	}
-	var lpp *C.float
-	if len(lp) > 0 {
-		lpp = (*C.float)(unsafe.Pointer(&lp[0]))
-	}
-	C.fs_logprobs((*C.float)(l.logits(idx)), C.int32_t(l.nVocab), tp, C.int32_t(len(targets)), lpp,
-		C.int32_t(k), (*C.int32_t)(unsafe.Pointer(&ids[0])), (*C.float)(unsafe.Pointer(&tops[0])))
-	var top []TokenLogprob
-	if k > 0 {
-		top = make([]TokenLogprob, k)
-		for i := range top {
-			top[i] = TokenLogprob{Token: ids[i], Logprob: tops[i]}
-		}
-	}
-	return lp, top
-}
-
 // scoreOutput records what one output row of a score task contributes.
 func (l *loop) scoreOutput(o output) {
 	t := o.seq.score
@@ -1031,7 +883,7 @@ func (l *loop) scoreOutput(o output) {
 		// them; its last row predicts each child's first token.
 		n := sq.node
 		if o.index < n.end-1 {
-			lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
+			lp, _ := l.x.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
 			for _, v := range t.sorted[n.lo:n.hi] {
 				t.result.Variants[v].Positions[o.index] = lp[0]
 			}
@@ -1041,7 +893,7 @@ func (l *loop) scoreOutput(o output) {
 		for i, c := range n.children {
 			next[i] = req.Variants[c.rep][n.end]
 		}
-		lp, _ := l.logprobs(o.batch, next, 0)
+		lp, _ := l.x.logprobs(o.batch, next, 0)
 		for i, c := range n.children {
 			for _, v := range t.sorted[c.lo:c.hi] {
 				t.result.Variants[v].Positions[o.index] = lp[i]
@@ -1052,17 +904,17 @@ func (l *loop) scoreOutput(o output) {
 	vs := &t.result.Variants[sq.variant]
 	if o.index < len(sq.tokens)-1 {
 		if req.Positions {
-			lp, _ := l.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
+			lp, _ := l.x.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
 			vs.Positions[o.index] = lp[0]
 		}
 		if k := o.index - req.DistributionsFrom; req.Distributions && k >= 0 {
 			row := make([]float32, l.nVocab)
-			C.fs_log_softmax((*C.float)(l.logits(o.batch)), C.int32_t(l.nVocab), (*C.float)(unsafe.Pointer(&row[0])))
+			l.x.logSoftmax(o.batch, row)
 			vs.Dists[k] = row
 		}
 		return
 	}
-	vs.Targets, vs.Top = l.logprobs(o.batch, req.Targets, req.TopK)
+	vs.Targets, vs.Top = l.x.logprobs(o.batch, req.Targets, req.TopK)
 }
 
 // finishGen ends a generation: its final event, then its resources.
@@ -1072,11 +924,11 @@ func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 		t.seq = nil
 	}
 	if t.sampler != nil {
-		C.llama_sampler_free(t.sampler)
+		l.x.freeSampler(t.sampler)
 		t.sampler = nil
 	}
 	t.ended()
-	now := time.Now()
+	now := l.now()
 	ev := Event{Token: -1, Done: true, Err: err, Preemptions: t.preemptions,
 		Usage: Usage{PromptTokens: len(t.req.Prompt), CompletionTokens: t.generated, CachedTokens: t.cached}}
 	if err == nil {
@@ -1123,7 +975,7 @@ func (l *loop) finishScore(t *scoreTask, err error) {
 	if err != nil {
 		t.err, t.result = err, nil
 	} else {
-		now := time.Now()
+		now := l.now()
 		l.e.served(t.tier, now.Sub(t.admitted))
 		t.result.Timings = Timings{Queue: t.admitted.Sub(t.submitted), Prefill: now.Sub(t.admitted), FirstByte: now.Sub(t.submitted),
 			QueueSteps: t.waitSteps}

@@ -1,13 +1,8 @@
 package engine
 
-// #include <stdlib.h>
-// #include "helpers.h"
-import "C"
-
 import (
 	"fmt"
 	"slices"
-	"unsafe"
 
 	"github.com/finserve/finserve/prefixcache"
 )
@@ -241,22 +236,19 @@ func (l *loop) fill(src source) (int32, int) {
 		return src.slot, src.n
 	}
 	slot := l.claimSlot()
-	id := C.llama_seq_id(slot)
 	switch src.kind {
 	case srcCopy:
 		// Between split streams only whole streams can be copied; the copy
 		// happens at the next decode, before anything writes to the source.
-		C.llama_memory_seq_cp(l.mem, C.llama_seq_id(src.slot), id, -1, -1)
-		C.llama_memory_seq_rm(l.mem, id, C.llama_pos(src.n), -1)
+		l.x.seqCopy(src.slot, slot, -1, -1)
+		l.x.seqRemove(slot, src.n, -1)
 	case srcHost:
-		st := src.hit.State
-		got := C.llama_state_seq_set_data(l.ctx, (*C.uint8_t)(unsafe.Pointer(&st[0])), C.size_t(len(st)), id)
-		if int(got) != len(st) {
-			l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "bytes", len(st), "read", int(got))
-			C.llama_memory_seq_rm(l.mem, id, -1, -1)
+		if err := l.x.restoreSeq(slot, src.hit.State); err != nil {
+			l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "err", err)
+			l.x.seqRemove(slot, -1, -1)
 			return slot, 0
 		}
-		C.llama_memory_seq_rm(l.mem, id, C.llama_pos(src.n), -1)
+		l.x.seqRemove(slot, src.n, -1)
 	}
 	return slot, src.n
 }
@@ -272,7 +264,7 @@ func (l *loop) dropKept(slot int32, n int) {
 	if len(k.tokens)-n >= l.pc.block {
 		l.spill(slot, k)
 	}
-	C.llama_memory_seq_rm(l.mem, C.llama_seq_id(slot), C.llama_pos(n), -1)
+	l.x.seqRemove(slot, n, -1)
 	l.kvUsed -= len(k.tokens)
 	l.kept[slot] = nil
 }
@@ -303,15 +295,13 @@ func (l *loop) spill(slot int32, k *kept) {
 			return
 		}
 	}
-	id := C.llama_seq_id(slot)
-	C.llama_memory_seq_rm(l.mem, id, C.llama_pos(n), -1)
-	size := C.llama_state_seq_get_size(l.ctx, id)
-	if size == 0 {
+	l.x.seqRemove(slot, n, -1)
+	buf, err := l.x.saveSeq(slot)
+	if err != nil {
+		l.e.log.Warn("saving a prefix to the host tier failed", "err", err)
 		return
 	}
-	buf := make([]byte, int(size))
-	if got := C.llama_state_seq_get_data(l.ctx, (*C.uint8_t)(unsafe.Pointer(&buf[0])), size, id); got != size {
-		l.e.log.Warn("saving a prefix to the host tier failed", "bytes", int(size), "written", int(got))
+	if buf == nil {
 		return
 	}
 	l.pc.host.Put(k.tenant, k.tokens[:n], &k.chain, buf)
@@ -338,15 +328,11 @@ func (l *loop) prefillPinned(pinned []PinnedPrefix) error {
 		slot := int32(l.e.opts.Parallel + i)
 		for at := 0; at < len(p.Tokens); {
 			n := min(len(p.Tokens)-at, l.nBatch)
+			l.b.reset()
 			for j := 0; j < n; j++ {
-				l.bTok[j] = C.llama_token(p.Tokens[at+j])
-				l.bPos[j] = C.llama_pos(at + j)
-				*l.bSeq[j] = C.llama_seq_id(slot)
-				l.bLogits[j] = 0
+				l.b.add(p.Tokens[at+j], at+j, slot, j == n-1)
 			}
-			l.bLogits[n-1] = 1
-			l.batch.n_tokens = C.int32_t(n)
-			if rc := C.llama_decode(l.ctx, l.batch); rc != 0 {
+			if rc := l.x.decode(&l.b); rc != 0 {
 				return fmt.Errorf("prefilling pinned prefix %d: llama_decode failed with code %d", i, rc)
 			}
 			at += n

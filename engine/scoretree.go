@@ -1,11 +1,7 @@
 package engine
 
-// #include "helpers.h"
-import "C"
-
 import (
 	"slices"
-	"time"
 
 	"github.com/finserve/finserve/prefixcache"
 )
@@ -144,7 +140,7 @@ func (l *loop) admitScore(t *scoreTask) admission {
 		return noRoom
 	}
 	if t.root.end == 0 {
-		t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
+		t.admitted, t.waitSteps = l.now(), l.steps-t.arrival
 		l.scoring = append(l.scoring, t)
 		l.startNodes(t)
 		return admitted
@@ -160,7 +156,7 @@ func (l *loop) admitScore(t *scoreTask) admission {
 	if !l.room(t.root.end+t.longest, src) {
 		return noRoom
 	}
-	t.admitted, t.waitSteps = time.Now(), l.steps-t.arrival
+	t.admitted, t.waitSteps = l.now(), l.steps-t.arrival
 	slot, fed := l.open(src)
 	t.hit = nil
 	t.result.CachedTokens = fed
@@ -197,7 +193,7 @@ func (l *loop) startNodes(t *scoreTask) {
 			continue
 		}
 		if sq.fed > p.end {
-			C.llama_memory_seq_rm(l.mem, C.llama_seq_id(sq.slot), C.llama_pos(p.end), -1)
+			l.x.seqRemove(sq.slot, p.end, -1)
 		}
 		l.unrefPath(t, sq.node, p)
 		l.enter(t, sq, c)
@@ -214,10 +210,10 @@ func (l *loop) startNodes(t *scoreTask) {
 		slot := l.claimSlot()
 		if l.split {
 			// Streams copy whole; drop what lies past the parent.
-			C.llama_memory_seq_cp(l.mem, C.llama_seq_id(src.slot), C.llama_seq_id(slot), -1, -1)
-			C.llama_memory_seq_rm(l.mem, C.llama_seq_id(slot), C.llama_pos(p.end), -1)
+			l.x.seqCopy(src.slot, slot, -1, -1)
+			l.x.seqRemove(slot, p.end, -1)
 		} else {
-			C.llama_memory_seq_cp(l.mem, C.llama_seq_id(src.slot), C.llama_seq_id(slot), 0, C.llama_pos(p.end))
+			l.x.seqCopy(src.slot, slot, 0, p.end)
 		}
 		for a := p; a != nil && a.end > 0; a = a.parent {
 			a.refs++ // already reserved: src holds them

@@ -111,7 +111,7 @@ func TestChunkCap(t *testing.T) {
 		{"later capped: nothing left", [NumTiers]time.Time{active, idle, idle}, measured, batch, fitRT + 5, true, 0, true},
 	}
 	for _, tc := range cases {
-		l := &loop{e: &Engine{opts: Options{Tiers: tiers, UBatch: 512}}, lastSeen: tc.seen, stepTime: tc.model}
+		l := &loop{e: &Engine{opts: Options{Tiers: tiers, UBatch: 512}}, now: func() time.Time { return now }, lastSeen: tc.seen, stepTime: tc.model}
 		got, capped := l.chunkCap(tc.p, tc.n, tc.capped)
 		if got != tc.want || capped != tc.wantCapped {
 			t.Errorf("%s: chunkCap = %d, %v; want %d, %v", tc.name, got, capped, tc.want, tc.wantCapped)

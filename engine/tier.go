@@ -312,7 +312,7 @@ const activeWindow = time.Minute
 // capped set (one already did) the rest get only what fits.
 func (l *loop) chunkCap(p, n int, capped bool) (int, bool) {
 	var target time.Duration
-	now := time.Now()
+	now := l.now()
 	for t, tp := range l.e.opts.Tiers {
 		if tp.Priority > p && tp.TTFTTarget > 0 && (target == 0 || tp.TTFTTarget < target) &&
 			now.Sub(l.lastSeen[t]) < activeWindow {
