@@ -546,6 +546,7 @@ type Engine struct {
 	model *Model
 	opts  Options
 	log   *slog.Logger
+	now   func() time.Time // time.Now; a test's clock in scheduling tests
 
 	// Requests reach the loop through an intake list and a coalescing
 	// wake-up signal, so that submitting never blocks and nothing can be
@@ -577,6 +578,7 @@ func New(m *Model, opts Options) (*Engine, error) {
 		model: m,
 		opts:  opts,
 		log:   opts.Logger,
+		now:   time.Now,
 		wake:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
@@ -654,7 +656,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	t := &genTask{
-		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: time.Now()},
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: e.now()},
 		req:      req,
 		stream:   newStream(cancel),
 		asm:      textAssembler{stops: req.Stop},
@@ -711,7 +713,7 @@ func (e *Engine) Score(ctx context.Context, req ScoreRequest) (*ScoreResult, err
 	if err := e.validateScore(&req); err != nil {
 		return nil, err
 	}
-	t := newScoreTask(ctx, req)
+	t := newScoreTask(ctx, req, e.now())
 	if n := t.root.end; n > 0 {
 		t.chain, t.hit = e.prefixLookup(req.Variants[0][:n], req.Tenant, t.cacheLimit(n))
 	}

@@ -86,9 +86,9 @@ type scoreTask struct {
 	done     chan struct{}
 }
 
-func newScoreTask(ctx context.Context, req ScoreRequest) *scoreTask {
+func newScoreTask(ctx context.Context, req ScoreRequest, now time.Time) *scoreTask {
 	t := &scoreTask{
-		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: time.Now()},
+		taskBase: taskBase{ctx: ctx, tier: req.Tier, tenant: req.Tenant, submitted: now},
 		req:      req,
 		result:   &ScoreResult{Variants: make([]VariantScore, len(req.Variants))},
 		done:     make(chan struct{}),
@@ -259,7 +259,7 @@ func (e *Engine) newLoop() (*loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := newLoop(e, x, x.kvCells, time.Now)
+	l := newLoop(e, x, x.kvCells)
 	if err := l.prefillPinned(e.opts.PrefixCache.Pinned); err != nil {
 		l.free()
 		return nil, err
@@ -272,9 +272,10 @@ func (e *Engine) newLoop() (*loop, error) {
 }
 
 // newLoop makes the scheduler for e's options on executor x, whose
-// context holds kvCells cells, with the clock now.
-func newLoop(e *Engine, x executor, kvCells int, now func() time.Time) *loop {
+// context holds kvCells cells.
+func newLoop(e *Engine, x executor, kvCells int) *loop {
 	o := e.opts
+	now := e.now
 	slots := o.Parallel + len(o.PrefixCache.Pinned)
 	l := &loop{
 		e:          e,

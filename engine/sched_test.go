@@ -1,0 +1,406 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/finserve/finserve/prefixcache"
+)
+
+// Scheduling tests: tables over the fake executor and the fake clock
+// (fake_exec_test.go). Every step is the production scheduler's; only
+// the model and time are imaginary, so each outcome is exact and the
+// same on any machine.
+
+// arrival is a request of a table: when it is submitted (before which
+// turn of the loop), its tier, prompt and answer length.
+type arrival struct {
+	name   string
+	turn   int
+	tier   Tier
+	prompt []Token
+	max    int
+	cancel int // cancelled before this turn (0: never)
+}
+
+// outcome is what became of one arrival.
+type outcome struct {
+	events []Event
+	final  Event
+}
+
+// play submits the arrivals at their turns and runs until all ended.
+func (s *sim) play(arrivals []arrival, maxTurns int) map[string]outcome {
+	s.t.Helper()
+	streams := map[string]*Stream{}
+	cancels := map[string]context.CancelFunc{}
+	out := map[string]outcome{}
+	for turn := 0; ; turn++ {
+		if turn == maxTurns {
+			s.t.Fatalf("not done after %d turns", maxTurns)
+		}
+		for _, a := range arrivals {
+			if a.turn == turn {
+				ctx, cancel := context.WithCancel(context.Background())
+				st, err := s.e.Generate(ctx, Request{ID: a.name, Prompt: a.prompt, MaxTokens: a.max, IgnoreEOS: true, Tier: a.tier})
+				if err != nil {
+					s.t.Fatalf("%s: %v", a.name, err)
+				}
+				streams[a.name], cancels[a.name] = st, cancel
+			}
+			if a.cancel == turn && a.cancel > 0 {
+				cancels[a.name]()
+			}
+		}
+		s.turn()
+		for name, st := range streams {
+			evs, done := drain(st)
+			o := out[name]
+			o.events = append(o.events, evs...)
+			if done {
+				o.final = o.events[len(o.events)-1]
+				o.events = o.events[:len(o.events)-1]
+				delete(streams, name)
+			}
+			out[name] = o
+		}
+		if len(out) == len(arrivals) && len(streams) == 0 {
+			for _, c := range cancels {
+				c()
+			}
+			return out
+		}
+	}
+}
+
+// greedy is what the imaginary model generates after p alone.
+func (s *sim) greedy(p []Token, n int) []Token {
+	toks := slices.Clone(p)
+	for range n {
+		toks = append(toks, s.x.next(toks))
+	}
+	return toks[len(p):]
+}
+
+func tokensOf(evs []Event) []Token {
+	var out []Token
+	for _, ev := range evs {
+		out = append(out, ev.Token)
+	}
+	return out
+}
+
+// TestSchedAdmission: who is admitted when, as the number of steps each
+// request waited (QueueSteps), over tiers, slots, KV cells and MaxRunning.
+// Every request must also produce exactly what it would alone.
+func TestSchedAdmission(t *testing.T) {
+	p := func(seed, n int) []Token { return prompt(seed, n) }
+	capBatch := DefaultTiers()
+	capBatch[TierBatch].MaxRunning = -1 // all slots but one
+	cases := []struct {
+		name     string
+		opts     Options
+		arrivals []arrival
+		// waits is each arrival's QueueSteps.
+		waits map[string]uint64
+		// preempted is each arrival's preemption count (absent: 0).
+		preempted map[string]int
+	}{
+		{
+			name: "priority order, then arrival, for the free slots",
+			opts: Options{Parallel: 2, Context: 256},
+			arrivals: []arrival{
+				{name: "batch", tier: TierBatch, prompt: p(1, 8), max: 3},
+				{name: "std1", tier: TierStandard, prompt: p(2, 8), max: 3},
+				{name: "rt", tier: TierRealtime, prompt: p(3, 8), max: 3},
+				{name: "std2", tier: TierStandard, prompt: p(4, 8), max: 3},
+			},
+			// rt and std1 take the slots; each needs a prefill step and two
+			// decode steps (its first token comes with the prefill), so
+			// std2 then batch start after three.
+			waits: map[string]uint64{"rt": 0, "std1": 0, "std2": 3, "batch": 3},
+		},
+		{
+			name: "a realtime arrival preempts a batch stream for its slot",
+			opts: Options{Parallel: 1, Context: 256},
+			arrivals: []arrival{
+				{name: "batch", tier: TierBatch, prompt: p(1, 8), max: 20},
+				{name: "rt", turn: 5, tier: TierRealtime, prompt: p(2, 8), max: 3},
+			},
+			waits:     map[string]uint64{"batch": 0, "rt": 0},
+			preempted: map[string]int{"batch": 1},
+		},
+		{
+			name: "a standard arrival waits: standard does not preempt standard",
+			opts: Options{Parallel: 1, Context: 256},
+			arrivals: []arrival{
+				{name: "first", tier: TierStandard, prompt: p(1, 8), max: 6},
+				{name: "second", turn: 2, tier: TierStandard, prompt: p(2, 8), max: 2},
+			},
+			// first: prefill (token 1) at step 0, tokens 2..6 at steps 1..5;
+			// second arrives before step 2 and starts at step 6.
+			waits: map[string]uint64{"first": 0, "second": 4},
+		},
+		{
+			name: "batch at MaxRunning leaves a slot: realtime starts without preempting",
+			opts: Options{Parallel: 3, Context: 256, Tiers: capBatch},
+			arrivals: []arrival{
+				{name: "b1", tier: TierBatch, prompt: p(1, 8), max: 10},
+				{name: "b2", tier: TierBatch, prompt: p(2, 8), max: 10},
+				{name: "b3", tier: TierBatch, prompt: p(3, 8), max: 10},
+				{name: "rt", turn: 3, tier: TierRealtime, prompt: p(4, 8), max: 3},
+			},
+			// b1 and b2 would end after step 9, but sat out rt's prefill
+			// step (pausing): b3 starts after step 10.
+			waits: map[string]uint64{"b1": 0, "b2": 0, "b3": 11, "rt": 0},
+		},
+		{
+			name: "KV cells: a request that does not fit blocks later ones (FIFO), then all finish",
+			opts: Options{Parallel: 4, Context: 128, KVCells: 160, UnifiedKV: true, PrefixCache: PrefixCache{Disabled: true}},
+			arrivals: []arrival{
+				{name: "a", tier: TierStandard, prompt: p(1, 60), max: 40},  // 100 cells
+				{name: "big", tier: TierStandard, prompt: p(2, 60), max: 40}, // does not fit beside a
+				{name: "small", tier: TierStandard, prompt: p(3, 10), max: 5}, // would fit, but waits behind big
+			},
+			waits: map[string]uint64{"a": 0, "big": 40, "small": 40},
+		},
+		{
+			name: "KV cells: realtime preempts batch for cells, not only slots",
+			opts: Options{Parallel: 4, Context: 128, KVCells: 200, UnifiedKV: true, PrefixCache: PrefixCache{Disabled: true}},
+			arrivals: []arrival{
+				{name: "b1", tier: TierBatch, prompt: p(1, 20), max: 80},
+				{name: "b2", tier: TierBatch, prompt: p(2, 20), max: 80},
+				{name: "rt", turn: 4, tier: TierRealtime, prompt: p(3, 20), max: 10},
+			},
+			waits:     map[string]uint64{"b1": 0, "b2": 0, "rt": 0},
+			preempted: map[string]int{"b2": 1},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, tc.opts, nil)
+			out := s.play(tc.arrivals, 2000)
+			for _, a := range tc.arrivals {
+				o := out[a.name]
+				if o.final.Err != nil {
+					t.Fatalf("%s: %v", a.name, o.final.Err)
+				}
+				if got, want := tokensOf(o.events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
+					t.Errorf("%s: output differs from the request alone:\n got %v\nwant %v", a.name, got, want)
+				}
+				if got := o.final.Timings.QueueSteps; got != tc.waits[a.name] {
+					t.Errorf("%s: waited %d steps, want %d", a.name, got, tc.waits[a.name])
+				}
+				if got := o.final.Preemptions; got != tc.preempted[a.name] {
+					t.Errorf("%s: preempted %d times, want %d", a.name, got, tc.preempted[a.name])
+				}
+			}
+			s.checkIdle()
+		})
+	}
+}
+
+// checkIdle asserts that the engine holds nothing for requests that
+// ended: no sequence, no reservation beyond kept prefixes, no sampler.
+func (s *sim) checkIdle() {
+	s.t.Helper()
+	l := s.l
+	kept := 0
+	for _, k := range l.kept {
+		if k != nil {
+			kept += len(k.tokens)
+		}
+	}
+	if len(l.running) != 0 || len(l.waiting) != 0 || l.kvUsed != kept {
+		s.t.Errorf("not idle: %d running, %d waiting, %d cells reserved, %d kept", len(l.running), len(l.waiting), l.kvUsed, kept)
+	}
+	for slot, c := range s.x.cells {
+		if int(slot) < len(l.kept) && l.kept[slot] == nil && len(c) > 0 {
+			s.t.Errorf("slot %d holds %d cells although nothing keeps them", slot, len(c))
+		}
+		if k := l.kept[slot]; k != nil && !slices.Equal(k.tokens, c) {
+			s.t.Errorf("slot %d keeps %d tokens, its cells hold %d others", slot, len(k.tokens), len(c))
+		}
+	}
+	if n := len(s.x.samplers); n != 0 {
+		s.t.Errorf("%d samplers alive", n)
+	}
+}
+
+// TestSchedPreemptionResumesExactly: a batch generation preempted by
+// realtime requests continues from where it was, whether its cells stay
+// kept in its slot (preempted for cells its reservation frees), come back
+// from the host tier (preempted for its slot, once or twice), or are
+// recomputed (no host tier, no prefix cache).
+func TestSchedPreemptionResumesExactly(t *testing.T) {
+	forSlot := Options{Parallel: 1, Context: 512}
+	withHost := forSlot
+	withHost.PrefixCache.HostBytes = 4 << 20
+	noCache := forSlot
+	noCache.PrefixCache.Disabled = true
+	forCells := Options{Parallel: 2, Context: 512, KVCells: 600, UnifiedKV: true}
+	batch := arrival{name: "batch", tier: TierBatch, prompt: prompt(1, 200), max: 60}
+	rt := func(name string, turn, max int) arrival {
+		return arrival{name: name, turn: turn, tier: TierRealtime, prompt: prompt(len(name)+turn, 100), max: max}
+	}
+	cases := []struct {
+		name        string
+		opts        Options
+		arrivals    []arrival
+		preemptions int
+		restored    bool // its cells came back (kept or host): at most a block recomputed
+	}{
+		{"preempted for cells: kept in its slot", forCells,
+			[]arrival{{name: "batch", tier: TierBatch, prompt: prompt(1, 100), max: 380}, rt("rt", 10, 30)}, 1, true},
+		{"preempted for its slot: spilled to the host tier and restored", withHost, []arrival{batch, rt("rt", 10, 3)}, 1, true},
+		{"preempted twice: restored from the host tier both times", withHost, []arrival{batch, rt("rt1", 10, 3), rt("rt2", 30, 3)}, 2, true},
+		{"evicted without a host tier: recomputed", forSlot, []arrival{batch, rt("rt", 10, 3)}, 1, false},
+		{"no prefix cache: recomputed", noCache, []arrival{batch, rt("rt", 10, 3)}, 1, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, tc.opts, nil)
+			if hb := tc.opts.PrefixCache.HostBytes; hb > 0 {
+				h, err := prefixcache.NewHost(prefixcache.HostOptions{MaxBytes: hb})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(h.Close)
+				s.e.host, s.l.pc.host = h, h
+			}
+			out := s.play(tc.arrivals, 2000)
+			b, a := out["batch"], tc.arrivals[0]
+			if got, want := tokensOf(b.events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
+				t.Fatalf("resumed output differs:\n got %v\nwant %v", got, want)
+			}
+			if b.final.Preemptions != tc.preemptions {
+				t.Fatalf("preempted %d times, want %d", b.final.Preemptions, tc.preemptions)
+			}
+			// Rows the batch request fed, less what it feeds without
+			// preemption (its prompt, and each sampled token but the
+			// last): what it recomputed.
+			fed := 0
+			for _, st := range s.x.steps {
+				fed += st.byFirst[a.prompt[0]]
+			}
+			recomputed := fed - (len(a.prompt) + a.max - 1)
+			if tc.restored && recomputed > s.l.pc.block || !tc.restored && recomputed < len(a.prompt) {
+				t.Errorf("recomputed %d tokens after %d preemptions; want restored: %v", recomputed, tc.preemptions, tc.restored)
+			}
+			s.checkIdle()
+		})
+	}
+}
+
+// TestSchedPrefixWaits: requests sharing a prompt prefix that arrive
+// together. A follower waits only while another request computes the
+// prefix right now, and then every follower is admitted in the same step
+// from the computed cells; a shared part under two blocks is not worth a
+// wait. Warm (the prefix kept from an earlier request), nobody waits.
+func TestSchedPrefixWaits(t *testing.T) {
+	sys := prompt(99, 667)
+	with := func(seed, n int) []Token { return append(slices.Clone(sys[:n]), prompt(seed, 23)...) }
+	cases := []struct {
+		name      string
+		warm      bool
+		shared    int
+		waits     []uint64
+		cached    []int
+		prefixWas uint64 // PrefixStats.Waits: admissions postponed, per turn
+	}{
+		{"cold: followers wait for the leader's prefill, then start together", false, 667, []uint64{0, 2, 2, 2}, []int{0, 667, 667, 667}, 6},
+		{"warm: all start at once from the kept prefix", true, 667, []uint64{0, 0, 0, 0}, []int{667, 667, 667, 667}, 0},
+		{"cold, shared less than two blocks: nobody waits", false, 20, []uint64{0, 0, 0, 0}, []int{0, 0, 0, 0}, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, Options{Parallel: 4, Context: 1024, Batch: 512}, nil)
+			if tc.warm {
+				s.play([]arrival{{name: "earlier", prompt: with(50, tc.shared), max: 2}}, 100)
+			}
+			var arr []arrival
+			for i := range 4 {
+				arr = append(arr, arrival{name: string(rune('a' + i)), tier: TierStandard, prompt: with(i, tc.shared), max: 16})
+			}
+			waits0 := s.l.pstats.waits
+			out := s.play(arr, 500)
+			for i, a := range arr {
+				f := out[a.name].final
+				if f.Timings.QueueSteps != tc.waits[i] || f.Usage.CachedTokens != tc.cached[i] {
+					t.Errorf("%s: waited %d steps with %d cached; want %d and %d", a.name, f.Timings.QueueSteps, f.Usage.CachedTokens, tc.waits[i], tc.cached[i])
+				}
+				if got, want := tokensOf(out[a.name].events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
+					t.Errorf("%s: output differs from the request alone", a.name)
+				}
+			}
+			if got := s.l.pstats.waits - waits0; got != tc.prefixWas {
+				t.Errorf("%d prefix waits counted, want %d", got, tc.prefixWas)
+			}
+			s.checkIdle()
+		})
+	}
+}
+
+// TestSchedQueueTimeoutAndCancel: with the clock under the test's
+// control, a queue timeout falls exactly when the tier's limit has passed,
+// and a request cancelled while waiting or running leaves nothing behind.
+func TestSchedQueueTimeoutAndCancel(t *testing.T) {
+	tiers := DefaultTiers()
+	tiers[TierBatch].QueueTimeout = 500 * time.Millisecond
+	// Each step costs 20 ms + 1 ms per row: a one-row decode step 21 ms.
+	s := newSim(t, Options{Parallel: 1, Context: 256, Tiers: tiers}, nil)
+	out := s.play([]arrival{
+		{name: "running", tier: TierStandard, prompt: prompt(1, 8), max: 60},
+		{name: "timesout", tier: TierBatch, prompt: prompt(2, 8), max: 4},
+		{name: "cancelled-waiting", tier: TierStandard, prompt: prompt(3, 8), max: 4, cancel: 3},
+		{name: "cancelled-running", turn: 80, tier: TierStandard, prompt: prompt(4, 8), max: 40, cancel: 90},
+	}, 1000)
+	var qt *QueueTimeoutError
+	if err := out["timesout"].final.Err; !errors.As(err, &qt) || qt.Waited < 500*time.Millisecond || qt.Waited > 521*time.Millisecond {
+		t.Errorf("timesout: %v; want a queue timeout within one step past 500 ms", err)
+	}
+	if err := out["cancelled-waiting"].final.Err; !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled-waiting: %v", err)
+	}
+	if f := out["cancelled-running"].final; !errors.Is(f.Err, context.Canceled) || f.Usage.CompletionTokens == 0 || f.Usage.CompletionTokens >= 40 {
+		t.Errorf("cancelled-running: %v after %d tokens; want cancelled mid-way", f.Err, f.Usage.CompletionTokens)
+	}
+	if f := out["running"].final; f.Err != nil || f.Usage.CompletionTokens != 60 {
+		t.Errorf("running: %v, %d tokens", f.Err, f.Usage.CompletionTokens)
+	}
+	s.checkIdle()
+}
+
+// TestSchedDecodeFailures: a decode that finds no KV room for its prompt
+// chunks is retried with smaller chunks and loses nothing; any other
+// failure ends the requests of that batch with an error, and the engine
+// goes on with the next.
+func TestSchedDecodeFailures(t *testing.T) {
+	s := newSim(t, Options{Parallel: 2, Context: 256}, nil)
+	a := s.gen(Request{Prompt: prompt(1, 100), MaxTokens: 4, IgnoreEOS: true})
+	s.x.fail = 1
+	evs := s.finish(100, a)
+	if f := evs[0][len(evs[0])-1]; f.Err != nil || f.Usage.CompletionTokens != 4 {
+		t.Fatalf("after a KV-full decode: %v, %d tokens", f.Err, f.Usage.CompletionTokens)
+	}
+	if got := s.x.steps[0].rows; got != 50 {
+		t.Errorf("the retried prefill fed %d rows, want half the failed 100", got)
+	}
+	b := s.gen(Request{Prompt: prompt(2, 10), MaxTokens: 4, IgnoreEOS: true})
+	s.turn()
+	s.x.fail = -3
+	evs = s.finish(10, b)
+	if f := evs[0][len(evs[0])-1]; f.Err == nil || !strings.Contains(f.Err.Error(), "code -3") {
+		t.Fatalf("after a failed decode: %v", f.Err)
+	}
+	c := s.gen(Request{Prompt: prompt(3, 10), MaxTokens: 4, IgnoreEOS: true})
+	evs = s.finish(20, c)
+	if f := evs[0][len(evs[0])-1]; f.Err != nil {
+		t.Fatalf("the next request: %v", f.Err)
+	}
+	s.checkIdle()
+}
