@@ -162,8 +162,8 @@ func TestSchedAdmission(t *testing.T) {
 			name: "KV cells: a request that does not fit blocks later ones (FIFO), then all finish",
 			opts: Options{Parallel: 4, Context: 128, KVCells: 160, UnifiedKV: true, PrefixCache: PrefixCache{Disabled: true}},
 			arrivals: []arrival{
-				{name: "a", tier: TierStandard, prompt: p(1, 60), max: 40},  // 100 cells
-				{name: "big", tier: TierStandard, prompt: p(2, 60), max: 40}, // does not fit beside a
+				{name: "a", tier: TierStandard, prompt: p(1, 60), max: 40},    // 100 cells
+				{name: "big", tier: TierStandard, prompt: p(2, 60), max: 40},  // does not fit beside a
 				{name: "small", tier: TierStandard, prompt: p(3, 10), max: 5}, // would fit, but waits behind big
 			},
 			waits: map[string]uint64{"a": 0, "big": 40, "small": 40},
