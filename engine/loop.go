@@ -235,6 +235,7 @@ type loop struct {
 	tstats   [NumTiers]tierCounters
 	lastAged time.Time
 	stepTime stepModel           // measured step durations, for chunkCap
+	stepTop  int                 // the highest priority that computed in the last step (aging)
 	lastSeen [NumTiers]time.Time // when a request of each tier last arrived
 }
 
@@ -682,6 +683,7 @@ func (l *loop) admitGen(t *genTask) admission {
 // step builds one batch, decodes it and handles its outputs. It reports
 // whether it decoded anything.
 func (l *loop) step() bool {
+	l.stepTop = math.MinInt
 	if len(l.running) == 0 {
 		return false
 	}
@@ -747,6 +749,7 @@ func (l *loop) step() bool {
 	if n == 0 {
 		return false
 	}
+	l.stepTop = l.computingTop()
 	start := l.now()
 	rc := l.x.decode(&l.b)
 	l.steps++
@@ -761,6 +764,18 @@ func (l *loop) step() bool {
 	}
 	l.handleOutputs()
 	return true
+}
+
+// computingTop is the highest tier priority of the sequences in the
+// step's batch (math.MinInt for none).
+func (l *loop) computingTop() int {
+	top := math.MinInt
+	for _, sq := range l.running {
+		if sq.inBatch > 0 {
+			top = max(top, l.policy(sq.tier).Priority)
+		}
+	}
+	return top
 }
 
 // decodeFailed recovers from a failed llama_decode without losing the

@@ -404,3 +404,53 @@ func TestSchedDecodeFailures(t *testing.T) {
 	}
 	s.checkIdle()
 }
+
+// TestSchedAging: a batch request behind an endless stream of realtime
+// requests on one slot gains a priority level per Aging it is held back,
+// and is admitted once it reaches realtime's (two levels up), ahead of
+// the realtime requests that arrived after it: on the fake clock, after
+// 2 x Aging, within one realtime request's service time.
+func TestSchedAging(t *testing.T) {
+	const aging = 100 * time.Millisecond
+	s := newSim(t, Options{Parallel: 1, Context: 256, Aging: aging}, nil)
+	rtReq := func(i int) Request {
+		return Request{Prompt: prompt(100+i, 8), MaxTokens: 3, IgnoreEOS: true, Tier: TierRealtime}
+	}
+	var rts []*Stream
+	rts = append(rts, s.gen(rtReq(0)))
+	b := s.gen(Request{Prompt: prompt(1, 8), MaxTokens: 4, IgnoreEOS: true, Tier: TierBatch})
+	var bEvents []Event
+	served := 0
+	for turn := 0; ; turn++ {
+		if turn == 1000 {
+			t.Fatal("the batch request never finished")
+		}
+		// Keep two realtime requests waiting or running at all times.
+		rts = slices.DeleteFunc(rts, func(st *Stream) bool {
+			_, done := drain(st)
+			if done {
+				served++
+			}
+			return done
+		})
+		for len(rts) < 2 {
+			rts = append(rts, s.gen(rtReq(turn*2+len(rts))))
+		}
+		s.turn()
+		evs, done := drain(b)
+		bEvents = append(bEvents, evs...)
+		if done {
+			break
+		}
+	}
+	f := bEvents[len(bEvents)-1]
+	t.Logf("batch queued %v; %d realtime requests served", f.Timings.Queue, served)
+	// One realtime request: a prefill step of 8 rows (28 ms) and two decode
+	// steps (21 ms each), plus the step it was admitted with.
+	if f.Err != nil || f.Timings.Queue < 2*aging || f.Timings.Queue > 2*aging+100*time.Millisecond {
+		t.Fatalf("batch request: %v, queued %v; want admitted within a realtime request after %v", f.Err, f.Timings.Queue, 2*aging)
+	}
+	if served < 2 {
+		t.Fatalf("only %d realtime requests were served before: the fixture did not hold the batch back", served)
+	}
+}

@@ -225,17 +225,13 @@ func (l *loop) tierFull(t *taskBase) bool {
 func (l *loop) age(now time.Time) {
 	dt := now.Sub(l.lastAged)
 	l.lastAged = now
-	if l.e.opts.Aging <= 0 || len(l.running) == 0 {
+	// What holds a task back is a higher tier that ran in the step (it
+	// may have ended in it: its step still held the others back), not a
+	// task of its own tier that aged: counting those made same-tier tasks
+	// age past each other and preempt each other in turn.
+	top := l.stepTop
+	if l.e.opts.Aging <= 0 || top == math.MinInt {
 		return
-	}
-	// What holds a task back is a higher tier running, not a task of its
-	// own tier that aged: counting those made same-tier tasks age past
-	// each other and preempt each other in turn.
-	top := math.MinInt
-	for _, sq := range l.running {
-		if !sq.paused {
-			top = max(top, l.policy(sq.tier).Priority)
-		}
 	}
 	var seen [NumTiers]bool
 	for _, t := range l.waiting {
