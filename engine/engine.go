@@ -516,6 +516,7 @@ type Stats struct {
 	// Prefix.Pinned unless cells leaked.
 	SlotsWithMemory int
 	Steps           uint64 // llama_decode calls so far
+	CutSteps        uint64 // of them, cut short for a higher-priority arrival
 	Prefix          PrefixStats
 	Tiers           [NumTiers]TierStats
 	// Work lists the requests the engine holds, running ones first (in
@@ -558,6 +559,13 @@ type Engine struct {
 	stop     chan struct{}
 	done     chan struct{}
 	host     *prefixcache.Host // nil without a host tier
+
+	// A step of lower tiers under way is cut short when a request of a
+	// higher priority than cutAbove arrives (the loop sets cutAbove
+	// around each decode, MaxInt64 when no cut is allowed), by cut (the
+	// executor's, set before the loop serves).
+	cutAbove atomic.Int64
+	cut      func()
 
 	// Queue counts, kept by enqueue and the loop and read by both.
 	waiting     atomic.Int64
@@ -798,7 +806,9 @@ func (e *Engine) wakeUp() {
 	}
 }
 
-// post hands v to the loop; false if the engine is closed.
+// post hands v to the loop; false if the engine is closed. A task that
+// outranks the step under way cuts it (under e.mu: the loop frees the
+// executor only after closing the intake).
 func (e *Engine) post(v any) bool {
 	e.mu.Lock()
 	if e.closed {
@@ -806,9 +816,25 @@ func (e *Engine) post(v any) bool {
 		return false
 	}
 	e.incoming = append(e.incoming, v)
+	if t, ok := v.(task); ok && e.cut != nil && int64(e.opts.Tiers[t.base().tier].Priority) > e.cutAbove.Load() {
+		e.cut()
+	}
 	e.mu.Unlock()
 	e.wakeUp()
 	return true
+}
+
+// outranked reports whether a task posted and not yet taken has a
+// priority above p.
+func (e *Engine) outranked(p int) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, v := range e.incoming {
+		if t, ok := v.(task); ok && e.opts.Tiers[t.base().tier].Priority > p {
+			return true
+		}
+	}
+	return false
 }
 
 // take returns what was posted since the last call; with final set, it

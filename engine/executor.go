@@ -25,8 +25,13 @@ type executor interface {
 	restoreSeq(slot int32, state []byte) error
 
 	// decode computes b. Its result is llama_decode's: 0 done, 1 no KV
-	// room (nothing changed), other values failures.
+	// room (nothing changed), 2 cut short by cut (cells of the batch may
+	// remain), other values failures.
 	decode(b *batch) int
+	// armCut clears a cut asked for before; cut, from any goroutine, asks
+	// the decode under way (or the next) to stop as soon as it can.
+	armCut()
+	cut()
 	// sample draws one token for each of rows (rows of the last decode),
 	// each with its sampler (nil: greedy), into out.
 	sample(samplers []sampler, rows []int32, out []Token)

@@ -33,10 +33,16 @@ type fakeExec struct {
 	stepCost func(n int) time.Duration
 	// fail, if set, is the result of the next decode instead.
 	fail int
+	// during, if set, runs at the start of each decode: what arrives
+	// while a step computes. A cut asked for by then (or before) stops
+	// the decode: it returns 2 having computed nothing.
+	during  func()
+	cutFlag bool
 
 	rows     []fakeRow     // the last decode's rows
 	steps    []fakeStep    // every decode, in order
 	samplers map[*int]bool // live samplers
+	cuts     int           // decodes cut
 	closed   bool
 }
 
@@ -131,6 +137,20 @@ func (x *fakeExec) decode(b *batch) int {
 		return rc
 	}
 	n := b.len()
+	if x.during != nil {
+		x.during()
+	}
+	if x.cutFlag {
+		// As llama.cpp: the ubatches before the one it stopped in stay
+		// (here the first half of the rows, a ubatch of its own).
+		x.cuts++
+		for i := range n / 2 {
+			slot := b.seq[i]
+			x.cells[slot] = append(x.cells[slot], b.tok[i])
+		}
+		x.clock.advance(time.Millisecond) // a graph node's time
+		return 2
+	}
 	if x.unified && x.used()+n > x.kv {
 		return 1 // no room: nothing changed
 	}
@@ -211,6 +231,9 @@ func (x *fakeExec) freeSampler(s sampler) {
 	}
 	delete(x.samplers, p)
 }
+
+func (x *fakeExec) armCut() { x.cutFlag = false }
+func (x *fakeExec) cut()    { x.cutFlag = true }
 
 func (x *fakeExec) close() { x.closed = true }
 

@@ -85,6 +85,14 @@ void fs_logprobs(const float * logits, int32_t n_vocab,
     }
 }
 
+static bool fs_cut_requested(void * data) {
+    return __atomic_load_n((int32_t *) data, __ATOMIC_RELAXED) != 0;
+}
+
+void fs_set_cut(struct llama_context * ctx, int32_t * flag) {
+    llama_set_abort_callback(ctx, fs_cut_requested, flag);
+}
+
 struct ggml_threadpool * fs_threadpool_attach(struct llama_context * ctx, int32_t n_threads) {
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     if (dev == NULL) {

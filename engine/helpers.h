@@ -27,6 +27,12 @@ void fs_log_softmax(const float * logits, int32_t n_vocab, float * out);
 struct ggml_threadpool * fs_threadpool_attach(struct llama_context * ctx, int32_t n_threads);
 void fs_threadpool_free(struct ggml_threadpool * tp);
 
+// fs_set_cut makes ctx's decodes stop between graph nodes once *flag is
+// non-zero (read atomically; the loop's owner sets it from any thread).
+// llama_decode then returns 2, having removed the cells of the ubatch it
+// stopped in.
+void fs_set_cut(struct llama_context * ctx, int32_t * flag);
+
 // fs_log_trampoline forwards llama.cpp and ggml log lines to Go.
 void fs_log_trampoline(enum ggml_log_level level, const char * text, void * user_data);
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -33,6 +34,10 @@ type llamaExec struct {
 	cIdx      []C.int32_t
 	cOut      []C.int32_t
 	cScratch  unsafe.Pointer
+
+	// cutFlag, in C memory, is read by the compute thread between graph
+	// nodes (fs_set_cut).
+	cutFlag *C.int32_t
 }
 
 // newLlamaExec creates the llama.cpp context for e's options.
@@ -98,6 +103,8 @@ func newLlamaExec(e *Engine) (*llamaExec, error) {
 	for i := range nSeq {
 		nSeq[i] = 1
 	}
+	x.cutFlag = (*C.int32_t)(C.calloc(1, 4))
+	C.fs_set_cut(ctx, x.cutFlag)
 	// One allocation for the sampling scratch: pointers, then two int32 arrays.
 	ptr := C.size_t(unsafe.Sizeof(uintptr(0)))
 	x.cScratch = C.malloc(C.size_t(n)*ptr + 2*C.size_t(n)*4)
@@ -124,6 +131,7 @@ func (x *llamaExec) close() {
 	}
 	if x.ctx != nil {
 		C.llama_synchronize(x.ctx)
+		C.llama_set_abort_callback(x.ctx, nil, nil)
 		if x.pool != nil {
 			C.llama_detach_threadpool(x.ctx)
 		}
@@ -134,7 +142,14 @@ func (x *llamaExec) close() {
 		C.fs_threadpool_free(x.pool)
 		x.pool = nil
 	}
+	if x.cutFlag != nil {
+		C.free(unsafe.Pointer(x.cutFlag))
+		x.cutFlag = nil
+	}
 }
+
+func (x *llamaExec) armCut() { atomic.StoreInt32((*int32)(unsafe.Pointer(x.cutFlag)), 0) }
+func (x *llamaExec) cut()    { atomic.StoreInt32((*int32)(unsafe.Pointer(x.cutFlag)), 1) }
 
 func (x *llamaExec) seqRemove(slot int32, p0, p1 int) {
 	C.llama_memory_seq_rm(x.mem, C.llama_seq_id(slot), C.llama_pos(p0), C.llama_pos(p1))

@@ -236,6 +236,7 @@ type loop struct {
 	lastAged time.Time
 	stepTime stepModel           // measured step durations, for chunkCap
 	stepTop  int                 // the highest priority that computed in the last step (aging)
+	cuts     uint64              // steps cut short for a higher-priority arrival
 	lastSeen [NumTiers]time.Time // when a request of each tier last arrived
 }
 
@@ -276,6 +277,10 @@ func (e *Engine) newLoop() (*loop, error) {
 // context holds kvCells cells.
 func newLoop(e *Engine, x executor, kvCells int) *loop {
 	o := e.opts
+	e.cutAbove.Store(math.MaxInt64)
+	e.mu.Lock()
+	e.cut = x.cut
+	e.mu.Unlock()
 	now := e.now
 	slots := o.Parallel + len(o.PrefixCache.Pinned)
 	l := &loop{
@@ -412,6 +417,7 @@ func (l *loop) stats() Stats {
 		KVCellsReserved: l.kvUsed,
 		KVCells:         l.kvTotal,
 		Steps:           l.steps,
+		CutSteps:        l.cuts,
 		Tiers:           l.tierStats(),
 	}
 	tasks := map[task]bool{}
@@ -750,9 +756,20 @@ func (l *loop) step() bool {
 		return false
 	}
 	l.stepTop = l.computingTop()
+	cutAbove := l.cutAbove()
+	l.x.armCut()
+	l.e.cutAbove.Store(int64(cutAbove))
+	if cutAbove < math.MaxInt && l.e.outranked(cutAbove) {
+		l.x.cut() // arrived since intake: no need to start
+	}
 	start := l.now()
 	rc := l.x.decode(&l.b)
+	l.e.cutAbove.Store(math.MaxInt64)
 	l.steps++
+	if rc == 2 {
+		l.stepCut()
+		return true
+	}
 	if rc != 0 {
 		l.decodeFailed(rc, prefill)
 		return true
@@ -764,6 +781,32 @@ func (l *loop) step() bool {
 	}
 	l.handleOutputs()
 	return true
+}
+
+// cutAbove is the priority above which an arriving request may cut the
+// step: the step's highest if every sequence in it gives way to higher
+// priorities (a Preemptible tier); else none (MaxInt).
+func (l *loop) cutAbove() int {
+	for _, sq := range l.running {
+		if sq.inBatch > 0 && !l.policy(sq.tier).Preemptible {
+			return math.MaxInt
+		}
+	}
+	return l.stepTop
+}
+
+// stepCut undoes a step cut short for a higher-priority arrival: llama.cpp
+// removed the cells of the ubatch it stopped in, those of the ubatches
+// before stay; dropping everything the step fed leaves each sequence as
+// it was, to be fed again.
+func (l *loop) stepCut() {
+	for _, sq := range l.running {
+		if sq.inBatch > 0 {
+			l.x.seqRemove(sq.slot, sq.fed, -1)
+			sq.inBatch = 0
+		}
+	}
+	l.cuts++
 }
 
 // computingTop is the highest tier priority of the sequences in the

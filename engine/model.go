@@ -79,9 +79,11 @@ func goLog(level C.int, text *C.char, _ C.uintptr_t) {
 				l = slog.Default()
 			}
 			lvl := logLvl
-			if lvl == slog.LevelWarn && strings.Contains(line, "< n_ctx_train") {
+			if lvl == slog.LevelWarn && (strings.Contains(line, "< n_ctx_train") || strings.Contains(line, "removing memory module entries")) {
 				// A context below the training length is a deliberate
-				// setting (Options.Context), not a problem.
+				// setting (Options.Context), not a problem; cells removed
+				// after a decode stopped are a step cut on purpose (a
+				// failed decode is logged by the loop).
 				lvl = slog.LevelDebug
 			}
 			l.Log(context.Background(), lvl, line, "source", "llama.cpp")

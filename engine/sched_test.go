@@ -454,3 +454,67 @@ func TestSchedAging(t *testing.T) {
 		t.Fatalf("only %d realtime requests were served before: the fixture did not hold the batch back", served)
 	}
 }
+
+// TestSchedCut: a request arriving while a step computes cuts the step
+// short when it outranks every sequence in it and they all give way
+// (Preemptible tiers): it starts at once, and its time to first token
+// stays within 1.5x of an idle engine's. Otherwise it waits for the step.
+// The cut step's sequences lose nothing.
+func TestSchedCut(t *testing.T) {
+	cases := []struct {
+		name    string
+		running Tier // the streams computing when it arrives
+		arrives Tier
+		cut     bool
+	}{
+		{"realtime during batch streams", TierBatch, TierRealtime, true},
+		{"standard during batch streams", TierBatch, TierStandard, true},
+		{"realtime during standard streams: they do not give way", TierStandard, TierRealtime, false},
+		{"batch during realtime streams", TierRealtime, TierBatch, false},
+		{"batch during batch streams: no higher", TierBatch, TierBatch, false},
+	}
+	question := prompt(500, 10)
+	idle := func() time.Duration {
+		s := newSim(t, Options{Parallel: 9, Context: 512}, nil)
+		out := s.play([]arrival{{name: "q", tier: TierRealtime, prompt: question, max: 3}}, 100)
+		return out["q"].final.Timings.FirstByte
+	}()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, Options{Parallel: 9, Context: 512}, nil)
+			var arr []arrival
+			for i := range 8 {
+				arr = append(arr, arrival{name: string(rune('a' + i)), tier: tc.running, prompt: prompt(i, 100), max: 60})
+			}
+			var q *Stream
+			decodes := 0
+			s.x.during = func() {
+				// Mid-way through the streams' decoding.
+				if decodes++; decodes == 10 {
+					q = s.gen(Request{Prompt: question, MaxTokens: 3, IgnoreEOS: true, Tier: tc.arrives})
+				}
+			}
+			out := s.play(arr, 1000)
+			qe := s.finish(100, q)[0]
+			f := qe[len(qe)-1]
+			if f.Err != nil {
+				t.Fatal(f.Err)
+			}
+			for _, a := range arr {
+				if got, want := tokensOf(out[a.name].events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
+					t.Fatalf("%s: output differs from the request alone", a.name)
+				}
+			}
+			st := s.l.stats()
+			if cut := st.CutSteps > 0; cut != tc.cut || st.CutSteps > 1 {
+				t.Fatalf("%d steps cut, want a cut: %v", st.CutSteps, tc.cut)
+			}
+			ratio := float64(f.Timings.FirstByte) / float64(idle)
+			t.Logf("time to first token %v, idle %v: %.2fx", f.Timings.FirstByte, idle, ratio)
+			if tc.cut && tc.arrives == TierRealtime && ratio > 1.5 {
+				t.Errorf("time to first token %.2fx idle, want at most 1.5x", ratio)
+			}
+			s.checkIdle()
+		})
+	}
+}

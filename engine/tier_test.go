@@ -383,3 +383,59 @@ func TestPreemptForCells(t *testing.T) {
 	}
 	checkIdle(t, e, "after preemption for cells")
 }
+
+// TestCutOnRealModel: a realtime request that arrives while batch streams
+// decode cuts the real decode short (llama.cpp's abort callback): the
+// step is undone and fed again later, the realtime request starts in the
+// next step, and the batch streams give exactly the tokens they give
+// alone.
+func TestCutOnRealModel(t *testing.T) {
+	prompts := [][]engine.Token{prompt(t, tinyQ8, testPrompts[0]), prompt(t, tinyQ8, testPrompts[1])}
+	const n = 24
+	alone := newEngine(t, tinyQ8, engine.Options{Parallel: 1, Context: 512})
+	var want [][]engine.Token
+	for _, p := range prompts {
+		want = append(want, generate(t, alone, engine.Request{Prompt: p, MaxTokens: n, IgnoreEOS: true}).tokens)
+	}
+	h, err := engine.NewHandLoop(tinyQ8, engine.Options{Parallel: 3, Context: 512, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	e := h.Engine()
+	var batch []*engine.Stream
+	for _, p := range prompts {
+		st, err := e.Generate(context.Background(), engine.Request{Prompt: p, MaxTokens: n, IgnoreEOS: true, Tier: engine.TierBatch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, st)
+	}
+	var rt *engine.Stream
+	decodes := 0
+	h.During(func() {
+		if decodes++; decodes == 6 {
+			if rt, err = e.Generate(context.Background(), engine.Request{Prompt: prompts[1][:8], MaxTokens: 3, IgnoreEOS: true, Tier: engine.TierRealtime}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	for i := 0; h.Stats().Running > 0 || i < 10; i++ {
+		if i == 500 {
+			t.Fatal("not done after 500 turns")
+		}
+		h.Turn()
+	}
+	if s := h.Stats(); s.CutSteps != 1 {
+		t.Fatalf("%d steps cut, want 1", s.CutSteps)
+	}
+	for i, st := range batch {
+		r := collect(t, st)
+		if r.final.Err != nil || !slices.Equal(r.tokens, want[i]) {
+			t.Errorf("batch stream %d: %v, tokens %v; alone %v", i, r.final.Err, r.tokens, want[i])
+		}
+	}
+	if r := collect(t, rt); r.final.Err != nil || len(r.tokens) != 3 || r.final.Timings.QueueSteps != 0 {
+		t.Errorf("realtime: %v, %d tokens, waited %d steps", r.final.Err, len(r.tokens), r.final.Timings.QueueSteps)
+	}
+}
