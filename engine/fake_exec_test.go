@@ -38,6 +38,9 @@ type fakeExec struct {
 	// the decode: it returns 2 having computed nothing.
 	during  func()
 	cutFlag bool
+	// arming, if set, runs when the loop clears the cut flag before a
+	// decode: what arrives after intake and before the decode starts.
+	arming func()
 
 	rows     []fakeRow     // the last decode's rows
 	steps    []fakeStep    // every decode, in order
@@ -232,7 +235,12 @@ func (x *fakeExec) freeSampler(s sampler) {
 	delete(x.samplers, p)
 }
 
-func (x *fakeExec) armCut() { x.cutFlag = false }
+func (x *fakeExec) armCut() {
+	x.cutFlag = false
+	if x.arming != nil {
+		x.arming()
+	}
+}
 func (x *fakeExec) cut()    { x.cutFlag = true }
 
 func (x *fakeExec) close() { x.closed = true }

@@ -466,12 +466,14 @@ func TestSchedCut(t *testing.T) {
 		running Tier // the streams computing when it arrives
 		arrives Tier
 		cut     bool
+		before  bool // it arrives after the loop's intake, before the decode starts
 	}{
-		{"realtime during batch streams", TierBatch, TierRealtime, true},
-		{"standard during batch streams", TierBatch, TierStandard, true},
-		{"realtime during standard streams: they do not give way", TierStandard, TierRealtime, false},
-		{"batch during realtime streams", TierRealtime, TierBatch, false},
-		{"batch during batch streams: no higher", TierBatch, TierBatch, false},
+		{"realtime during batch streams", TierBatch, TierRealtime, true, false},
+		{"realtime just before a batch step: not started", TierBatch, TierRealtime, true, true},
+		{"standard during batch streams", TierBatch, TierStandard, true, false},
+		{"realtime during standard streams: they do not give way", TierStandard, TierRealtime, false, false},
+		{"batch during realtime streams", TierRealtime, TierBatch, false, false},
+		{"batch during batch streams: no higher", TierBatch, TierBatch, false, false},
 	}
 	question := prompt(500, 10)
 	idle := func() time.Duration {
@@ -488,11 +490,16 @@ func TestSchedCut(t *testing.T) {
 			}
 			var q *Stream
 			decodes := 0
-			s.x.during = func() {
+			arrive := func() {
 				// Mid-way through the streams' decoding.
 				if decodes++; decodes == 10 {
 					q = s.gen(Request{Prompt: question, MaxTokens: 3, IgnoreEOS: true, Tier: tc.arrives})
 				}
+			}
+			if tc.before {
+				s.x.arming = arrive
+			} else {
+				s.x.during = arrive
 			}
 			out := s.play(arr, 1000)
 			qe := s.finish(100, q)[0]

@@ -204,6 +204,7 @@ var (
 	descCacheConfig = prometheus.NewDesc("finserve_cache_config_info", "The KV cache's configuration, in the labels: block_size tokens a block (a reporting unit: llama.cpp's cache is per token), num_gpu_blocks blocks in all, context and slots.", []string{"block_size", "num_gpu_blocks", "context", "slots"}, nil)
 	descPreempt     = prometheus.NewDesc("finserve_tier_preemptions_total", "Generations preempted for a higher tier, by tier.", []string{"tier"}, nil)
 	descPaused      = prometheus.NewDesc("finserve_tier_paused_steps_total", "Sequence steps sat out for a higher tier's prefill, by tier.", []string{"tier"}, nil)
+	descCut         = prometheus.NewDesc("finserve_cut_steps_total", "Engine steps of preemptible tiers cut short for a higher-priority arrival (computed again).", nil, nil)
 	descReject      = prometheus.NewDesc("finserve_tier_rejections_total", "Requests refused, by tier and reason: queue_full (429) or queue_timeout (503).", []string{"tier", "reason"}, nil)
 	descKV          = prometheus.NewDesc("finserve_kv_cache_usage_perc", "Fraction of KV-cache cells reserved by running requests (0 to 1); cells the prefix cache keeps are not counted.", nil, nil)
 	descReady       = prometheus.NewDesc("finserve_model_ready", "1 once the model is loaded and serving.", nil, nil)
@@ -222,7 +223,7 @@ var (
 )
 
 func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descTierWaiting, descCacheConfig, descPreempt, descPaused, descReject, descKV, descReady,
+	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descTierWaiting, descCacheConfig, descPreempt, descPaused, descCut, descReject, descKV, descReady,
 		descPrefixQueries, descPrefixHits,
 		descPrefixReused, descPrefixWaits, descPrefixTokens, descPrefixEvict, descPrefixSpills, descHostBytes,
 		descHostMaxBytes, descHostEntries, descHostDropped} {
@@ -255,6 +256,7 @@ func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descReject, prometheus.CounterValue, float64(ts.TimedOut), name, "queue_timeout")
 	}
 	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(waiting))
+	ch <- prometheus.MustNewConstMetric(descCut, prometheus.CounterValue, float64(st.CutSteps))
 	opts := b.eng.Options()
 	ch <- prometheus.MustNewConstMetric(descCacheConfig, prometheus.GaugeValue, 1,
 		strconv.Itoa(cacheBlockSize), strconv.Itoa(st.KVCells/cacheBlockSize), strconv.Itoa(opts.Context), strconv.Itoa(opts.Parallel))

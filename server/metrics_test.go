@@ -98,6 +98,7 @@ func TestMetrics(t *testing.T) {
 		{"finserve_cache_config_info", map[string]string{"block_size": "16"}, 1},
 		{"finserve_kv_cache_usage_perc", nil, 0},
 		{"finserve_model_ready", nil, 1},
+		{"finserve_cut_steps_total", nil, 0}, // standard requests only: nothing to cut
 	}
 	for _, c := range checks {
 		if got := value(c.name, c.labels); got != c.want {

@@ -286,7 +286,8 @@ func TestRealtimeBesideBatchStreams(t *testing.T) {
 	}
 	_, metrics := ts.get(t, "/metrics")
 	for _, want := range []string{`finserve_tier_preemptions_total{tier="batch"} ` + strconv.FormatUint(preempted, 10),
-		`finserve_time_to_first_token_seconds_count{tier="realtime"} 1`, `finserve_time_to_first_token_seconds_count{tier="batch"} 3`} {
+		`finserve_time_to_first_token_seconds_count{tier="realtime"} 1`, `finserve_time_to_first_token_seconds_count{tier="batch"} 3`,
+		"finserve_cut_steps_total " + strconv.FormatUint(st.CutSteps, 10)} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
