@@ -29,14 +29,20 @@ func NewHandLoop(m *Model, o Options) (*HandLoop, error) {
 	if err := o.fill(m); err != nil {
 		return nil, err
 	}
-	e := &Engine{model: m, opts: o, log: o.Logger, now: time.Now,
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	e := handEngine(m, o, time.Now)
 	x, err := newLlamaExec(e)
 	if err != nil {
 		return nil, err
 	}
 	hx := &hookExec{executor: x}
 	return &HandLoop{e: e, l: newLoop(e, hx, x.kvCells), x: hx}, nil
+}
+
+// handEngine is an engine on m with filled options o and the clock now,
+// whose loop a test creates and turns itself.
+func handEngine(m *Model, o Options, now func() time.Time) *Engine {
+	return &Engine{model: m, opts: o, log: o.Logger, now: now,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Engine is the engine requests are submitted to.

@@ -294,8 +294,7 @@ func newSim(t *testing.T, o Options, cost func(n int) time.Duration) *sim {
 		x.kv = o.Context // per slot
 		total = o.Context * (o.Parallel + len(o.PrefixCache.Pinned))
 	}
-	e := &Engine{model: m, opts: o, log: o.Logger, now: clock.now,
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	e := handEngine(m, o, clock.now)
 	s := &sim{t: t, e: e, l: newLoop(e, x, total), x: x, clock: clock}
 	if err := s.l.prefillPinned(o.PrefixCache.Pinned); err != nil {
 		t.Fatal(err)
