@@ -525,3 +525,63 @@ func TestSchedCut(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedChunks: how a prompt is cut into chunks across steps. Alone,
+// it takes the whole batch per step. Under a realtime tier that was
+// active within the last minute, a batch prompt's chunks keep each step
+// within a sixth of realtime's TTFT target by the step-time model (here
+// 20 ms + 1 ms a row: 50 ms, 30 rows), and nothing runs beside it that a
+// realtime arrival would wait for longer. A decode that finds no KV room
+// halves the chunks, which grow back as steps succeed.
+func TestSchedChunks(t *testing.T) {
+	tiers := DefaultTiers()
+	tiers[TierRealtime].TTFTTarget = 300 * time.Millisecond
+	cases := []struct {
+		name     string
+		realtime bool // a realtime request ran first
+		kvFull   bool // its first decode finds no KV room
+		want     []int
+		// or, under the step-time model: every chunk in [lo, hi] but the last
+		lo, hi int
+	}{
+		{name: "alone: the batch size", want: []int{512, 188}},
+		// The model's least-squares fit of 20 ms + 1 ms a row lands within
+		// a float's rounding of 30 rows: 29 or 30.
+		{name: "under an active realtime tier: steps of at most 50 ms", realtime: true, lo: 29, hi: 30},
+		{name: "KV full: halved, then doubled back", kvFull: true, want: []int{256, 444}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, Options{Parallel: 2, Context: 1024, Batch: 512, Tiers: tiers}, nil)
+			if tc.realtime {
+				// Steps of several sizes, so that the step-time model fits.
+				for i, n := range []int{8, 40, 100} {
+					s.play([]arrival{{name: "rt", tier: TierRealtime, prompt: prompt(100+i, n), max: 2}}, 50)
+				}
+			}
+			before := len(s.x.steps)
+			if tc.kvFull {
+				s.x.fail = 1
+			}
+			p := prompt(1, 700)
+			s.play([]arrival{{name: "doc", tier: TierBatch, prompt: p, max: 1}}, 200)
+			var got []int
+			for _, st := range s.x.steps[before:] {
+				got = append(got, st.byFirst[p[0]])
+			}
+			if tc.want != nil && !slices.Equal(got, tc.want) {
+				t.Errorf("chunks %v, want %v", got, tc.want)
+			}
+			sum := 0
+			for i, n := range got {
+				sum += n
+				if tc.want == nil && i < len(got)-1 && (n < tc.lo || n > tc.hi) {
+					t.Errorf("chunk %d of %d rows, want %d to %d: %v", i, n, tc.lo, tc.hi, got)
+				}
+			}
+			if sum != len(p) {
+				t.Errorf("chunks %v sum to %d, want the prompt's %d", got, sum, len(p))
+			}
+		})
+	}
+}
