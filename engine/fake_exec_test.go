@@ -241,7 +241,7 @@ func (x *fakeExec) armCut() {
 		x.arming()
 	}
 }
-func (x *fakeExec) cut()    { x.cutFlag = true }
+func (x *fakeExec) cut() { x.cutFlag = true }
 
 func (x *fakeExec) close() { x.closed = true }
 
