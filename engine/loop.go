@@ -734,12 +734,16 @@ func (l *loop) step() bool {
 		}
 	}
 	budget := l.nBatch
+	maxRows := l.prefillBound(n)
 	prefill, capped := 0, false
 	for _, sq := range l.running {
 		if sq.inBatch > 0 || sq.paused || sq.remaining() == 0 {
 			continue
 		}
 		k := min(sq.remaining(), budget-n, l.prefillCap-prefill)
+		if prefill > 0 {
+			k = min(k, maxRows-n) // the first chunk is exempt (prefillBound)
+		}
 		if k <= 0 {
 			break // the budget is spent
 		}
@@ -807,6 +811,35 @@ func (l *loop) stepCut() {
 		}
 	}
 	l.cuts++
+}
+
+// prefillShare bounds how much longer than its decode part a step may
+// grow for prompt chunks beyond its first (prefillBound).
+const prefillShare = 2
+
+// prefillBound is how many rows a step with n decode rows may hold once
+// it has one prompt chunk: as many as keep it within prefillShare times
+// the decode part's duration by the step-time model (MaxInt before any
+// step was measured). The policy, in full: every decoding sequence gets
+// its token; the first prompt chunk, in priority order, gets what the
+// batch and its tier's chunkCap allow; further chunks only what fits in
+// that bound. So a lone prompt is computed in as few steps as the batch
+// allows (an idle server's time to first token is untouched), while
+// prompts that arrive together are started in turn over short steps
+// instead of in one long step that every one of them, and every decoding
+// stream, waits for: each gets its first token sooner on average, and
+// clients in a closed loop do not stay in lockstep (simulated in
+// TestSchedPrefillBound, measured in bench/RESULTS.md). On a CPU a prompt
+// row costs about what a decode row costs, so a step takes one or two
+// short prompts beside the decodes; on a GPU a row costs little beside
+// a step's fixed cost and hundreds fit.
+func (l *loop) prefillBound(n int) int {
+	base, per, ok := l.stepTime.fit()
+	if !ok || per <= 0 {
+		return math.MaxInt
+	}
+	rows, _ := l.stepTime.tokensWithin(time.Duration(prefillShare * (base + per*float64(n)) * float64(time.Second)))
+	return rows
 }
 
 // computingTop is the highest tier priority of the sequences in the

@@ -585,3 +585,118 @@ func TestSchedChunks(t *testing.T) {
 		})
 	}
 }
+
+// closedLoop runs clients that each send their next request as soon as
+// the last one ended, rounds requests each, and returns every request's
+// time to first token.
+func (s *sim) closedLoop(clients, rounds int, req func(client, round int) Request) []time.Duration {
+	s.t.Helper()
+	streams := make([]*Stream, clients)
+	sent := make([]int, clients)
+	var ttft []time.Duration
+	for i := range streams {
+		streams[i], sent[i] = s.gen(req(i, 0)), 1
+	}
+	for turn := 0; ; turn++ {
+		if turn == 100000 {
+			s.t.Fatal("the closed loop did not finish")
+		}
+		s.turn()
+		live := 0
+		for i, st := range streams {
+			if st == nil {
+				continue
+			}
+			live++
+			evs, done := drain(st)
+			if !done {
+				continue
+			}
+			f := evs[len(evs)-1]
+			if f.Err != nil {
+				s.t.Fatal(f.Err)
+			}
+			ttft = append(ttft, f.Timings.FirstByte)
+			streams[i] = nil
+			if sent[i] < rounds {
+				streams[i] = s.gen(req(i, sent[i]))
+				sent[i]++
+			}
+		}
+		if live == 0 {
+			return ttft
+		}
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return d[(len(d)-1)/2]
+}
+
+// TestSchedPrefillBound: the split of a step between decoding and
+// prompts (prefillBound), on a CPU-like step cost of 15 ms + 1.2 ms a row.
+// A lone long prompt still takes the whole batch per step. Prompts that
+// arrive together are started in turn, one whole chunk per step plus what
+// keeps the step within twice its decode part; so closed-loop clients
+// with the same answer length, which a step-per-group schedule keeps in
+// lockstep for good, spread out, and their median time to first token
+// falls well below the cost of prefilling a group at once.
+func TestSchedPrefillBound(t *testing.T) {
+	cpu := func(n int) time.Duration { return 15*time.Millisecond + time.Duration(n)*1200*time.Microsecond }
+	measure := func(s *sim) {
+		// Steps of several sizes, so that the step-time model fits.
+		for i, n := range []int{8, 40, 100} {
+			s.play([]arrival{{name: "warm", prompt: prompt(900+i, n), max: 2}}, 50)
+		}
+	}
+	t.Run("a lone long prompt: whole batches", func(t *testing.T) {
+		s := newSim(t, Options{Parallel: 4, Context: 2048, Batch: 512}, cpu)
+		measure(s)
+		before := len(s.x.steps)
+		p := prompt(1, 1500)
+		s.play([]arrival{{name: "doc", prompt: p, max: 1}}, 50)
+		var got []int
+		for _, st := range s.x.steps[before:] {
+			got = append(got, st.rows)
+		}
+		if !slices.Equal(got, []int{512, 512, 476}) {
+			t.Errorf("steps of %v rows, want 512, 512, 476", got)
+		}
+	})
+	t.Run("prompts arriving together beside decoding streams: in turn", func(t *testing.T) {
+		s := newSim(t, Options{Parallel: 16, Context: 1024}, cpu)
+		measure(s)
+		var arr []arrival
+		for i := range 8 {
+			arr = append(arr, arrival{name: "stream" + string(rune('a'+i)), prompt: prompt(i, 8), max: 40})
+			arr = append(arr, arrival{name: "new" + string(rune('a'+i)), turn: 5, prompt: prompt(100+i, 11), max: 2})
+		}
+		before := 0
+		s.x.during = func() {
+			if before == 0 && len(s.l.running) > 8 {
+				before = len(s.x.steps)
+			}
+		}
+		s.play(arr, 500)
+		// 8 decode rows take 15 + 9.6 ms; twice that, 49.2 ms, holds 28
+		// rows: the 8 decodes, one whole 11-token prompt and 9 rows of the
+		// next (8 by a float's rounding of the fitted model), not all 88.
+		st := s.x.steps[before]
+		if prompts := st.rows - 8; prompts < 19 || prompts > 20 {
+			t.Errorf("the first step after the arrivals holds %d prompt rows, want 11 + 9", prompts)
+		}
+	})
+	t.Run("closed-loop clients fall out of lockstep", func(t *testing.T) {
+		s := newSim(t, Options{Parallel: 16, Context: 1024}, cpu)
+		shared := prompt(7, 28)
+		ttft := s.closedLoop(8, 8, func(c, r int) Request {
+			return Request{Prompt: append(slices.Clone(shared), prompt(c*100+r, 11)...), MaxTokens: 64, IgnoreEOS: true}
+		})
+		group := cpu(8 * 11) // all 8 uncached tails in one step
+		if m := median(ttft); m > group/2 {
+			t.Errorf("median time to first token %v; a group prefilled at once takes %v", m, group)
+		}
+	})
+}
