@@ -713,8 +713,9 @@ func (l *loop) step() bool {
 	// Then decode tokens, one per generating sequence in slot order (all of
 	// them go in, so priority does not matter here, and split KV streams
 	// are viewed fastest in order), then prompt chunks in priority order
-	// with the rest of the budget, lower tiers' chunks cut to keep the step
-	// short for the tiers above (chunkCap).
+	// with the rest of the budget: the first whole, the others within
+	// prefillBound, lower tiers' chunks cut to keep the step short for the
+	// tiers above (chunkCap).
 	top := math.MinInt // the highest tier priority with a prompt to prefill
 	for _, sq := range l.running {
 		sq.inBatch, sq.paused = 0, false
