@@ -287,7 +287,7 @@ func parseReply(text string) (content string, calls []ToolCall, ok bool) {
 		return *r.Response, nil, true
 	}
 	for _, c := range r.ToolCalls {
-		calls = append(calls, ToolCall{ID: randomID("call"), Type: "function",
+		calls = append(calls, ToolCall{ID: callID(), Type: "function",
 			Function: ToolCallFunction{Name: c.Name, Arguments: string(compactJSON(c.Arguments))}})
 	}
 	return "", calls, true
@@ -407,3 +407,6 @@ func unicodeEscape(s string) (r rune, n int, ok bool) {
 	}
 	return utf16.DecodeRune(hi, lo), 12, true
 }
+
+// callID is a tool call's id in OpenAI's shape: call_ and 24 hex digits.
+func callID() string { return "call_" + strings.TrimPrefix(randomID(""), "-") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -84,7 +85,7 @@ func TestParseReply(t *testing.T) {
 	}
 	_, calls, ok = parseReply(`{"tool_calls":[{"name":"get_balance","arguments":{"account": "A-1"}},{"name":"now","arguments":{}}]}`)
 	if !ok || len(calls) != 2 || calls[0].Function.Name != "get_balance" || calls[0].Function.Arguments != `{"account":"A-1"}` ||
-		calls[1].Function.Arguments != `{}` || !strings.HasPrefix(calls[0].ID, "call-") || calls[0].ID == calls[1].ID || calls[0].Type != "function" {
+		calls[1].Function.Arguments != `{}` || !regexp.MustCompile(`^call_[0-9a-f]{24}$`).MatchString(calls[0].ID) || calls[0].ID == calls[1].ID || calls[0].Type != "function" {
 		t.Errorf("calls: %+v %v", calls, ok)
 	}
 	for _, text := range []string{`{"tool_calls":[{"name":"f","argu`, `plain text`, `{"other":1}`, `{"tool_calls":[]}`} {
