@@ -139,6 +139,18 @@ func TestSecurity(t *testing.T) {
 		t.Errorf("the realtime key's bucket was refilled by the reload: %d", code)
 	}
 
+	// A header the size of a forwarded single-sign-on token is served.
+	jwt, _ := http.NewRequest("GET", root+"/tiers/batch/v1/models", nil)
+	jwt.Header.Set("Authorization", "Bearer "+newKey)
+	jwt.Header.Set("X-Forwarded-Access-Token", strings.Repeat("e", 10<<10))
+	if resp, err := fresh.Do(jwt); err != nil {
+		t.Errorf("a 10 KiB header: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("a 10 KiB header: %d", resp.StatusCode)
+		}
+	}
 	// Oversized headers: refused with a 431 the client can read, although
 	// it is still writing them when the server answers.
 	big, _ := http.NewRequest("GET", root+"/v1/models", nil)

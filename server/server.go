@@ -220,6 +220,7 @@ func New(cfg Config) (*Server, error) {
 		AppName:               "finserve",
 		DisableStartupMessage: true,
 		BodyLimit:             cfg.BodyLimit,
+		ReadBufferSize:        headerLimit,
 		ReadTimeout:           cfg.ReadTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
@@ -240,6 +241,12 @@ func New(cfg Config) (*Server, error) {
 	s.probeRoutes(s.probes)
 	return s, nil
 }
+
+// headerLimit bounds a request's headers (fasthttp reads them into one
+// buffer of this size; more is 431). fiber's 4 KiB default refused the
+// single-sign-on tokens and cookies a bank's proxies forward (a JWT with
+// group claims runs to several KiB); nginx's default allows 8 KiB a line.
+const headerLimit = 16 << 10
 
 // probeRoutes are the routes that answer without an API key: liveness,
 // readiness and, unless MetricsAuth, the metrics.
