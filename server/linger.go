@@ -27,6 +27,7 @@ type lingerListener struct {
 	net.Listener
 	slots    chan struct{} // one per lingering connection
 	maxBytes int64
+	maxWait  time.Duration
 }
 
 func newLingerListener(ln net.Listener, bodyLimit int) *lingerListener {
@@ -34,6 +35,7 @@ func newLingerListener(ln net.Listener, bodyLimit int) *lingerListener {
 		Listener: ln,
 		slots:    make(chan struct{}, lingerConns),
 		maxBytes: max(lingerMinBytes, 4*int64(bodyLimit)),
+		maxWait:  lingerTime,
 	}
 }
 
@@ -97,7 +99,7 @@ func (c *lingerConn) drain() {
 			return
 		}
 	}
-	if c.Conn.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
+	if c.Conn.SetReadDeadline(time.Now().Add(c.l.maxWait)) != nil {
 		return
 	}
 	_, _ = io.CopyN(io.Discard, c.Conn, c.l.maxBytes)

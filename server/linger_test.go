@@ -11,8 +11,9 @@ import (
 
 // TestLingerBounds: a marked connection is drained, but only so much: a
 // client that sends without end is cut after maxBytes, one that sends
-// nothing after lingerTime, and when every slot lingers the next marked
-// connection closes at once.
+// nothing after maxWait, and when every slot lingers the next marked
+// connection closes at once. (maxWait is a minute while the byte bound is
+// tested, so that a slow machine cannot end the drain first.)
 func TestLingerBounds(t *testing.T) {
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -28,7 +29,7 @@ func TestLingerBounds(t *testing.T) {
 	}
 	// pair returns a client connection and the server's marked, closed
 	// side of it (draining).
-	pair := func() (net.Conn, *lingerConn) {
+	pair := func(ln *lingerListener) (net.Conn, *lingerConn) {
 		t.Helper()
 		client, err := net.Dial("tcp", raw.Addr().String())
 		if err != nil {
@@ -49,9 +50,10 @@ func TestLingerBounds(t *testing.T) {
 		return client, c.(*lingerConn)
 	}
 
+	ln.maxWait = time.Minute
 	// Without end: the writes fail once the server stopped reading, after
 	// it read maxBytes, and the answer was readable before.
-	client, _ := pair()
+	client, _ := pair(ln)
 	got := make([]byte, 6)
 	if _, err := io.ReadFull(client, got); err != nil || string(got) != "answer" {
 		t.Fatalf("answer %q %v", got, err)
@@ -74,8 +76,12 @@ func TestLingerBounds(t *testing.T) {
 		t.Fatalf("the client could send %d bytes; the server drains %d", sent, lingerMinBytes)
 	}
 
-	// Silent: the server closes (EOF after the answer) once lingerTime is over.
-	client, _ = pair()
+	// Silent: the server closes (EOF after the answer) once maxWait is over.
+	// (Each case has a listener of its own: a drain reads its listener's
+	// bounds.)
+	silent := newLingerListener(raw, 1<<10)
+	silent.maxWait = 50 * time.Millisecond
+	client, _ = pair(silent)
 	client.SetReadDeadline(time.Now().Add(time.Minute))
 	if b, err := io.ReadAll(client); err != nil || string(b) != "answer" {
 		t.Fatalf("a silent client read %q, %v; want the answer then EOF", b, err)
@@ -83,10 +89,11 @@ func TestLingerBounds(t *testing.T) {
 
 	// Every slot taken (as if lingerConns were draining): closed at once,
 	// although marked.
+	full := newLingerListener(raw, 1<<10)
 	for range lingerConns {
-		ln.slots <- struct{}{}
+		full.slots <- struct{}{}
 	}
-	_, c := pair()
+	_, c := pair(full)
 	if err := c.Conn.SetDeadline(time.Time{}); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("with no slot free, the connection is open after Close (%v)", err)
 	}
