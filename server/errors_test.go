@@ -130,6 +130,18 @@ func TestRequestErrors(t *testing.T) {
 		{"completion echo", "/completions", `{"prompt":"x","echo":true}`, 400, "echo", "unsupported_parameter"},
 		{"completion logprobs", "/completions", `{"prompt":"x","logprobs":6}`, 400, "logprobs", ""},
 		{"completion too long", "/completions", `{"prompt":"` + strings.Repeat("a b ", 400) + `"}`, 400, "prompt", "context_length_exceeded"},
+		// llama-server's names: grammar, json_schema, response_format
+		// json_object with a schema, n_predict; one constraint at a time.
+		{"grammar llama.cpp cannot parse", "/chat/completions", `{` + msg + `,"grammar":"root ::= ("}`, 400, "grammar", ""},
+		{"completion grammar llama.cpp cannot parse", "/completions", `{"prompt":"x","grammar":"root ::= undefined-rule"}`, 400, "grammar", ""},
+		{"grammar and json_schema", "/chat/completions", `{` + msg + `,"grammar":"root ::= \"a\"","json_schema":{"type":"string"}}`, 400, "grammar", ""},
+		{"grammar and response_format", "/chat/completions", `{` + msg + `,"grammar":"root ::= \"a\"","response_format":{"type":"json_object"}}`, 400, "response_format", ""},
+		{"json_schema and tools", "/chat/completions", `{` + msg + `,"json_schema":{"type":"string"},"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, "tools", ""},
+		{"json_schema with a pattern", "/chat/completions", `{` + msg + `,"json_schema":{"type":"string","pattern":"^a"}}`, 400, "json_schema", "unsupported_parameter"},
+		{"json_object schema with a pattern", "/chat/completions", `{` + msg + `,"response_format":{"type":"json_object","schema":{"type":"string","pattern":"^a"}}}`, 400, "response_format.schema", "unsupported_parameter"},
+		{"grammar and ignore_eos", "/completions", `{"prompt":"x","grammar":"root ::= \"a\"","ignore_eos":true}`, 400, "ignore_eos", ""},
+		{"n_predict against max_tokens", "/chat/completions", `{` + msg + `,"max_tokens":5,"n_predict":6}`, 400, "n_predict", ""},
+		{"n_predict over cap", "/completions", `{"prompt":"x","n_predict":101}`, 400, "n_predict", ""},
 		{"body too large", "/chat/completions", `{"messages":[{"role":"user","content":"` + strings.Repeat("x", 70<<10) + `"}]}`, 413, "", "request_too_large"},
 		// Far over the limit: the server answers before the client has
 		// sent most of it, and must still let the client read the answer.

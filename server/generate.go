@@ -41,17 +41,8 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
-	if g := v.req.Sampling.Grammar; g != "" {
-		// The grammar is the server's, made from the client's schemas:
-		// one llama.cpp refuses (too big, too deep) is the client's 400,
-		// before its tools' description is tokenized.
-		if err := b.model.CheckGrammar(g); err != nil {
-			param, what := "response_format", "the schema"
-			if v.tools != nil {
-				param, what = "tools", "the tools' parameter schemas"
-			}
-			return badRequest(param, "the grammar made from %s is one this server cannot use: %v", what, err)
-		}
+	if apiErr := v.checkGrammar(b.model); apiErr != nil {
+		return apiErr
 	}
 	prompt, apiErr := s.chatPrompt(b, v.messages)
 	if apiErr != nil {
@@ -59,6 +50,25 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	}
 	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c),
 		tier: tier, start: start, tools: v.tools})
+}
+
+// checkGrammar has llama.cpp check the request's grammar before its
+// prompt is tokenized: one it refuses (a syntax error, too big, too deep)
+// is the client's 400, on the field the grammar came from.
+func (p *genParams) checkGrammar(m *engine.Model) *APIError {
+	g := p.req.Sampling.Grammar
+	if g == "" {
+		return nil
+	}
+	if err := m.CheckGrammar(g); err != nil {
+		what := map[string]string{"response_format": "the schema", "tools": "the tools' parameter schemas",
+			"json_schema": "the schema"}[p.grammarFrom]
+		if what == "" {
+			return badRequest(p.grammarFrom, "the grammar is one this server cannot use: %v", err)
+		}
+		return badRequest(p.grammarFrom, "the grammar made from %s is one this server cannot use: %v", what, err)
+	}
+	return nil
 }
 
 func (s *Server) completions(c *fiber.Ctx) error {
@@ -74,6 +84,9 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	tier := s.tier(c)
 	v, apiErr := s.validateCompletion(&req, tier)
 	if apiErr != nil {
+		return apiErr
+	}
+	if apiErr := v.checkGrammar(b.model); apiErr != nil {
 		return apiErr
 	}
 	prompts, apiErr := completionPrompts(b, v.prompts)

@@ -58,6 +58,14 @@ type Samplers struct {
 	// CachePrompt false computes the whole prompt, reusing nothing from
 	// the prefix cache (llama.cpp's extension; default true).
 	CachePrompt *bool `json:"cache_prompt"`
+	// NPredict is llama-server's name for max_tokens.
+	NPredict *int `json:"n_predict"`
+	// Grammar constrains the answer with a GBNF grammar (llama.cpp's),
+	// which llama.cpp's parser checks before anything runs.
+	Grammar *string `json:"grammar"`
+	// JSONSchema is llama-server's JSON Schema constraint: the schema
+	// itself, enforced as response_format json_schema's.
+	JSONSchema json.RawMessage `json:"json_schema"`
 }
 
 // StreamOptions are the options of a streamed response.
@@ -71,6 +79,9 @@ type ResponseFormat struct {
 	// JSONSchema is response_format json_schema's: the answer is a JSON
 	// document that validates against Schema.
 	JSONSchema *JSONSchemaFormat `json:"json_schema,omitempty"`
+	// Schema is llama-server's form: type json_object with the schema
+	// beside it, enforced as json_schema's.
+	Schema json.RawMessage `json:"schema,omitempty"`
 }
 
 // JSONSchemaFormat is OpenAI's response_format.json_schema.

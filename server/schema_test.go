@@ -108,3 +108,91 @@ func TestJSONSchemaRefusals(t *testing.T) {
 	resp, text := ts.post(t, "/chat/completions", `{"messages":[{"role":"user","content":"x"}],"ignore_eos":true,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"boolean"}}}}`)
 	checkError(t, resp, text, 400, "ignore_eos", "")
 }
+
+// TestLlamaServerConstraints: llama-server's ways of constraining an
+// answer work as they do there, and are enforced, not ignored: a GBNF
+// grammar (chat and completions), a top-level json_schema, and
+// response_format json_object with a schema beside it; n_predict is
+// max_tokens. Several seeds at temperature 1, so that the grammar, not
+// the model, decides.
+func TestLlamaServerConstraints(t *testing.T) {
+	ts := startServer(t, Config{}, engine.Options{Parallel: 1, Context: 1024})
+	schema := extractionSchemas["kyc"]
+	validate := func(t *testing.T, text string) {
+		t.Helper()
+		doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := jsonschema.NewCompiler()
+		c.AssertFormat()
+		if err := c.AddResource("schema.json", doc); err != nil {
+			t.Fatal(err)
+		}
+		v, err := c.Compile("schema.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		answer, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
+		if err != nil {
+			t.Fatalf("not JSON: %q: %v", text, err)
+		}
+		if err := v.Validate(answer); err != nil {
+			t.Fatalf("%q does not validate: %v", text, err)
+		}
+	}
+	msg := `"messages":[{"role":"user","content":"extract the customer"}],"temperature":1,"max_tokens":400`
+	for seed := range 3 {
+		s := fmt.Sprint(seed)
+		// A grammar on completions: the answer is one of its two words.
+		resp, body := ts.post(t, "/completions", `{"prompt":"approve?","grammar":"root ::= \"yes\" | \"no\"","temperature":1,"seed":`+s+`}`)
+		var c struct {
+			Choices []struct {
+				Text         string `json:"text"`
+				FinishReason string `json:"finish_reason"`
+			} `json:"choices"`
+		}
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &c) != nil || len(c.Choices) != 1 {
+			t.Fatalf("grammar on completions: %d %s", resp.StatusCode, body)
+		}
+		if got := c.Choices[0]; (got.Text != "yes" && got.Text != "no") || got.FinishReason != "stop" {
+			t.Errorf("seed %d: grammar answer %q (%s), want yes or no", seed, got.Text, got.FinishReason)
+		}
+		// A top-level json_schema and json_object with a schema, on chat.
+		for name, constraint := range map[string]string{
+			"json_schema":            `"json_schema":` + schema,
+			"json_object and schema": `"response_format":{"type":"json_object","schema":` + schema + `}`,
+		} {
+			resp, body := ts.post(t, "/chat/completions", `{`+msg+`,"seed":`+s+`,`+constraint+`}`)
+			var out struct {
+				Choices []struct {
+					Message      struct{ Content string } `json:"message"`
+					FinishReason string                   `json:"finish_reason"`
+				} `json:"choices"`
+			}
+			if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &out) != nil || len(out.Choices) != 1 {
+				t.Fatalf("%s: %d %s", name, resp.StatusCode, body)
+			}
+			if out.Choices[0].FinishReason != "stop" {
+				t.Errorf("%s seed %d: finished by %s, not by the grammar", name, seed, out.Choices[0].FinishReason)
+			}
+			validate(t, out.Choices[0].Message.Content)
+		}
+	}
+	// n_predict is max_tokens, on both endpoints.
+	for path, body := range map[string]string{
+		"/completions":      `{"prompt":"x","n_predict":3,"ignore_eos":true}`,
+		"/chat/completions": `{"messages":[{"role":"user","content":"x"}],"n_predict":3,"ignore_eos":true}`,
+	} {
+		resp, out := ts.post(t, path, body)
+		var u struct {
+			Usage struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(out), &u) != nil || u.Usage.CompletionTokens != 3 {
+			t.Errorf("%s with n_predict 3: %d %s", path, resp.StatusCode, out)
+		}
+	}
+	ts.waitIdle(t)
+}

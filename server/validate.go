@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"regexp"
 	"strconv"
@@ -24,6 +25,9 @@ type genParams struct {
 	req          engine.Request
 	stream       bool
 	includeUsage bool
+	// grammarFrom names what req's grammar was made from (response_format,
+	// tools, grammar or json_schema), for the errors about it.
+	grammarFrom string
 }
 
 // params reads the shared fields. OpenAI's defaults apply where a field
@@ -33,6 +37,12 @@ type genParams struct {
 // is complete). maxTokens is the request's token limit and param the
 // field it came from.
 func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genParams, *APIError) {
+	if c.NPredict != nil {
+		if maxTokens != nil && *maxTokens != *c.NPredict {
+			return genParams{}, badRequest("n_predict", "%s and n_predict (llama-server's name for it) disagree; send one", param)
+		}
+		maxTokens, param = c.NPredict, "n_predict"
+	}
 	p := genParams{stream: c.Stream}
 	r := &p.req
 	r.IgnoreEOS, r.NoCache = c.IgnoreEOS, c.CachePrompt != nil && !*c.CachePrompt
@@ -91,7 +101,31 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 		s.Seed = &seed
 	}
 	r.Stop = c.Stop
+	// llama-server's constraints. response_format and tools (chat) come
+	// after, and refuse to be combined with these.
+	switch {
+	case c.Grammar != nil && *c.Grammar != "" && isSet(c.JSONSchema):
+		return p, badRequest("grammar", "grammar and json_schema are two constraints on one answer; send one")
+	case c.Grammar != nil && *c.Grammar != "":
+		s.Grammar, p.grammarFrom = *c.Grammar, "grammar"
+	case isSet(c.JSONSchema):
+		g, apiErr := grammarOfSchema(c.JSONSchema, "json_schema")
+		if apiErr != nil {
+			return p, apiErr
+		}
+		s.Grammar, p.grammarFrom = g, "json_schema"
+	}
 	return p, nil
+}
+
+// constrain sets the grammar made from param (response_format, tools),
+// refusing a second constraint.
+func (p *genParams) constrain(g, param string) *APIError {
+	if p.grammarFrom != "" {
+		return badRequest(param, "%s and %s are two constraints on one answer; send one", p.grammarFrom, param)
+	}
+	p.req.Sampling.Grammar, p.grammarFrom = g, param
+	return nil
 }
 
 // check runs the engine's own checks on the complete request, before
@@ -101,9 +135,10 @@ func (p *genParams) check() *APIError {
 	if err := p.req.Check(); err != nil {
 		var ir *engine.InvalidRequestError
 		if errors.As(err, &ir) && ir.Field == "grammar" {
-			// the grammar is the server's, from response_format or tools:
-			// what the client asked for that conflicts with it is ignore_eos
-			return badRequest("ignore_eos", "ignore_eos cannot be combined with response_format json_object or json_schema, or with tools: the answer ends where its grammar completes")
+			// the grammar is what the client asked for (response_format,
+			// tools, grammar, json_schema): what conflicts with it is
+			// ignore_eos
+			return badRequest("ignore_eos", "ignore_eos cannot be combined with %s: the answer ends where its grammar completes", p.grammarFrom)
 		}
 		if errors.As(err, &ir) {
 			return badRequest(ir.Field, "%s %s", ir.Field, ir.Reason)
@@ -142,20 +177,29 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 	if apiErr != nil {
 		return nil, apiErr
 	}
-	if r.ResponseFormat != nil {
-		switch r.ResponseFormat.Type {
+	if f := r.ResponseFormat; f != nil {
+		g := ""
+		switch f.Type {
 		case "", "text":
 		case "json_object":
-			p.req.Sampling.Grammar = jsonObjectGrammar
+			g = jsonObjectGrammar
+			if isSet(f.Schema) { // llama-server's form of json_schema
+				if g, apiErr = grammarOfSchema(f.Schema, "response_format.schema"); apiErr != nil {
+					return nil, apiErr
+				}
+			}
 		case "json_schema":
-			g, apiErr := schemaGrammar(r.ResponseFormat.JSONSchema)
-			if apiErr != nil {
+			if g, apiErr = schemaGrammar(f.JSONSchema); apiErr != nil {
 				return nil, apiErr
 			}
-			p.req.Sampling.Grammar = g
 		default:
 			return nil, unsupported("response_format",
-				"response_format %q is not supported; use json_schema, json_object or text", r.ResponseFormat.Type)
+				"response_format %q is not supported; use json_schema, json_object or text", f.Type)
+		}
+		if g != "" {
+			if apiErr := p.constrain(g, "response_format"); apiErr != nil {
+				return nil, apiErr
+			}
 		}
 	}
 	if tools != nil {
@@ -165,7 +209,9 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 		case r.Logprobs:
 			return nil, unsupported("logprobs", "logprobs together with tools is not supported")
 		}
-		p.req.Sampling.Grammar = tools.grammar
+		if apiErr := p.constrain(tools.grammar, "tools"); apiErr != nil {
+			return nil, apiErr
+		}
 	}
 	if r.TopLogprobs != nil {
 		if !r.Logprobs {
@@ -270,7 +316,7 @@ func (s *Server) validateCompletion(r *CompletionRequest, tier engine.Tier) (*co
 	}
 	l := s.limitsOf(tier)
 	maxTokens := r.MaxTokens
-	if maxTokens == nil {
+	if maxTokens == nil && r.NPredict == nil {
 		// The completions API defaults to 16 tokens.
 		sixteen := min(16, l.maxTokens)
 		maxTokens = &sixteen
@@ -330,14 +376,18 @@ func schemaGrammar(f *JSONSchemaFormat) (string, *APIError) {
 	case len(bytes.TrimSpace(f.Schema)) == 0 || string(bytes.TrimSpace(f.Schema)) == "null":
 		return "", badRequest(param+".schema", "json_schema.schema is required")
 	}
-	g, err := gbnf.FromSchema(f.Schema)
+	return grammarOfSchema(f.Schema, param+".schema")
+}
+
+// grammarOfSchema converts the JSON Schema at param into a grammar.
+func grammarOfSchema(schema json.RawMessage, param string) (string, *APIError) {
+	g, err := gbnf.FromSchema(schema)
 	var un *gbnf.UnsupportedError
 	switch {
 	case errors.As(err, &un):
-		e := unsupported(param+".schema", "%s", err.Error())
-		return "", e
+		return "", unsupported(param, "%s", err.Error())
 	case err != nil:
-		return "", badRequest(param+".schema", "%s", err.Error())
+		return "", badRequest(param, "%s", err.Error())
 	}
 	return g, nil
 }
