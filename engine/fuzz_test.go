@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -59,4 +60,43 @@ func containsNUL(s string) bool {
 		}
 	}
 	return false
+}
+
+// FuzzCheckGrammar: any GBNF text a client sends (the grammar field) is
+// accepted or refused by CheckGrammar without reaching a llama.cpp abort,
+// crash or runaway allocation (an empty grammar is no constraint).
+func FuzzCheckGrammar(f *testing.F) {
+	for _, g := range []string{
+		`root ::= "yes" | "no"`,
+		`root ::= [0-9]+ ("." [0-9]+)?`,
+		`root ::= item (", " item)*` + "\nitem ::= [a-z]{1,8}",
+		`root ::= (`, `root ::= undefined`, `root ::= root "a"`, `item ::= "x"`, ``, "root ::= \"\x00\"",
+		`root ::= ((((((((((("a"))))))))))))`, `root ::= [^\x00-\x7f]*`, `root ::= "\u00e9" | [\U0001F600]`,
+		`root ::= x{2,1}` + "\nx ::= \"a\"", `root ::= "a"{1000000}`,
+	} {
+		f.Add(g)
+	}
+	f.Fuzz(func(t *testing.T, g string) {
+		_ = tinyQ8.CheckGrammar(g)
+	})
+}
+
+// TestCheckGrammarRepetitions: a repetition whose maximum is below its
+// minimum is refused before llama.cpp's parser, which loops for seconds
+// and allocates without bound on it; well-formed ones and look-alikes in
+// literals, classes and comments are llama.cpp's to judge.
+func TestCheckGrammarRepetitions(t *testing.T) {
+	for g, refused := range map[string]bool{
+		"root ::= x{2,1}\nx ::= \"a\"": true,
+		"root ::= \"a\"{ 5 , 3 }":      true,
+		"root ::= \"a\"{1,2}":          false,
+		"root ::= \"a\"{2,}":           false,
+		"root ::= \"{2,1}\"":           false,
+		"root ::= [{] \"a\" # {2,1}\n": false,
+	} {
+		err := tinyQ8.CheckGrammar(g)
+		if got := err != nil && strings.Contains(err.Error(), "maximum below its minimum"); got != refused {
+			t.Errorf("%q: %v; want refused for the repetition: %v", g, err, refused)
+		}
+	}
 }

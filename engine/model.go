@@ -605,10 +605,13 @@ const (
 	maxParsedGrammars = 256
 )
 
-// grammarDepth is the deepest nesting of parentheses outside string
-// literals and character classes.
-func grammarDepth(g string) int {
-	depth, deepest := 0, 0
+// scanGrammar reads a grammar outside its string literals, character
+// classes and comments: the deepest nesting of parentheses, and the first
+// repetition llama.cpp mishandles, if any: {m,n} with n below m, on which
+// its parser loops for seconds and allocates without bound (found by
+// FuzzCheckGrammar: the fuzzer's process was killed for its memory).
+func scanGrammar(g string) (deepest int, badRep string) {
+	depth := 0
 	var quote byte // '"' or ']' while inside a literal or a class
 	for i := 0; i < len(g); i++ {
 		c := g[i]
@@ -632,9 +635,33 @@ func grammarDepth(g string) int {
 			deepest = max(deepest, depth)
 		case c == ')':
 			depth--
+		case c == '{' && badRep == "":
+			lo, j := grammarCount(g, i+1)
+			if j < len(g) && g[j] == ',' {
+				hi, k := grammarCount(g, j+1)
+				if k < len(g) && g[k] == '}' && k > j+1 && lo > hi {
+					badRep = g[i : k+1]
+				}
+			}
 		}
 	}
-	return deepest
+	return deepest, badRep
+}
+
+// grammarCount reads the decimal number (spaces around it allowed) at
+// g[i:], and returns it (saturated) and the index after it.
+func grammarCount(g string, i int) (n, j int) {
+	for i < len(g) && g[i] == ' ' {
+		i++
+	}
+	for i < len(g) && g[i] >= '0' && g[i] <= '9' {
+		n = min(n*10+int(g[i]-'0'), 1<<30)
+		i++
+	}
+	for i < len(g) && g[i] == ' ' {
+		i++
+	}
+	return n, i
 }
 
 // grammarSampler parses a GBNF grammar into a llama.cpp sampler, or
@@ -657,9 +684,14 @@ func (m *Model) CheckGrammar(grammar string) error {
 		return invalid("grammar", "contains a NUL byte")
 	case !utf8.ValidString(grammar):
 		return invalid("grammar", "is not valid UTF-8")
-	case grammarDepth(grammar) > maxGrammarDepth:
+	}
+	depth, badRep := scanGrammar(grammar)
+	switch {
+	case depth > maxGrammarDepth:
 		// llama.cpp's parser recurses once per level
 		return invalid("grammar", "nests groups more than %d deep", maxGrammarDepth)
+	case badRep != "":
+		return invalid("grammar", "repetition %s has a maximum below its minimum", badRep)
 	}
 	sum := sha256.Sum256([]byte(grammar))
 	m.parsedMu.Lock()

@@ -43,6 +43,10 @@ var fuzzSeeds = []string{
 	`{"messages":[{"role":"user","content":"b?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"a\":1}"}}]},{"role":"tool","tool_call_id":"c1","content":"5"}],"tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object","properties":{"a":{"type":"integer"}}}}}],"tool_choice":"auto","parallel_tool_calls":false}`,
 	`{"messages":[{"role":"user","content":"q"}],"tools":[{"type":"function","function":{"name":"f","strict":true}}],"tool_choice":{"type":"function","function":{"name":"f"}}}`,
 	`{"messages":[`, `[]`, `null`, `{"messages":"hi"}`, `{"stop":5}`,
+	`{"prompt":"x","grammar":"root ::= \"a\" | [0-9]+","n_predict":3}`,
+	`{"messages":[{"role":"user","content":"q"}],"json_schema":{"type":"object","properties":{"a":{"type":"integer"}}}}`,
+	`{"messages":[{"role":"user","content":"q"}],"response_format":{"type":"json_object","schema":{"enum":["x","y"]}}}`,
+	`{"messages":[{"role":"user","content":"q"}],"grammar":"root ::= (((","max_tokens":2,"n_predict":2}`,
 }
 
 // FuzzChatRequest: any body is either refused with a 4xx error object or
@@ -65,6 +69,10 @@ func FuzzChatRequest(f *testing.F) {
 			return
 		}
 		checkParams(t, v.genParams, s.limitsOf(tier))
+		if apiErr := v.checkGrammar(tiny); apiErr != nil { // the client's grammar reaches llama.cpp's parser
+			checkAPIError(t, apiErr)
+			return
+		}
 		if len(v.messages) == 0 {
 			t.Fatal("accepted a chat without messages")
 		}
@@ -104,6 +112,10 @@ func FuzzCompletionRequest(f *testing.F) {
 			return
 		}
 		checkParams(t, v.genParams, s.limitsOf(tier))
+		if apiErr := v.checkGrammar(tiny); apiErr != nil { // the client's grammar reaches llama.cpp's parser
+			checkAPIError(t, apiErr)
+			return
+		}
 		prompts, apiErr := completionPrompts(b, v.prompts)
 		if apiErr != nil {
 			checkAPIError(t, apiErr)
