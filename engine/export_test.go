@@ -65,3 +65,6 @@ func (h *HandLoop) Close() {
 	h.l.shutdown()
 	h.l.free()
 }
+
+// NeverUTF8 are the tokens grammar-constrained sampling bans.
+func (m *Model) NeverUTF8() []Token { return m.neverUTF8 }

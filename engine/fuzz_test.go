@@ -100,3 +100,28 @@ func TestCheckGrammarRepetitions(t *testing.T) {
 		}
 	}
 }
+
+// TestGrammarBansNonUTF8Bytes: the tiny vocabulary's byte-fallback tokens
+// for bytes no UTF-8 text holds (C0, C1, F5-FF) are banned from
+// grammar-constrained sampling, where llama.cpp's lenient decoding would
+// take them for characters: a grammar allowing any character, at
+// temperature 1 over several seeds, never samples one.
+func TestGrammarBansNonUTF8Bytes(t *testing.T) {
+	banned := map[engine.Token]bool{}
+	for _, tok := range tinyQ8.NeverUTF8() {
+		banned[tok] = true
+	}
+	if len(banned) < 13 {
+		t.Fatalf("%d banned tokens; the tiny vocabulary has a byte token for each of C0, C1, F5-FF", len(banned))
+	}
+	e := newEngine(t, tinyQ8, engine.Options{Parallel: 4, Context: 512})
+	for seed := range uint32(8) {
+		r := generate(t, e, engine.Request{Prompt: prompt(t, tinyQ8, testPrompts[0]), MaxTokens: 200,
+			Sampling: engine.Sampling{Temperature: 1.5, Seed: &seed, Grammar: `root ::= [^\x00]{1,200}`}})
+		for _, tok := range r.tokens {
+			if banned[tok] {
+				t.Fatalf("seed %d sampled banned token %d (%q)", seed, tok, tinyQ8.Piece(tok))
+			}
+		}
+	}
+}

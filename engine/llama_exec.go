@@ -7,6 +7,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync/atomic"
 	"unsafe"
@@ -255,8 +256,19 @@ func (x *llamaExec) newSampler(s *Sampling) sampler {
 	m := x.m
 	chain := C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
 	if s.Grammar != "" {
-		// First, so that every later sampler sees only allowed tokens.
-		// The grammar was parsed when the request was submitted.
+		if n := len(m.neverUTF8); n > 0 {
+			// Bytes that are never UTF-8 out first: llama.cpp's grammar
+			// decodes leniently and would accept them as characters.
+			bias := (*C.llama_logit_bias)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.llama_logit_bias{}))))
+			biases := unsafe.Slice(bias, n)
+			for i, t := range m.neverUTF8 {
+				biases[i] = C.llama_logit_bias{token: C.llama_token(t), bias: C.float(math.Inf(-1))}
+			}
+			C.llama_sampler_chain_add(chain, C.llama_sampler_init_logit_bias(C.int32_t(x.nVocab), C.int32_t(n), bias))
+			C.free(unsafe.Pointer(bias)) // llama.cpp keeps its own copy
+		}
+		// Then the grammar, so that every later sampler sees only allowed
+		// tokens. It was parsed when the request was submitted.
 		if g := m.grammarSampler(s.Grammar); g != nil {
 			C.llama_sampler_chain_add(chain, g)
 		}

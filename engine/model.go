@@ -158,6 +158,11 @@ type Model struct {
 	vocab  *C.struct_llama_vocab
 	info   ModelInfo
 	pieces [][]byte // token id -> text, special tokens rendered
+	// neverUTF8 are the tokens whose text holds a byte no UTF-8 text
+	// holds (C0, C1, F5-FF: byte-fallback tokens): grammar-constrained
+	// sampling bans them, since llama.cpp's grammar decodes UTF-8 leniently
+	// and would count such bytes as characters the answer then lacks.
+	neverUTF8 []Token
 	attrs  []uint32 // token id -> llama_token_attr
 	eog    []bool
 
@@ -367,6 +372,14 @@ func (m *Model) describe(path string, f *models.File) {
 		m.maxPiece = max(m.maxPiece, len(m.pieces[id]))
 		m.attrs[id] = uint32(C.llama_vocab_get_attr(v, tok))
 		m.eog[id] = bool(C.llama_vocab_is_eog(v, tok))
+	}
+	for id := range n {
+		for _, b := range m.pieces[id] {
+			if !m.IsSpecial(Token(id)) && (b == 0xC0 || b == 0xC1 || b >= 0xF5) {
+				m.neverUTF8 = append(m.neverUTF8, Token(id))
+				break
+			}
+		}
 	}
 }
 

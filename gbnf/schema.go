@@ -609,8 +609,11 @@ func bounds(s *node, min, max, path string) (lo, hi int, err error) {
 }
 
 // JSON's string characters: any but the quote, backslash and controls,
-// or an escape.
-const char = `( [^"\\\x00-\x1f] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )`
+// or an escape. Surrogates and values past U+10FFFF are excluded too:
+// llama.cpp's grammar decodes UTF-8 leniently and would accept the bytes
+// of one, which are no character (the answer would hold U+FFFD for each
+// byte and break maxLength).
+const char = `( [^"\\\x00-\x1f\uD800-\uDFFF\U00110000-\U001FFFFF] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )`
 
 // Formats as RFC 3339 writes them (JSON Schema's date, time, date-time),
 // with February's days at most 28 and no leap second: stricter, never
