@@ -163,8 +163,8 @@ type Model struct {
 	// sampling bans them, since llama.cpp's grammar decodes UTF-8 leniently
 	// and would count such bytes as characters the answer then lacks.
 	neverUTF8 []Token
-	attrs  []uint32 // token id -> llama_token_attr
-	eog    []bool
+	attrs     []uint32 // token id -> llama_token_attr
+	eog       []bool
 
 	maxPiece int // bytes of the longest piece
 	plan     models.Plan
