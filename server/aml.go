@@ -334,8 +334,11 @@ func (s *engineScorer) Score(ctx context.Context, prompts []string, _, _ string)
 
 // randomID returns prefix-<24 random hex digits>: response, decision and
 // request ids.
-func randomID(prefix string) string {
+func randomID(prefix string) string { return prefix + "-" + randomHex() }
+
+// randomHex is 24 random hex digits.
+func randomHex() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
-	return prefix + "-" + hex.EncodeToString(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -409,4 +409,4 @@ func unicodeEscape(s string) (r rune, n int, ok bool) {
 }
 
 // callID is a tool call's id in OpenAI's shape: call_ and 24 hex digits.
-func callID() string { return "call_" + strings.TrimPrefix(randomID(""), "-") }
+func callID() string { return "call_" + randomHex() }

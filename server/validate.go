@@ -102,24 +102,24 @@ func (c *GenerationParams) params(l limits, maxTokens *int, param string) (genPa
 	}
 	r.Stop = c.Stop
 	// llama-server's constraints. response_format and tools (chat) come
-	// after, and refuse to be combined with these.
-	switch {
-	case c.Grammar != nil && *c.Grammar != "" && isSet(c.JSONSchema):
-		return p, badRequest("grammar", "grammar and json_schema are two constraints on one answer; send one")
-	case c.Grammar != nil && *c.Grammar != "":
-		s.Grammar, p.grammarFrom = *c.Grammar, "grammar"
-	case isSet(c.JSONSchema):
+	// after; constrain refuses a second one.
+	if isSet(c.JSONSchema) {
 		g, apiErr := grammarOfSchema(c.JSONSchema, "json_schema")
 		if apiErr != nil {
 			return p, apiErr
 		}
-		s.Grammar, p.grammarFrom = g, "json_schema"
+		_ = p.constrain(g, "json_schema") // the first: cannot conflict
+	}
+	if c.Grammar != nil && *c.Grammar != "" {
+		if apiErr := p.constrain(*c.Grammar, "grammar"); apiErr != nil {
+			return p, apiErr
+		}
 	}
 	return p, nil
 }
 
-// constrain sets the grammar made from param (response_format, tools),
-// refusing a second constraint.
+// constrain sets the grammar made from param (grammar, json_schema,
+// response_format, tools), refusing a second constraint.
 func (p *genParams) constrain(g, param string) *APIError {
 	if p.grammarFrom != "" {
 		return badRequest(param, "%s and %s are two constraints on one answer; send one", p.grammarFrom, param)
