@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/cgo"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -372,13 +373,8 @@ func (m *Model) describe(path string, f *models.File) {
 		m.maxPiece = max(m.maxPiece, len(m.pieces[id]))
 		m.attrs[id] = uint32(C.llama_vocab_get_attr(v, tok))
 		m.eog[id] = bool(C.llama_vocab_is_eog(v, tok))
-	}
-	for id := range n {
-		for _, b := range m.pieces[id] {
-			if !m.IsSpecial(Token(id)) && (b == 0xC0 || b == 0xC1 || b >= 0xF5) {
-				m.neverUTF8 = append(m.neverUTF8, Token(id))
-				break
-			}
+		if !m.IsSpecial(Token(id)) && slices.ContainsFunc(m.pieces[id], func(b byte) bool { return b == 0xC0 || b == 0xC1 || b >= 0xF5 }) {
+			m.neverUTF8 = append(m.neverUTF8, Token(id))
 		}
 	}
 }
