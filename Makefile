@@ -134,6 +134,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./engine -run '^$$' -fuzz FuzzCheckGrammar -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./server -run '^$$' -fuzz FuzzEmbeddingRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatContent -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzReplyStream -fuzztime $(FUZZTIME)
 	$(GO) test ./prefixcache -run '^$$' -fuzz FuzzCommon -fuzztime $(FUZZTIME)

@@ -47,9 +47,14 @@ type Config struct {
 	// Duration > 0 stops sending new requests after that long (requests
 	// in flight finish); with it Requests may be 0 (no count limit).
 	Duration time.Duration `json:"duration_ns,omitempty"`
-	// API is "chat" (default: /chat/completions) or "completions"
-	// (/completions, the chat's messages joined as a plain prompt).
+	// API is "chat" (default: /chat/completions), "completions"
+	// (/completions, the chat's messages joined as a plain prompt) or
+	// "embeddings" (/embeddings: Inputs generated questions a request;
+	// TTFT and E2E are then the whole response's time, and the token
+	// throughput is the inputs' tokens).
 	API string `json:"api"`
+	// Inputs is how many texts an embeddings request embeds (default 1).
+	Inputs int `json:"inputs_per_request,omitempty"`
 	// SLOTTFT and SLOTPOT, when set, are the service-level objectives
 	// goodput counts requests against.
 	SLOTTFT time.Duration `json:"slo_ttft_ns,omitempty"`
@@ -184,9 +189,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, errors.New("bench: at least one client, or a request rate, is required")
 	case cfg.Requests < 1 && cfg.Duration <= 0:
 		return Result{}, errors.New("bench: a number of requests or a duration is required")
-	case cfg.API != "" && cfg.API != "chat" && cfg.API != "completions":
-		return Result{}, fmt.Errorf("bench: API %q is neither chat nor completions", cfg.API)
+	case cfg.API != "" && cfg.API != "chat" && cfg.API != "completions" && cfg.API != "embeddings":
+		return Result{}, fmt.Errorf("bench: API %q is not chat, completions or embeddings", cfg.API)
 	}
+	cfg.Inputs = max(cfg.Inputs, 1)
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Minute
 	}
@@ -491,6 +497,20 @@ func text(n int, seed uint64) string {
 // converse runs request i: one turn, or a conversation of cfg.Turns turns,
 // filling out with one sample per turn.
 func converse(ctx context.Context, client *http.Client, cfg Config, i int, out []sample) {
+	if cfg.API == "embeddings" {
+		inputs := make([]string, cfg.Inputs)
+		for k := range inputs {
+			inputs[k] = fmt.Sprintf("%s #%d.%d", cfg.Prompt, i, k)
+			if cfg.QuestionWords > 0 {
+				inputs[k] = text(cfg.QuestionWords, cfg.Seed<<32+uint64(1+i*cfg.Inputs+k))
+			}
+		}
+		for turn := range out {
+			out[turn] = embed(ctx, client, cfg, i, inputs)
+			out[turn].turn = turn
+		}
+		return
+	}
 	var msgs []map[string]string
 	if cfg.SystemWords > 0 {
 		msgs = append(msgs, map[string]string{"role": "system", "content": text(cfg.SystemWords, 0)})
@@ -529,6 +549,49 @@ func Summarize(xs []float64) Dist {
 		sum += x
 	}
 	return Dist{Mean: sum / float64(len(xs)), P50: q(0.50), P90: q(0.90), P99: q(0.99)}
+}
+
+// embed sends the inputs of request i to /embeddings; its whole time is
+// both TTFT and E2E, its inputs' tokens the prompt tokens.
+func embed(ctx context.Context, client *http.Client, cfg Config, i int, inputs []string) sample {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	body, _ := json.Marshal(map[string]any{"model": cfg.Model, "input": inputs})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(cfg.BaseURL, "/")+"/embeddings", bytes.NewReader(body))
+	if err != nil {
+		return sample{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i))
+	if cfg.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+cfg.APIKey)
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return sample{err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return sample{status: resp.StatusCode, err: fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(msg))}
+	}
+	var r struct {
+		Data []struct {
+			Embedding []float32 `json:"embedding"`
+		} `json:"data"`
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return sample{err: fmt.Errorf("bad embeddings response: %w", err)}
+	}
+	if len(r.Data) != len(inputs) {
+		return sample{err: fmt.Errorf("%d embeddings for %d inputs", len(r.Data), len(inputs))}
+	}
+	d := time.Since(start)
+	return sample{ttft: d, e2e: d, prompt: r.Usage.PromptTokens}
 }
 
 // one sends the messages of request i and reads the event stream.

@@ -28,9 +28,15 @@ func startServer(t *testing.T) string {
 // and logging filled in) and returns the server's root URL.
 func startServerWith(t *testing.T, cfg server.Config, o engine.Options) string {
 	t.Helper()
+	return startModelServer(t, cfg, o, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 5})
+}
+
+// startModelServer serves the model gen describes, as "tiny".
+func startModelServer(t *testing.T, cfg server.Config, o engine.Options, gen models.GenOptions) string {
+	t.Helper()
 	engine.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	path := filepath.Join(t.TempDir(), "tiny.gguf")
-	if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0, Seed: 5}); err != nil {
+	path := filepath.Join(t.TempDir(), "model.gguf")
+	if err := models.Generate(context.Background(), path, gen); err != nil {
 		t.Fatal(err)
 	}
 	m, err := engine.LoadModel(context.Background(), path, engine.ModelOptions{})
@@ -61,6 +67,34 @@ func startServerWith(t *testing.T, cfg server.Config, o engine.Options) string {
 		e.Close()
 	})
 	return "http://" + ln.Addr().String() + "/v1"
+}
+
+// TestRunEmbeddings: the embeddings API against a real embedding model
+// counts the inputs' tokens and times whole responses; against a text
+// model every request fails with its 400.
+func TestRunEmbeddings(t *testing.T) {
+	base := startModelServer(t, server.Config{}, engine.Options{Parallel: 4},
+		models.GenOptions{Preset: models.Presets["embed"], Type: models.TypeQ8_0, Seed: 5})
+	cfg := bench.Config{BaseURL: base, Model: "tiny", Clients: 2, Requests: 6, MaxTokens: 1, API: "embeddings", Inputs: 3, QuestionWords: 10}
+	r, err := bench.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// each input: BOS and at least a token a word
+	if r.Failed != 0 || r.Requests != 6 || r.OutputTokens != 0 || r.PromptTokens < 6*3*11 || r.TotalTPS <= 0 {
+		t.Fatalf("result %+v", r)
+	}
+	if r.TTFT.P50 <= 0 || r.E2E != r.TTFT {
+		t.Fatalf("latencies: TTFT %+v, E2E %+v", r.TTFT, r.E2E)
+	}
+	cfg.BaseURL = startServer(t)
+	r, err = bench.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Failed != 6 || r.Errors["400"] != 6 {
+		t.Fatalf("against a text model: %+v", r)
+	}
 }
 
 // TestRunAgainstServer drives a real finserve server on a generated model

@@ -37,6 +37,10 @@ var Workloads = map[string]Workload{
 		func(c *Config, _ *Target) {
 			c.QuestionWords, c.MaxTokens = 1200, 256
 		}},
+	"embed": {"embed", "retrieval indexing: /embeddings requests of 4 generated texts of ~48 words; total tok/s counts the inputs' tokens, TTFT and E2E are the whole response's time",
+		func(c *Config, _ *Target) {
+			c.API, c.Inputs, c.QuestionWords, c.MaxTokens = "embeddings", 4, 48, 1
+		}},
 	"mixed": {"mixed", "realtime chat (~48-word questions, 32 tokens) beside 8 batch streams (~200 words, 128 tokens); on finserve through its tier URLs",
 		func(c *Config, t *Target) {
 			c.QuestionWords, c.MaxTokens = 48, 32
@@ -140,7 +144,7 @@ type Report struct {
 func RunPlan(ctx context.Context, p Plan) (*Report, error) {
 	w, ok := Workloads[p.Workload]
 	if !ok {
-		return nil, fmt.Errorf("bench: unknown workload %q (short, chat, batch, mixed)", p.Workload)
+		return nil, fmt.Errorf("bench: unknown workload %q (short, chat, batch, mixed, embed)", p.Workload)
 	}
 	if len(p.Targets) == 0 || len(p.Concurrency) == 0 && len(p.Rates) == 0 {
 		return nil, fmt.Errorf("bench: a target and a load level are required")

@@ -72,6 +72,7 @@ var (
 type PromptTooLongError struct {
 	Tokens int // prompt tokens
 	Limit  int // most prompt tokens a sequence can hold
+	Input  int // which input of an embedding request (0 for others)
 }
 
 func (e *PromptTooLongError) Error() string {
@@ -207,6 +208,9 @@ func (o *Options) fill(m *Model) error {
 	if o.UBatch <= 0 || o.UBatch > o.Batch {
 		o.UBatch = o.Batch
 	}
+	if err := o.fillEmbedding(m); err != nil {
+		return err
+	}
 	if err := o.checkCacheTypes(m); err != nil {
 		return err
 	}
@@ -236,6 +240,36 @@ func (o *Options) fill(m *Model) error {
 			o.KVCells += len(p.Tokens)
 		}
 	}
+	return nil
+}
+
+// fillEmbedding adapts the options to an embedding model: one micro-batch
+// per step (each input is pooled within one) and no prefix cache (an
+// input's cells are freed when it is pooled).
+func (o *Options) fillEmbedding(m *Model) error {
+	switch m.info.Pooling {
+	case "":
+		return nil
+	case "rank":
+		return fmt.Errorf("engine options: the model is a reranker (pooling rank), which finserve does not serve yet")
+	}
+	if len(o.PrefixCache.Pinned) > 0 {
+		return fmt.Errorf("engine options: pinned prefixes need a text-generation model; this one is an embedding model")
+	}
+	// llama.cpp reserves its graphs for a batch rounded up to a multiple
+	// of the sequences, with as many outputs as the batch had: pooling
+	// every row then multiplies mismatched shapes and aborts. A batch
+	// that is a multiple already is not rounded.
+	o.Batch -= o.Batch % (o.Parallel + len(o.PrefixCache.Pinned))
+	o.UBatch = o.Batch
+	o.PrefixCache.Disabled = true
+	// One cache shared by the step's inputs, as big as a step: every
+	// input's cells are freed in the step that computes it. Each step
+	// starts from an empty cache, so an input's cells are laid out in
+	// order whatever shares its step.
+	o.UnifiedKV = true
+	o.Context = min(o.Context, o.Batch)
+	o.KVCells = o.Batch
 	return nil
 }
 
@@ -680,6 +714,9 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 }
 
 func (e *Engine) validateGenerate(req *Request) error {
+	if e.model.info.Embeds() {
+		return ErrEmbeddingOnly
+	}
 	if len(req.Prompt) == 0 {
 		return invalid("prompt", "must not be empty")
 	}
@@ -734,6 +771,9 @@ func (e *Engine) Score(ctx context.Context, req ScoreRequest) (*ScoreResult, err
 }
 
 func (e *Engine) validateScore(req *ScoreRequest) error {
+	if e.model.info.Embeds() {
+		return ErrEmbeddingOnly
+	}
 	if len(req.Variants) == 0 {
 		return invalid("variants", "at least one variant is needed")
 	}

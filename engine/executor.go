@@ -40,6 +40,10 @@ type executor interface {
 	logprobs(row int32, targets []Token, k int) ([]float32, []TokenLogprob)
 	// logSoftmax writes row's whole log-distribution into out.
 	logSoftmax(row int32, out []float32)
+	// embedding writes the pooled embedding of slot's sequence, from the
+	// last decode, into out (the model's embedding length); false if the
+	// decode pooled none for it.
+	embedding(slot int32, out []float32) bool
 
 	// newSampler makes a sampler for s; nil for greedy decoding, which
 	// needs none.

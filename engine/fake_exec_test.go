@@ -50,8 +50,9 @@ type fakeExec struct {
 }
 
 type fakeRow struct {
-	slot int32
-	pos  int
+	slot   int32
+	pos    int
+	logits bool
 }
 
 // fakeStep records one decode: the rows each slot fed, and when.
@@ -168,7 +169,7 @@ func (x *fakeExec) decode(b *batch) int {
 			return 1
 		}
 		x.cells[slot] = append(x.cells[slot], b.tok[i])
-		x.rows = append(x.rows, fakeRow{slot: slot, pos: pos})
+		x.rows = append(x.rows, fakeRow{slot: slot, pos: pos, logits: b.logits[i]})
 		st.bySeq[slot]++
 		st.byFirst[x.cells[slot][0]]++
 	}
@@ -216,6 +217,38 @@ func (x *fakeExec) logSoftmax(row int32, out []float32) {
 	for i := range out {
 		out[i] = -float32(i)
 	}
+}
+
+// embedding pools like llama.cpp: only a sequence the last decode fed
+// whole, every row an output, has one. The imaginary model's vector is
+// the mean of a pseudo-random vector per (token, position).
+func (x *fakeExec) embedding(slot int32, out []float32) bool {
+	n := 0
+	for _, r := range x.rows {
+		if r.slot == slot {
+			if !r.logits {
+				x.t.Fatalf("embedding of slot %d: row at position %d was no output", slot, r.pos)
+			}
+			n++
+		}
+	}
+	c := x.cells[slot]
+	if n == 0 || n != len(c) {
+		x.t.Fatalf("embedding of slot %d: the last decode fed %d of its %d cells", slot, n, len(c))
+	}
+	clear(out)
+	for pos, t := range c {
+		for j := range out {
+			out[j] += float32(int32(fnvOf(int32(t), int32(pos), int32(j))%2001)-1000) / float32(len(c))
+		}
+	}
+	return true
+}
+
+func fnvOf(v ...int32) uint32 {
+	h := fnv.New32a()
+	binary.Write(h, binary.LittleEndian, v)
+	return h.Sum32()
 }
 
 func (x *fakeExec) newSampler(s *Sampling) sampler {
@@ -276,10 +309,15 @@ func fakeModel() *Model {
 // per row, a small CPU's shape).
 func newSim(t *testing.T, o Options, cost func(n int) time.Duration) *sim {
 	t.Helper()
+	return newSimOf(t, fakeModel(), o, cost)
+}
+
+// newSimOf is newSim on the fake model m.
+func newSimOf(t *testing.T, m *Model, o Options, cost func(n int) time.Duration) *sim {
+	t.Helper()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	m := fakeModel()
 	if err := o.fill(m); err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,9 @@ func newLlamaExec(e *Engine) (*llamaExec, error) {
 	p.n_threads_batch = C.int32_t(o.ThreadsBatch)
 	p.kv_unified = C.bool(o.UnifiedKV)
 	p.no_perf = true
+	// An embedding model pools by its own type (pooling_type left
+	// unspecified takes the model's).
+	p.embeddings = C.bool(e.model.info.Embeds())
 	p.n_ctx = C.uint32_t(o.KVCells)
 	if !o.UnifiedKV {
 		// llama.cpp divides the cells evenly between the streams, rounding
@@ -247,6 +250,15 @@ func (x *llamaExec) logprobs(row int32, targets []Token, k int) ([]float32, []To
 
 func (x *llamaExec) logSoftmax(row int32, out []float32) {
 	C.fs_log_softmax(x.logitsRow(row), C.int32_t(x.nVocab), (*C.float)(unsafe.Pointer(&out[0])))
+}
+
+func (x *llamaExec) embedding(slot int32, out []float32) bool {
+	p := C.llama_get_embeddings_seq(x.ctx, C.llama_seq_id(slot))
+	if p == nil {
+		return false
+	}
+	copy(out, unsafe.Slice((*float32)(unsafe.Pointer(p)), len(out)))
+	return true
 }
 
 func (x *llamaExec) newSampler(s *Sampling) sampler {

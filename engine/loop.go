@@ -7,6 +7,7 @@ import (
 	"math"
 	"runtime"
 	"slices"
+	"sort"
 	"time"
 
 	"github.com/finserve/finserve/prefixcache"
@@ -44,7 +45,7 @@ func (t *taskBase) ended() {
 	}
 }
 
-// task is a *genTask or a *scoreTask.
+// task is a *genTask, a *scoreTask or an *embedTask.
 type task interface{ base() *taskBase }
 
 type genTask struct {
@@ -149,7 +150,8 @@ type sequence struct {
 	order   uint64
 	gen     *genTask
 	score   *scoreTask
-	variant int        // index of the variant, or -1 for a shared prefix
+	embed   *embedTask
+	variant int        // index of the variant (or input), or -1 for a shared prefix
 	node    *scoreNode // the prefix-tree node a score sequence computes
 	tenant  string
 	chain   prefixcache.Chain // of tokens; may cover fewer or more than fed
@@ -163,8 +165,11 @@ func (s *sequence) remaining() int { return len(s.tokens) - s.fed }
 
 // owner is the task the sequence belongs to.
 func (s *sequence) owner() task {
-	if s.gen != nil {
+	switch {
+	case s.gen != nil:
 		return s.gen
+	case s.embed != nil:
+		return s.embed
 	}
 	return s.score
 }
@@ -175,6 +180,8 @@ func (s *sequence) wantsLogits(i int) bool {
 	switch {
 	case s.gen != nil:
 		return last
+	case s.embed != nil:
+		return true // pooling reads every row's hidden state
 	case s.variant >= 0:
 		r := &s.score.req
 		return last || r.Positions || r.Distributions && i >= r.DistributionsFrom
@@ -452,6 +459,11 @@ func (l *loop) work() []Work {
 			for _, v := range t.req.Variants {
 				w.PromptTokens = max(w.PromptTokens, len(v))
 			}
+		case *embedTask:
+			w.ID, w.Kind = t.req.ID, "embed"
+			for _, v := range t.req.Inputs {
+				w.PromptTokens += len(v)
+			}
 		}
 		return w
 	}
@@ -502,6 +514,8 @@ func (l *loop) end(t task, err error) {
 		l.finishGen(t, "", err)
 	case *scoreTask:
 		l.finishScore(t, err)
+	case *embedTask:
+		l.finishEmbed(t, err)
 	}
 }
 
@@ -523,6 +537,7 @@ func (l *loop) dropCancelled() {
 			l.finishScore(t, err)
 		}
 	}
+
 	l.waiting = slices.DeleteFunc(l.waiting, func(t task) bool {
 		err := t.base().ctx.Err()
 		if err == nil {
@@ -568,6 +583,8 @@ func (l *loop) admit() {
 			r = l.admitGen(t)
 		case *scoreTask:
 			r = l.admitScore(t)
+		case *embedTask:
+			r = l.admitEmbed(t)
 		}
 		switch r {
 		case admitted:
@@ -602,15 +619,17 @@ func (l *loop) releaseSlot(s int32) {
 }
 
 // addSeq registers a sequence, keeping running sorted by tier priority
-// (highest first), then arrival.
+// (highest first), then arrival, then (among a task's sequences) the
+// order they started in.
 func (l *loop) addSeq(sq *sequence) {
 	l.kvUsed += sq.reserve
 	l.bySlot[sq.slot] = sq
-	i, _ := slices.BinarySearchFunc(l.running, sq, func(a, b *sequence) int {
-		if d := l.policy(b.tier).Priority - l.policy(a.tier).Priority; d != 0 {
-			return d
+	i := sort.Search(len(l.running), func(i int) bool {
+		r := l.running[i]
+		if d := l.policy(sq.tier).Priority - l.policy(r.tier).Priority; d != 0 {
+			return d > 0
 		}
-		return cmpOrder(a.order, b.order)
+		return r.order > sq.order
 	})
 	l.running = slices.Insert(l.running, i, sq)
 }
@@ -739,6 +758,16 @@ func (l *loop) step() bool {
 	prefill, capped := 0, false
 	for _, sq := range l.running {
 		if sq.inBatch > 0 || sq.paused || sq.remaining() == 0 {
+			continue
+		}
+		if sq.embed != nil {
+			// An input is fed whole or not at all (embed.go); one that
+			// does not fit goes first in the next step, as this step's
+			// inputs all end in it.
+			if k := sq.remaining(); k <= budget-n {
+				add(sq, k)
+				prefill += k
+			}
 			continue
 		}
 		k := min(sq.remaining(), budget-n, l.prefillCap-prefill)
@@ -910,6 +939,7 @@ func (l *loop) handleOutputs() {
 			l.scoreOutput(o)
 		}
 	}
+	l.embedOutputs()
 	// Count the variants whose leaf was computed in this step; sequences
 	// that finished a node move on in the next admission (startNodes).
 	for i := 0; i < len(l.running); {

@@ -200,7 +200,17 @@ type ModelInfo struct {
 	ChatTemplate string // the model's own template, "" if none
 	BOS, EOS     Token  // -1 if none
 	AddBOS       bool
+	// Pooling is how an embedding model pools its last hidden states into
+	// one vector (mean, cls, last; rank for a reranker), from the file's
+	// <architecture>.pooling_type; "" for a text-generation model.
+	Pooling string
 }
+
+// poolingNames are llama_pooling_type's values by name (0 is none).
+var poolingNames = map[int64]string{1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+// Embeds reports whether the model is an embedding model.
+func (i ModelInfo) Embeds() bool { return i.Pooling != "" }
 
 // Errors returned by model loading.
 var (
@@ -354,6 +364,9 @@ func (m *Model) describe(path string, f *models.File) {
 	}
 	if t := C.llama_model_chat_template(c, nil); t != nil {
 		m.info.ChatTemplate = C.GoString(t)
+	}
+	if p, ok := f.Int(m.info.Architecture + ".pooling_type"); ok {
+		m.info.Pooling = poolingNames[p]
 	}
 	// Render every token once: detokenizing generated text is then a table
 	// lookup, with no cgo call per token and no id ever out of range in C.

@@ -1,6 +1,7 @@
 package models
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -15,9 +16,17 @@ import (
 	"sync"
 )
 
-// Preset is the shape of a synthetic llama-architecture model.
+// Preset is the shape of a synthetic model.
 type Preset struct {
-	Name    string
+	Name string
+	// Arch is the llama.cpp architecture: "llama" (the default, for "") or
+	// "qwen3", llama's layers with a norm on each head's queries and keys,
+	// whose loader reads a pooling type (Qwen3-Embedding's architecture).
+	Arch string
+	// Pooling makes an embedding model: mean, cls or last (the
+	// <arch>.pooling_type llama.cpp pools the final hidden states by);
+	// "" for a text-generation model. Only the qwen3 architecture has it.
+	Pooling string
 	Embd    int64 // embedding length
 	Layers  int64
 	Heads   int64
@@ -34,7 +43,16 @@ var Presets = map[string]Preset{
 	"tiny":  {Name: "tiny", Embd: 128, Layers: 2, Heads: 4, HeadsKV: 2, FF: 256, Vocab: 2048, Context: 4096},
 	"bench": {Name: "bench", Embd: 768, Layers: 12, Heads: 12, HeadsKV: 12, FF: 2048, Vocab: 32000, Context: 4096},
 	"13b":   {Name: "13b", Embd: 5120, Layers: 40, Heads: 40, HeadsKV: 40, FF: 13824, Vocab: 32000, Context: 4096},
+	// embed is tiny's shape as an embedding model (Qwen3-Embedding's
+	// architecture, mean pooling), for /v1/embeddings.
+	"embed": {Name: "embed", Arch: "qwen3", Pooling: "mean", Embd: 128, Layers: 2, Heads: 4, HeadsKV: 2, FF: 256, Vocab: 2048, Context: 4096},
 }
+
+// PoolingTypes maps a pooling name to llama.cpp's llama_pooling_type.
+var PoolingTypes = map[string]uint32{"mean": 1, "cls": 2, "last": 3}
+
+// arch is the preset's architecture name.
+func (p Preset) arch() string { return cmp.Or(p.Arch, "llama") }
 
 // PresetNames lists the preset names in a stable order.
 func PresetNames() []string {
@@ -65,14 +83,23 @@ func (p Preset) validate() error {
 		return fmt.Errorf("preset %q: dimensions must be multiples of 32 for q8_0", p.Name)
 	case p.Vocab < 300:
 		return fmt.Errorf("preset %q: vocabulary of %d is below the minimum 300", p.Name, p.Vocab)
+	case p.arch() != "llama" && p.arch() != "qwen3":
+		return fmt.Errorf("preset %q: architecture %q is not llama or qwen3", p.Name, p.Arch)
+	case p.Pooling != "" && p.arch() != "qwen3":
+		return fmt.Errorf("preset %q: pooling needs the qwen3 architecture (llama.cpp's llama loader ignores it)", p.Name)
+	}
+	if _, ok := PoolingTypes[p.Pooling]; p.Pooling != "" && !ok {
+		return fmt.Errorf("preset %q: pooling %q is not mean, cls or last", p.Name, p.Pooling)
 	}
 	return nil
 }
 
 // tensors lists the llama tensor table with matrices of type typ and
-// norms in f32, in the order llama.cpp's converter writes them.
+// norms in f32, in the order llama.cpp's converter writes them; qwen3 adds
+// a norm of each head's queries and keys to every layer.
 func (p Preset) tensors(typ TensorType) []TensorInfo {
 	kv := p.Embd / p.Heads * p.HeadsKV
+	head := p.Embd / p.Heads
 	ts := []TensorInfo{{Name: "token_embd.weight", Type: typ, Dims: []int64{p.Embd, p.Vocab}}}
 	for i := int64(0); i < p.Layers; i++ {
 		b := fmt.Sprintf("blk.%d.", i)
@@ -87,6 +114,11 @@ func (p Preset) tensors(typ TensorType) []TensorInfo {
 			TensorInfo{Name: b + "ffn_down.weight", Type: typ, Dims: []int64{p.FF, p.Embd}},
 			TensorInfo{Name: b + "ffn_up.weight", Type: typ, Dims: []int64{p.Embd, p.FF}},
 		)
+		if p.arch() == "qwen3" {
+			ts = append(ts,
+				TensorInfo{Name: b + "attn_q_norm.weight", Type: TypeF32, Dims: []int64{head}},
+				TensorInfo{Name: b + "attn_k_norm.weight", Type: TypeF32, Dims: []int64{head}})
+		}
 	}
 	return append(ts,
 		TensorInfo{Name: "output_norm.weight", Type: TypeF32, Dims: []int64{p.Embd}},
@@ -99,6 +131,9 @@ type GenOptions struct {
 	Preset Preset
 	Type   TensorType // f32, f16 or q8_0 for the weight matrices
 	Seed   uint64
+	// Pooling, if set, makes an embedding model of the preset's shape
+	// (mean, cls or last pooling), in the qwen3 architecture.
+	Pooling string
 	// UserDefinedMarkers types the turn markers <|im_start|> and
 	// <|im_end|> user-defined rather than control tokens (gpt-oss marks
 	// its turns so), for tests of what content may spell.
@@ -116,6 +151,10 @@ var fileTypes = map[TensorType]uint32{TypeF32: 0, TypeF16: 1, TypeQ8_0: 7}
 // another type give the same weights in another precision.
 func Generate(ctx context.Context, path string, opts GenOptions) (err error) {
 	p := opts.Preset
+	if opts.Pooling != "" {
+		p.Arch, p.Pooling = "qwen3", opts.Pooling
+		opts.Preset = p
+	}
 	if err := p.validate(); err != nil {
 		return err
 	}
@@ -160,23 +199,32 @@ const FileMode os.FileMode = 0o644
 // WriteModel streams the model described by opts to w.
 func WriteModel(ctx context.Context, w io.Writer, opts GenOptions, vocab *Vocab) error {
 	p := opts.Preset
+	if opts.Pooling != "" {
+		p.Arch, p.Pooling = "qwen3", opts.Pooling
+	}
+	a := p.arch()
 	kvs := []KV{
-		{"general.architecture", "llama"},
+		{"general.architecture", a},
 		{"general.name", "finserve-synthetic-" + p.Name},
 		{"general.file_type", fileTypes[opts.Type]},
 		{"general.quantization_version", uint32(2)},
 		{"finserve.synthetic.preset", p.Name},
 		{"finserve.synthetic.seed", opts.Seed},
-		{"llama.vocab_size", uint32(p.Vocab)},
-		{"llama.context_length", uint32(p.Context)},
-		{"llama.embedding_length", uint32(p.Embd)},
-		{"llama.block_count", uint32(p.Layers)},
-		{"llama.feed_forward_length", uint32(p.FF)},
-		{"llama.attention.head_count", uint32(p.Heads)},
-		{"llama.attention.head_count_kv", uint32(p.HeadsKV)},
-		{"llama.rope.dimension_count", uint32(p.Embd / p.Heads)},
-		{"llama.rope.freq_base", float32(10000)},
-		{"llama.attention.layer_norm_rms_epsilon", float32(1e-5)},
+		{a + ".vocab_size", uint32(p.Vocab)},
+		{a + ".context_length", uint32(p.Context)},
+		{a + ".embedding_length", uint32(p.Embd)},
+		{a + ".block_count", uint32(p.Layers)},
+		{a + ".feed_forward_length", uint32(p.FF)},
+		{a + ".attention.head_count", uint32(p.Heads)},
+		{a + ".attention.head_count_kv", uint32(p.HeadsKV)},
+		{a + ".rope.dimension_count", uint32(p.Embd / p.Heads)},
+		{a + ".rope.freq_base", float32(10000)},
+		{a + ".attention.layer_norm_rms_epsilon", float32(1e-5)},
+	}
+	if p.Pooling != "" {
+		kvs = append(kvs, KV{a + ".pooling_type", PoolingTypes[p.Pooling]})
+	}
+	kvs = append(kvs, []KV{
 		{"tokenizer.ggml.model", "llama"},
 		{"tokenizer.ggml.tokens", vocab.Tokens},
 		{"tokenizer.ggml.scores", vocab.Scores},
@@ -186,7 +234,10 @@ func WriteModel(ctx context.Context, w io.Writer, opts GenOptions, vocab *Vocab)
 		{"tokenizer.ggml.unknown_token_id", uint32(UnkID)},
 		{"tokenizer.ggml.add_bos_token", true},
 		{"tokenizer.ggml.add_eos_token", false},
-		{"tokenizer.chat_template", ChatMLTemplate},
+	}...)
+	if p.Pooling == "" {
+		// An embedding model has no chat.
+		kvs = append(kvs, KV{"tokenizer.chat_template", ChatMLTemplate})
 	}
 	infos := p.tensors(opts.Type)
 	srcs := make([]TensorSource, len(infos))

@@ -85,7 +85,7 @@ type amlCustomer struct {
 // amlScore serves POST /v1/aml/score.
 func (s *Server) amlScore(c *fiber.Ctx) error {
 	received := time.Now().UTC()
-	b, err := s.ready()
+	b, err := s.readyToGenerate()
 	if err != nil {
 		return err
 	}

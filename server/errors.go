@@ -86,6 +86,9 @@ func fromEngine(err error) *APIError {
 				tooLong.Tokens, tooLong.Limit)}
 	case errors.As(err, &invalid):
 		return badRequest(invalid.Field, "%s", invalid.Error())
+	case errors.Is(err, engine.ErrEmbeddingOnly), errors.Is(err, engine.ErrNotEmbedding):
+		return &APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "model", Code: "model_not_supported",
+			Message: err.Error()}
 	case errors.Is(err, engine.ErrQueueFull):
 		return &APIError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "queue_full",
 			Message: "the server is at capacity; retry later", RetryAfter: 1}

@@ -337,3 +337,47 @@ func FuzzAMLHandler(f *testing.F) {
 		checkAnswer(t, resp, err)
 	})
 }
+
+// FuzzEmbeddingRequest: any body is either refused with a 4xx error object
+// or becomes between 1 and engine.MaxEmbedInputs non-empty inputs of
+// tokens in the vocabulary, one per input sent.
+func FuzzEmbeddingRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"tiny","input":"hello"}`, `{"input":["a","b"],"encoding_format":"base64"}`,
+		`{"input":[1,2,3]}`, `{"input":[[1],[2,3]],"dimensions":128}`, `{"content":"x"}`,
+		`{"input":""}`, `{"input":[]}`, `{"input":[[]]}`, `{"input":{"a":1}}`, `{"input":[1,"a"]}`,
+		`{"input":"\ud800"}`, `{"input":[99999]}`, `{"input":"a","encoding_format":5}`,
+	} {
+		f.Add([]byte(s))
+	}
+	_, b := fuzzServer()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req EmbeddingRequest
+		if err := decodeJSON(body, &req); err != nil {
+			checkAPIError(t, bodyError(err))
+			return
+		}
+		inputs, apiErr := embeddingInputs(b, &req, 64)
+		if apiErr != nil {
+			checkAPIError(t, apiErr)
+			return
+		}
+		in := req.Input
+		if !in.Set {
+			in = req.Content
+		}
+		if len(inputs) == 0 || len(inputs) > engine.MaxEmbedInputs || len(inputs) != in.Len() {
+			t.Fatalf("%d inputs accepted for %d sent", len(inputs), in.Len())
+		}
+		for i, toks := range inputs {
+			if len(toks) == 0 {
+				t.Fatalf("input %d accepted empty", i)
+			}
+			for _, tok := range toks {
+				if !tiny.ValidToken(tok) {
+					t.Fatalf("input %d: token %d outside the vocabulary", i, tok)
+				}
+			}
+		}
+	})
+}

@@ -28,7 +28,7 @@ const (
 
 func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	start := time.Now()
-	b, err := s.ready()
+	b, err := s.readyToGenerate()
 	if err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func (p *genParams) checkGrammar(m *engine.Model) *APIError {
 
 func (s *Server) completions(c *fiber.Ctx) error {
 	start := time.Now()
-	b, err := s.ready()
+	b, err := s.readyToGenerate()
 	if err != nil {
 		return err
 	}

@@ -81,7 +81,7 @@ func newMetrics(s *Server) *metrics {
 	m.disconnects = counter("client_disconnects_total", "Generations cancelled because their client disconnected.")
 	m.tenantTokens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "finserve_tenant_tokens_total",
 		Help: "Tokens by tenant (API key name; \"anonymous\" without keys; \"other\" past the first " + strconv.Itoa(maxTenantLabels) +
-			") and kind: prompt (all prompt tokens), cached (of those, served from the prefix cache), generated, and scored (computed for AML attribution)."}, []string{"tenant", "kind"})
+			") and kind: prompt (all prompt tokens), cached (of those, served from the prefix cache), generated, scored (computed for AML attribution) and embedded (inputs of /v1/embeddings)."}, []string{"tenant", "kind"})
 	m.reg.MustRegister(m.tenantTokens)
 	b := s.cfg.Build
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "finserve_build_info",

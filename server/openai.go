@@ -235,12 +235,6 @@ func (p *PromptList) UnmarshalJSON(b []byte) error {
 	return errors.New("prompt must be a string, an array of strings, an array of token ids or an array of arrays of token ids")
 }
 
-// EmbeddingRequest is the body of POST /v1/embeddings.
-type EmbeddingRequest struct {
-	Model string          `json:"model"`
-	Input json.RawMessage `json:"input"`
-}
-
 // Usage counts the tokens of a request.
 type Usage struct {
 	PromptTokens        int                 `json:"prompt_tokens"`
@@ -367,6 +361,11 @@ type ModelMeta struct {
 	TrainContext int    `json:"n_ctx_train"`
 	Context      int    `json:"n_ctx"`
 	Parallel     int    `json:"parallel"`
+	// Embedding is the vector length (llama-server's n_embd); Pooling
+	// is set for an embedding model (mean, cls or last), which serves
+	// /v1/embeddings and no text.
+	Embedding int    `json:"n_embd"`
+	Pooling   string `json:"pooling,omitempty"`
 }
 
 // ModelList is GET /v1/models.
@@ -415,7 +414,10 @@ func decodeJSON(body []byte, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
+		var fe *fieldError
 		switch {
+		case errors.As(err, &fe):
+			return fe // a field's own decoder named it
 		case errors.As(err, &syn):
 			return fmt.Errorf("the request body is not valid JSON: %s (at byte %d)", syn.Error(), syn.Offset)
 		case errors.As(err, &typ):

@@ -511,6 +511,9 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading", "audit": audit})
 	case c.Route().Path == "/ready/aml" && audit == "unavailable":
 		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "audit_unavailable", "audit": audit})
+	case c.Route().Path == "/ready/aml" && s.backend.Load().model.Info().Embeds():
+		// an embedding model scores no AML case, however long one waits
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "no_text_model", "audit": audit})
 	}
 	return c.JSON(fiber.Map{"status": "ready", "audit": audit})
 }
@@ -523,6 +526,20 @@ type tenantKey struct{}
 func (s *Server) tenant(c *fiber.Ctx) string {
 	t, _ := c.Locals(tenantKey{}).(string)
 	return t
+}
+
+// readyToGenerate is ready for the endpoints that need a text-generation
+// model (chat, completions, AML scoring).
+func (s *Server) readyToGenerate() (*backend, error) {
+	b, err := s.ready()
+	if err != nil {
+		return nil, err
+	}
+	if b.model.Info().Embeds() {
+		return nil, &APIError{Status: fiber.StatusBadRequest, Type: "invalid_request_error", Param: "model", Code: "model_not_supported",
+			Message: fmt.Sprintf("the model %q is an embedding model and generates no text; use /v1/embeddings", b.id)}
+	}
+	return b, nil
 }
 
 // checkModel accepts the served model's id, or an empty one.
@@ -539,7 +556,8 @@ func (s *Server) modelEntry(b *backend) Model {
 	opts := b.eng.Options()
 	return Model{ID: b.id, Object: "model", Created: b.created, OwnedBy: "finserve",
 		Meta: &ModelMeta{Architecture: info.Architecture, Params: info.Params, SizeBytes: info.SizeBytes,
-			VocabSize: info.VocabSize, TrainContext: info.TrainContext, Context: opts.Context, Parallel: opts.Parallel}}
+			VocabSize: info.VocabSize, TrainContext: info.TrainContext, Context: opts.Context, Parallel: opts.Parallel,
+			Embedding: info.Embedding, Pooling: info.Pooling}}
 }
 
 func (s *Server) listModels(c *fiber.Ctx) error {
@@ -559,25 +577,6 @@ func (s *Server) getModel(c *fiber.Ctx) error {
 		return modelNotFound(id)
 	}
 	return c.JSON(s.modelEntry(b))
-}
-
-func (s *Server) embeddings(c *fiber.Ctx) error {
-	b, err := s.ready()
-	if err != nil {
-		return err
-	}
-	var req EmbeddingRequest
-	if err := decodeJSON(c.Body(), &req); err != nil {
-		return bodyError(err)
-	}
-	if err := s.checkModel(req.Model); err != nil {
-		return err
-	}
-	// A causal language model has no trained pooling: embeddings from it
-	// would look valid and mean nothing, so refuse them.
-	return &APIError{Status: fiber.StatusBadRequest, Type: "invalid_request_error", Param: "model",
-		Code:    "model_not_supported",
-		Message: fmt.Sprintf("the model %q is a text-generation model and cannot produce embeddings; serve an embedding model for /v1/embeddings", b.id)}
 }
 
 // wantsStream tells the compression middleware to leave event streams

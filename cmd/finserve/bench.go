@@ -41,7 +41,8 @@ same workload runs against each in turn and ratios to the first are given.
 Workloads: short (one question, 128 tokens: the concurrency sweep), chat
 (shared system prompt, 3-turn conversations), batch (long documents),
 mixed (realtime chat beside batch streams; finserve's tier URLs are used
-when the server has them). Explicit flags override a workload's settings.
+when the server has them), embed (/embeddings requests of 4 texts).
+Explicit flags override a workload's settings.
 
 --out DIR writes report.json (every figure and setting), report.md and
 latency-throughput.svg. Point it at loopback or lab servers only.`,
@@ -112,7 +113,7 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 	f := cmd.Flags()
 	f.StringArrayVar(&targets, "target", nil, "server to measure, NAME=URL or URL (an OpenAI base URL); repeat to compare (default --url)")
 	f.StringVar(&url, "url", "http://127.0.0.1:8080/v1", "API base URL when no --target is given")
-	f.StringVar(&workload, "workload", "short", "short, chat, batch or mixed")
+	f.StringVar(&workload, "workload", "short", "short, chat, batch, mixed or embed")
 	f.StringVar(&levels, "concurrency", "1,4,8,16", "closed-loop client counts, one run each")
 	f.StringVar(&levels, "clients", "1,4,8,16", "alias of --concurrency")
 	f.StringVar(&rates, "rate", "", "open-loop request rates per second, one run each (instead of --concurrency)")
@@ -124,7 +125,8 @@ latency-throughput.svg. Point it at loopback or lab servers only.`,
 	f.DurationVar(&cfg.SLOTPOT, "slo-tpot", 0, "TPOT objective for goodput, e.g. 50ms")
 	f.BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed (by default a run with failed requests exits 1, after writing its report)")
 	f.StringVar(&out, "out", "", "directory for report.json, report.md and latency-throughput.svg")
-	f.StringVar(&cfg.API, "api", "chat", "chat (/chat/completions) or completions (/completions)")
+	f.StringVar(&cfg.API, "api", "chat", "chat (/chat/completions), completions (/completions) or embeddings (/embeddings: TTFT and E2E are the response's time, throughput the inputs' tokens)")
+	f.IntVar(&cfg.Inputs, "inputs", 1, "texts per request with --api embeddings (each --question-words long)")
 	f.StringVar(&cfg.Model, "model", "", "model name to send (default: the first the server lists)")
 	f.StringVar(&cfg.APIKey, "api-key", "", "bearer token")
 	f.IntVar(&cfg.MaxTokens, "max-tokens", 128, "tokens per request (overrides the workload's)")
@@ -156,6 +158,8 @@ func overrides(fs *pflag.FlagSet, cfg bench.Config) func(*bench.Config) {
 			}
 		}
 		set("max-tokens", func() { c.MaxTokens = cfg.MaxTokens })
+		set("api", func() { c.API = cfg.API })
+		set("inputs", func() { c.Inputs = cfg.Inputs })
 		set("prompt", func() { c.Prompt = cfg.Prompt })
 		set("system-words", func() { c.SystemWords = cfg.SystemWords })
 		set("question-words", func() { c.QuestionWords = cfg.QuestionWords })

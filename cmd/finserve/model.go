@@ -27,20 +27,25 @@ func newModelCmd() *cobra.Command {
 
 func newModelGenCmd() *cobra.Command {
 	var (
-		preset, typ, out string
-		seed             uint64
+		preset, typ, out, pooling string
+		seed                      uint64
 	)
 	cmd := &cobra.Command{
 		Use:     "gen",
 		Example: "  finserve model gen --preset tiny --type q8_0 --out demo.gguf",
-		Short:   "Write a synthetic llama-architecture model with seeded random weights",
-		Long: `Write a llama-architecture GGUF model with seeded random weights, a
-byte-fallback SentencePiece vocabulary (any UTF-8 text tokenizes, Chinese
-included) and a ChatML chat template. Presets:
+		Short:   "Write a synthetic model with seeded random weights",
+		Long: `Write a GGUF model with seeded random weights, a byte-fallback
+SentencePiece vocabulary (any UTF-8 text tokenizes, Chinese included) and,
+for text generation, a ChatML chat template. Presets:
   tiny   128 x 2 layers, 2k vocabulary (unit tests, a few MB)
   bench  768 x 12 layers, 32k vocabulary (about 134M parameters)
   13b    5120 x 40 layers, 13824 feed-forward, 32k vocabulary (13B shape)
-Random weights write gibberish: use these models to test and measure, not to chat.`,
+  embed  tiny's shape as an embedding model (Qwen3-Embedding's qwen3
+         architecture, mean pooling), for /v1/embeddings
+--pooling mean, cls or last makes an embedding model of any preset's shape
+(--preset bench --pooling mean: a 134M-parameter one to measure with).
+Random weights write gibberish and embeddings without meaning: use these
+models to test and measure, not to chat or search.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, ok := models.Presets[preset]
@@ -58,7 +63,7 @@ Random weights write gibberish: use these models to test and measure, not to cha
 			start := time.Now()
 			last := time.Time{}
 			err = models.Generate(cmd.Context(), out, models.GenOptions{
-				Preset: p, Type: t, Seed: seed,
+				Preset: p, Type: t, Seed: seed, Pooling: pooling,
 				Progress: func(done, total int64) {
 					if time.Since(last) > 500*time.Millisecond || done == total {
 						last = time.Now()
@@ -78,6 +83,7 @@ Random weights write gibberish: use these models to test and measure, not to cha
 	cmd.Flags().StringVar(&typ, "type", "f32", "weight type: f32, f16 or q8_0 (norms stay f32)")
 	cmd.Flags().StringVar(&out, "out", "", "output path (written atomically)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "random seed; the same seed gives the same weights in every type")
+	cmd.Flags().StringVar(&pooling, "pooling", "", "make an embedding model of the preset's shape pooling mean, cls or last (the qwen3 architecture)")
 	return cmd
 }
 
