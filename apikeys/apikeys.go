@@ -44,8 +44,11 @@ type Entry struct {
 	Rate   float64  `json:"rate,omitempty"`
 	// Concurrency bounds the key's requests in flight (0: unbounded), so
 	// that one key cannot hold every sequence slot.
-	Concurrency int       `json:"concurrency,omitempty"`
-	Created     time.Time `json:"created"`
+	Concurrency int `json:"concurrency,omitempty"`
+	// Models are the model ids the key may use (all when empty), on a
+	// server that serves several.
+	Models  []string  `json:"models,omitempty"`
+	Created time.Time `json:"created"`
 	// Previous are the key's earlier values after a rotation (Rotate),
 	// each accepted until it expires, so that clients can move to the new
 	// key without an outage.
@@ -147,6 +150,11 @@ func (e *Entry) check() error {
 	if e.Concurrency < 0 || e.Concurrency > 1<<20 {
 		return errors.New("concurrency must be 0 (unbounded) to 1048576 requests in flight")
 	}
+	for i, m := range e.Models {
+		if m == "" || len(m) > 256 || slices.Contains(e.Models[:i], m) {
+			return fmt.Errorf("model %d: model ids are 1-256 bytes, each named once", i)
+		}
+	}
 	for i, p := range e.Previous {
 		if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != sha256.Size {
 			return fmt.Errorf("previous key %d: sha256 must be 64 hex digits", i)
@@ -191,6 +199,20 @@ func Add(path, name string, tiers []string, rate float64) (string, error) {
 
 // AddLimited is Add with a bound on the key's requests in flight.
 func AddLimited(path, name string, tiers []string, rate float64, concurrency int) (string, error) {
+	return AddKey(path, name, Limits{Tiers: tiers, Rate: rate, Concurrency: concurrency})
+}
+
+// Limits are what a new key may do: Entry's fields of the same names.
+type Limits struct {
+	Tiers       []string
+	Rate        float64
+	Concurrency int
+	Models      []string
+}
+
+// AddKey is Add with every limit a key can have.
+func AddKey(path, name string, l Limits) (string, error) {
+	tiers, rate, concurrency := l.Tiers, l.Rate, l.Concurrency
 	f, err := readForUpdate(path)
 	if err != nil {
 		return "", err
@@ -205,7 +227,7 @@ func AddLimited(path, name string, tiers []string, rate float64, concurrency int
 		return "", err
 	}
 	e := Entry{Name: name, SHA256: sum, Hint: key[:len(Prefix)+4], Tiers: tiers, Rate: rate, Concurrency: concurrency,
-		Created: time.Now().UTC().Truncate(time.Second)}
+		Models: l.Models, Created: time.Now().UTC().Truncate(time.Second)}
 	if err := e.check(); err != nil {
 		return "", err
 	}

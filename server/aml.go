@@ -85,10 +85,11 @@ type amlCustomer struct {
 // amlScore serves POST /v1/aml/score.
 func (s *Server) amlScore(c *fiber.Ctx) error {
 	received := time.Now().UTC()
-	b, err := s.readyToGenerate()
+	b, release, err := s.acquire(c, "", true)
 	if err != nil {
 		return err
 	}
+	defer release()
 	cases, list, err := aml.DecodeCases(c.Body())
 	if err != nil {
 		return amlError(err)

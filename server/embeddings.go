@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -80,22 +79,18 @@ type EmbeddingTiming struct {
 // input's unit vector, pooled as the model says, computed in the engine's
 // steps beside other requests' inputs.
 func (s *Server) embeddings(c *fiber.Ctx) error {
-	b, err := s.ready()
-	if err != nil {
-		return err
+	if _, err := s.ready(); err != nil && s.fleet.Load() == nil {
+		return err // loading or draining: before reading the body
 	}
 	var req EmbeddingRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
 		return bodyError(err)
 	}
-	if err := s.checkModel(req.Model); err != nil {
+	b, release, err := s.acquire(c, req.Model, false)
+	if err != nil {
 		return err
 	}
-	info := b.model.Info()
-	if !info.Embeds() {
-		return &APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "model", Code: "model_not_supported",
-			Message: fmt.Sprintf("the model %q is a text-generation model and cannot produce embeddings; serve an embedding model for /v1/embeddings", b.id)}
-	}
+	defer release()
 	inputs, apiErr := embeddingInputs(b, &req, b.eng.EmbedLimit())
 	if apiErr != nil {
 		return apiErr

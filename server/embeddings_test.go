@@ -131,7 +131,9 @@ func TestEmbeddingsSDK(t *testing.T) {
 	if err := json.Unmarshal([]byte(models.Data[0].RawJSON()), &meta); err != nil || meta.Meta.Pooling != "mean" || meta.Meta.Embedding != 128 {
 		t.Errorf("model entry %s: %v", models.Data[0].RawJSON(), err)
 	}
-	_, err = c.Chat.Completions.New(ctx, chatParams(4, openai.UserMessage("hi")))
+	chat := chatParams(4, openai.UserMessage("hi"))
+	chat.Model = "embed"
+	_, err = c.Chat.Completions.New(ctx, chat)
 	var apiErr *openai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadRequest || apiErr.Code != "model_not_supported" {
 		t.Fatalf("chat on an embedding model: %v", err)

@@ -28,9 +28,8 @@ const (
 
 func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	start := time.Now()
-	b, err := s.readyToGenerate()
-	if err != nil {
-		return err
+	if _, err := s.ready(); err != nil && s.fleet.Load() == nil {
+		return err // loading or draining: before reading the body
 	}
 	var req ChatRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
@@ -41,14 +40,20 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
+	b, release, err := s.acquire(c, req.Model, true)
+	if err != nil {
+		return err
+	}
 	if apiErr := v.checkGrammar(b.model); apiErr != nil {
+		release()
 		return apiErr
 	}
 	prompt, apiErr := s.chatPrompt(b, v.messages)
 	if apiErr != nil {
+		release()
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindChat, b: b, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c),
+	return s.generate(c, &job{kind: kindChat, b: b, release: release, p: v.genParams, prompts: [][]engine.Token{prompt}, tenant: s.tenant(c),
 		tier: tier, start: start, tools: v.tools})
 }
 
@@ -73,9 +78,8 @@ func (p *genParams) checkGrammar(m *engine.Model) *APIError {
 
 func (s *Server) completions(c *fiber.Ctx) error {
 	start := time.Now()
-	b, err := s.readyToGenerate()
-	if err != nil {
-		return err
+	if _, err := s.ready(); err != nil && s.fleet.Load() == nil {
+		return err // loading or draining: before reading the body
 	}
 	var req CompletionRequest
 	if err := decodeJSON(c.Body(), &req); err != nil {
@@ -86,14 +90,20 @@ func (s *Server) completions(c *fiber.Ctx) error {
 	if apiErr != nil {
 		return apiErr
 	}
+	b, release, err := s.acquire(c, req.Model, true)
+	if err != nil {
+		return err
+	}
 	if apiErr := v.checkGrammar(b.model); apiErr != nil {
+		release()
 		return apiErr
 	}
 	prompts, apiErr := completionPrompts(b, v.prompts)
 	if apiErr != nil {
+		release()
 		return apiErr
 	}
-	return s.generate(c, &job{kind: kindCompletion, b: b, p: v.genParams, prompts: prompts, tenant: s.tenant(c),
+	return s.generate(c, &job{kind: kindCompletion, b: b, release: release, p: v.genParams, prompts: prompts, tenant: s.tenant(c),
 		tier: tier, start: start})
 }
 
@@ -102,6 +112,7 @@ type job struct {
 	kind    apiKind
 	m       *metrics
 	b       *backend
+	release func() // ends the job's use of b's model (acquire)
 	p       genParams
 	prompts [][]engine.Token
 	tenant  string // whose prefixes the prompts may reuse (see Server.tenant)
@@ -145,8 +156,15 @@ type choiceState struct {
 	reply     replyStream // a streamed tool-using answer (job.tools)
 }
 
-// generate starts the engine streams and answers, streamed or not.
+// generate starts the engine streams and answers, streamed or not. It
+// releases the job's model when the response is over.
 func (s *Server) generate(c *fiber.Ctx, j *job) error {
+	streaming := false // the stream writer releases the model
+	defer func() {
+		if !streaming {
+			j.release()
+		}
+	}()
 	j.m = s.metrics
 	j.created = time.Now().Unix()
 	j.id = newID(j.kind)
@@ -218,7 +236,9 @@ func (s *Server) generate(c *fiber.Ctx, j *job) error {
 	// The writer runs after the handler returns, on fasthttp's goroutine:
 	// it must not touch c.
 	release := streamRelease(c)
+	streaming = true
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer j.release() // last: the streams have ended
 		defer s.done()
 		defer release() // before done: once the server is idle, the key's slot is free
 		defer stopWatch()

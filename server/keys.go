@@ -38,6 +38,14 @@ type apiKey struct {
 	// inflight counts them, shared with the key's next compilation.
 	concurrency int
 	inflight    *atomic.Int64
+	// models are the model ids the key may use; nil: all.
+	models map[string]bool
+}
+
+// mayUse says whether the request's key (if any) may use model id.
+func mayUse(c *fiber.Ctx, id string) bool {
+	k, ok := c.Locals(keyLocal{}).(*apiKey)
+	return !ok || k.models == nil || k.models[id]
 }
 
 type previousSum struct {
@@ -102,6 +110,12 @@ func (s *Server) compileKeys(plain []string, set *apikeys.Set, old *keyring) (*k
 	if set != nil {
 		for _, e := range set.Keys {
 			k := &apiKey{name: e.Name, rate: e.Rate, concurrency: e.Concurrency}
+			for _, m := range e.Models {
+				if k.models == nil {
+					k.models = map[string]bool{}
+				}
+				k.models[m] = true
+			}
 			b, _ := hex.DecodeString(e.SHA256)
 			copy(k.sum[:], b)
 			for _, p := range e.Previous {

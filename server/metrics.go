@@ -232,7 +232,7 @@ func (engineCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (e engineCollector) Collect(ch chan<- prometheus.Metric) {
-	b := e.s.backend.Load()
+	b := e.s.defaultBackend()
 	if b == nil {
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, 0)
 		return

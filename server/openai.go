@@ -348,8 +348,10 @@ type Model struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
-	// Meta is finserve's extension: what the model is.
+	// Meta is finserve's extension: what the model is (once loaded).
 	Meta *ModelMeta `json:"meta,omitempty"`
+	// Status is finserve's extension when several models are served.
+	Status *ModelStatus `json:"status,omitempty"`
 }
 
 // ModelMeta describes a loaded model.

@@ -24,6 +24,7 @@ import (
 	"github.com/finserve/finserve/apikeys"
 	"github.com/finserve/finserve/audit"
 	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/registry"
 )
 
 // Limits bound what one request may ask for.
@@ -175,8 +176,13 @@ type Server struct {
 
 	defaultTier engine.Tier
 
-	backend  atomic.Pointer[backend]
-	draining atomic.Bool
+	backend atomic.Pointer[backend]
+	// fleet, when set (SetModels), serves several models instead of
+	// backend; fleetBackends are its loaded models' backends.
+	fleet         atomic.Pointer[registry.Registry]
+	fleetMu       sync.Mutex
+	fleetBackends map[string]*backend
+	draining      atomic.Bool
 	// base is the parent of every request's context; Shutdown cancels it
 	// when the grace period ends.
 	base      context.Context
@@ -298,9 +304,7 @@ func (s *Server) SetEngine(e *engine.Engine, id string) {
 	if id == "" {
 		id = "default"
 	}
-	path := e.Model().Info().Path
-	b := &backend{eng: e, model: e.Model(), id: id, created: time.Now().Unix(),
-		sha256: sync.OnceValues(func() (string, error) { return hashFile(path) })}
+	b := newBackend(e, id)
 	if s.audit != nil {
 		go b.sha256() // a 13B file takes seconds: start before the first decision needs it
 	}
@@ -465,12 +469,13 @@ func asAPIError(err error) (api *APIError, known bool) {
 	return &APIError{Status: fiber.StatusInternalServerError, Type: "server_error", Message: "internal error"}, false
 }
 
-// ready returns the backend, or the error to answer while there is none.
+// ready returns the default model's backend, or the error to answer
+// while there is none.
 func (s *Server) ready() (*backend, error) {
 	if s.draining.Load() {
 		return nil, errDraining
 	}
-	b := s.backend.Load()
+	b := s.defaultBackend()
 	if b == nil {
 		return nil, errLoading
 	}
@@ -485,7 +490,7 @@ func (s *Server) health(c *fiber.Ctx) error {
 	switch {
 	case s.draining.Load():
 		status = "shutting_down"
-	case s.backend.Load() == nil:
+	case s.defaultBackend() == nil:
 		status = "loading"
 	}
 	return c.JSON(fiber.Map{"status": status})
@@ -504,18 +509,37 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 			audit = "unavailable"
 		}
 	}
+	body := fiber.Map{"audit": audit}
+	b := s.defaultBackend()
+	if reg := s.fleet.Load(); reg != nil {
+		// each model's state, and the default's load progress
+		var models []fiber.Map
+		for _, st := range reg.Status() {
+			m := fiber.Map{"id": st.ID, "state": st.State, "progress": st.Progress}
+			if st.Err != "" {
+				m["error"] = st.Err
+			}
+			models = append(models, m)
+		}
+		body["models"] = models
+	}
+	unready := func(status string) error {
+		body["status"] = status
+		return c.Status(fiber.StatusServiceUnavailable).JSON(body)
+	}
 	switch {
 	case s.draining.Load():
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "shutting_down", "audit": audit})
-	case s.backend.Load() == nil:
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "loading", "audit": audit})
+		return unready("shutting_down")
+	case b == nil:
+		return unready("loading")
 	case c.Route().Path == "/ready/aml" && audit == "unavailable":
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "audit_unavailable", "audit": audit})
-	case c.Route().Path == "/ready/aml" && s.backend.Load().model.Info().Embeds():
+		return unready("audit_unavailable")
+	case c.Route().Path == "/ready/aml" && b.model.Info().Embeds():
 		// an embedding model scores no AML case, however long one waits
-		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "no_text_model", "audit": audit})
+		return unready("no_text_model")
 	}
-	return c.JSON(fiber.Map{"status": "ready", "audit": audit})
+	body["status"] = "ready"
+	return c.JSON(body)
 }
 
 type tenantKey struct{}
@@ -528,24 +552,19 @@ func (s *Server) tenant(c *fiber.Ctx) string {
 	return t
 }
 
-// readyToGenerate is ready for the endpoints that need a text-generation
-// model (chat, completions, AML scoring).
-func (s *Server) readyToGenerate() (*backend, error) {
-	b, err := s.ready()
-	if err != nil {
-		return nil, err
-	}
-	if b.model.Info().Embeds() {
-		return nil, &APIError{Status: fiber.StatusBadRequest, Type: "invalid_request_error", Param: "model", Code: "model_not_supported",
-			Message: fmt.Sprintf("the model %q is an embedding model and generates no text; use /v1/embeddings", b.id)}
-	}
-	return b, nil
-}
-
-// checkModel accepts the served model's id, or an empty one.
+// checkModel accepts a served model's id, or an empty one.
 func (s *Server) checkModel(id string) *APIError {
+	if id == "" {
+		return nil
+	}
+	if reg := s.fleet.Load(); reg != nil {
+		if slices.Contains(reg.IDs(), id) {
+			return nil
+		}
+		return modelNotFound(id)
+	}
 	b := s.backend.Load()
-	if b == nil || id == "" || id == b.id {
+	if b == nil || id == b.id {
 		return nil
 	}
 	return modelNotFound(id)
@@ -560,7 +579,15 @@ func (s *Server) modelEntry(b *backend) Model {
 			Embedding: info.Embedding, Pooling: info.Pooling}}
 }
 
+// listModels answers GET /v1/models: every model, with its state when
+// the server serves several (unloaded ones too: they load on first use).
 func (s *Server) listModels(c *fiber.Ctx) error {
+	if reg := s.fleet.Load(); reg != nil {
+		if s.draining.Load() {
+			return errDraining
+		}
+		return c.JSON(ModelList{Object: "list", Data: s.fleetModels(c, reg)})
+	}
 	b, err := s.ready()
 	if err != nil {
 		return err
@@ -569,11 +596,23 @@ func (s *Server) listModels(c *fiber.Ctx) error {
 }
 
 func (s *Server) getModel(c *fiber.Ctx) error {
+	id := c.Params("+")
+	if reg := s.fleet.Load(); reg != nil {
+		if s.draining.Load() {
+			return errDraining
+		}
+		for _, m := range s.fleetModels(c, reg) {
+			if m.ID == id {
+				return c.JSON(m)
+			}
+		}
+		return modelNotFound(id)
+	}
 	b, err := s.ready()
 	if err != nil {
 		return err
 	}
-	if id := c.Params("+"); id != b.id {
+	if id != b.id {
 		return modelNotFound(id)
 	}
 	return c.JSON(s.modelEntry(b))

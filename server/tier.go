@@ -69,7 +69,7 @@ type tierLocal struct{}
 
 // priority is tier t's scheduling priority in the engine.
 func (s *Server) priority(t engine.Tier) int {
-	if b := s.backend.Load(); b != nil {
+	if b := s.defaultBackend(); b != nil {
 		return b.eng.Options().Tiers[t].Priority
 	}
 	return engine.DefaultTiers()[t].Priority

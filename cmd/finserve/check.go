@@ -58,7 +58,8 @@ func checkServeConfig(path string) []error {
 	}
 	f := serve.Flags()
 	get := func(name string) string { return f.Lookup(name).Value.String() }
-	o.model, o.keyFile, o.amlConfig, o.auditLog = get("model"), get("api-keys"), get("aml-config"), get("audit-log")
+	o.models, _ = f.GetStringArray("model")
+	o.keyFile, o.amlConfig, o.auditLog = get("api-keys"), get("aml-config"), get("audit-log")
 	o.tlsCert, o.tlsKey, o.tlsClientCA = get("tls-cert"), get("tls-key"), get("tls-client-ca")
 	var problems []error
 	bad := func(err error) { problems = append(problems, err) }
@@ -88,10 +89,19 @@ func checkServeConfig(path string) []error {
 	if _, err := parseBytes(get("prefix-cache-host")); err != nil {
 		bad(fmt.Errorf("prefix-cache-host: %w", err))
 	}
-	if o.model == "" {
+	if len(o.models) == 0 {
 		bad(errors.New("model: required"))
-	} else if _, err := models.Check(o.model); err != nil {
-		bad(fmt.Errorf("model: %w", err))
+	}
+	for _, spec := range o.models {
+		m, err := parseModelSpec(spec)
+		if err != nil {
+			bad(err)
+		} else if _, err := models.Check(m.path); err != nil {
+			bad(fmt.Errorf("model %s: %w", m.id, err))
+		}
+	}
+	if _, err := parseBytes(get("memory-budget")); err != nil {
+		bad(fmt.Errorf("memory-budget: %w", err))
 	}
 	if o.keyFile != "" {
 		if _, err := apikeys.Load(o.keyFile); err != nil {

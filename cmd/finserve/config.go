@@ -38,6 +38,16 @@ func readConfig(path string, lookup func(string) *pflag.Flag) (map[string][]stri
 			out[name] = []string{s}
 		case []any:
 			for _, e := range v {
+				if m, ok := e.(map[string]any); ok {
+					// a list of mappings: each one key=value,... (a
+					// model: id, path and its settings)
+					s, err := pairs(m)
+					if err != nil {
+						return nil, fmt.Errorf("config %s: %s: %w", path, key, err)
+					}
+					out[name] = append(out[name], s)
+					continue
+				}
 				s, err := scalar(e)
 				if err != nil {
 					return nil, fmt.Errorf("config %s: %s: %w", path, key, err)

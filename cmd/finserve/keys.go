@@ -37,7 +37,7 @@ the service).`,
 		}
 		return nil
 	}
-	var tiers string
+	var tiers, modelList string
 	var rate float64
 	var concurrency int
 	add := &cobra.Command{
@@ -48,7 +48,12 @@ the service).`,
 		PreRunE: needFile,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, statErr := os.Stat(file)
-			key, err := apikeys.AddLimited(file, args[0], strings.Split(tiers, ","), rate, concurrency)
+			var allowed []string
+			if modelList != "" {
+				allowed = strings.Split(modelList, ",")
+			}
+			key, err := apikeys.AddKey(file, args[0], apikeys.Limits{Tiers: strings.Split(tiers, ","), Rate: rate,
+				Concurrency: concurrency, Models: allowed})
 			if err != nil {
 				return err
 			}
@@ -62,6 +67,7 @@ the service).`,
 			return nil
 		},
 	}
+	add.Flags().StringVar(&modelList, "models", "", "model ids the key may use, comma-separated, on a server of several models (default: all)")
 	add.Flags().StringVar(&tiers, "tiers", "standard", "tiers the key may use, comma-separated (the first is its default on /v1 unless the server's default tier is among them)")
 	add.Flags().Float64Var(&rate, "rate", 0, "requests per second the key may send (0: unlimited)")
 	add.Flags().IntVar(&concurrency, "concurrency", 0, "requests the key may have in flight at once (0: unlimited), so that one client cannot hold every slot")
@@ -83,6 +89,9 @@ the service).`,
 					if now.Before(p.Expires) {
 						old += fmt.Sprintf("\tand %s… until %s", p.Hint, p.Expires.Format(time.RFC3339))
 					}
+				}
+				if len(e.Models) > 0 {
+					old += "\tmodels " + strings.Join(e.Models, ",")
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s…\t%s\t%g/s\t%s%s\n", e.Name, e.Hint, strings.Join(e.Tiers, ","), e.Rate, e.Created.Format("2006-01-02"), old)
 			}

@@ -30,15 +30,17 @@ import (
 // of the YAML config file (the flag's name) and an environment variable
 // (FINSERVE_ and the name in upper case with underscores).
 type serveOptions struct {
-	model, modelID, addr, chatTemplate, flashAttn string
-	parallel, ctx, threads, threadsBatch          int
-	batch, ubatch, maxQueue                       int
-	gpu                                           gpuFlags
-	maxTokens, bodyLimitKiB, goProcs              int
-	unifiedKV, compress                           bool
-	readTimeout, writeTimeout, idleTimeout        time.Duration
-	shutdownGrace, keepAlive, drainDelay          time.Duration
-	apiKeys                                       []string
+	models                                 []string // --model, repeatable
+	memoryBudget                           string   // a byte size
+	modelID, addr, chatTemplate, flashAttn string
+	parallel, ctx, threads, threadsBatch   int
+	batch, ubatch, maxQueue                int
+	gpu                                    gpuFlags
+	maxTokens, bodyLimitKiB, goProcs       int
+	unifiedKV, compress                    bool
+	readTimeout, writeTimeout, idleTimeout time.Duration
+	shutdownGrace, keepAlive, drainDelay   time.Duration
+	apiKeys                                []string
 
 	prefixCache, prefixCompress bool
 	prefixHost                  string // a byte size
@@ -108,7 +110,8 @@ load leaves the one in force.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "YAML config file (keys are these flags' names)")
-	f.StringVar(&o.model, "model", "", "GGUF model file to serve (required)")
+	f.StringArrayVar(&o.models, "model", nil, "GGUF model file to serve (required); repeat to serve several, each as [ID=]PATH[,key=value...] with keys "+modelKeys+" (keep-alive as Ollama's: how long it stays loaded idle, -1 for ever, 0 unloads it when idle); the first is the default and loads at start, the others on first use (a YAML list of strings or mappings in the config file)")
+	f.StringVar(&o.memoryBudget, "memory-budget", "0", "with several models, the memory their loaded models may take together (e.g. 24GiB; estimated per model as model inspect does, or its memory=); the least recently used idle model is unloaded to load another (0: no bound)")
 	f.StringVar(&o.modelID, "model-id", "", "model name in the API (default: the file name without .gguf)")
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address HOST:PORT")
 	f.IntVar(&o.parallel, "parallel", 4, "sequences decoded together (concurrent requests served at once)")
@@ -196,9 +199,28 @@ func applySettings(cmd *cobra.Command, configPath string, lookupEnv func(string)
 }
 
 func runServe(ctx context.Context, o serveOptions) error {
-	if o.model == "" {
+	if len(o.models) == 0 {
 		return errors.New("--model is required (a GGUF file; `finserve model gen --preset tiny --out demo.gguf` makes one)")
 	}
+	var specs []modelSpec
+	for _, m := range o.models {
+		ms, err := parseModelSpec(m)
+		if err != nil {
+			return err
+		}
+		specs = append(specs, ms)
+	}
+	// One model without settings of its own is served as ever: a load
+	// failure stops the process. Several go through the registry.
+	fleet := len(specs) > 1 || specs[0].hasModelOptions
+	if fleet && o.modelID != "" {
+		return errors.New("--model-id names the one model; with several (or per-model settings) give each its id as --model ID=PATH")
+	}
+	memBudget, err := parseBytes(o.memoryBudget)
+	if err != nil {
+		return fmt.Errorf("--memory-budget: %w", err)
+	}
+	model := specs[0].path
 	fa, err := parseFlashAttention(o.flashAttn)
 	if err != nil {
 		return err
@@ -209,7 +231,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	id := o.modelID
 	if id == "" {
-		id = strings.TrimSuffix(filepath.Base(o.model), ".gguf")
+		id = strings.TrimSuffix(filepath.Base(model), ".gguf")
 	}
 	policies, tierLimits, err := tiers(o.tierSpecs)
 	if err != nil {
@@ -315,7 +337,15 @@ func runServe(ctx context.Context, o serveOptions) error {
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
 	go rl.run(reloadCtx)
-	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", o.model)
+	log.Info("listening; loading model", "addr", ln.Addr().String(), "model", model)
+	if fleet {
+		return runFleet(ctx, o, specs, memBudget, srv, served, log, engine.Options{
+			Threads: o.threads, ThreadsBatch: o.threadsBatch, UnifiedKV: o.unifiedKV, UBatch: o.ubatch,
+			FlashAttention: fa, MaxQueue: o.maxQueue, Logger: log,
+			CacheTypeK: o.gpu.cacheK, CacheTypeV: o.gpu.cacheV,
+			Tiers: policies, Aging: aging,
+		})
+	}
 
 	var last int
 	mo.Progress = func(p float32) {
@@ -325,7 +355,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 			sdNotify(log, fmt.Sprintf("STATUS=loading model: %d%%", pct))
 		}
 	}
-	m, err := engine.LoadModel(ctx, o.model, mo)
+	m, err := engine.LoadModel(ctx, model, mo)
 	if err != nil {
 		shutdown(srv, time.Second)
 		return err // LoadModel's errors name the model and what failed

@@ -31,7 +31,7 @@ func TestServeSettingsPrecedence(t *testing.T) {
 		want func(t *testing.T, got map[string]string)
 	}{
 		{"file only", nil, nil, func(t *testing.T, got map[string]string) {
-			expect(t, got, "model", "/models/file.gguf")
+			expect(t, got, "model", "[/models/file.gguf]") // --model is repeatable
 			expect(t, got, "model-id", "from-file")
 			expect(t, got, "parallel", "3")
 			expect(t, got, "api-key", "[a,b]")
