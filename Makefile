@@ -149,6 +149,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./cmd/finserve -run '^$$' -fuzz FuzzParseBytes -fuzztime $(FUZZTIME)
 	$(GO) test ./cmd/finserve -run '^$$' -fuzz FuzzCgroupCPULimit -fuzztime $(FUZZTIME)
 	$(GO) test ./gbnf -run '^$$' -fuzz FuzzFromSchema -fuzztime $(FUZZTIME)
+	$(GO) test ./chattemplate -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzAuthHeaders -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzAMLHandler -fuzztime $(FUZZTIME) -fuzzminimizetime 10x
 

@@ -131,6 +131,10 @@ type GenOptions struct {
 	Preset Preset
 	Type   TensorType // f32, f16 or q8_0 for the weight matrices
 	Seed   uint64
+	// ChatTemplate, if set, is written as tokenizer.chat_template instead
+	// of ChatML (a family's template, to test its rendering and tool
+	// syntax on a generated model).
+	ChatTemplate string
 	// Pooling, if set, makes an embedding model of the preset's shape
 	// (mean, cls or last pooling), in the qwen3 architecture.
 	Pooling string
@@ -237,7 +241,7 @@ func WriteModel(ctx context.Context, w io.Writer, opts GenOptions, vocab *Vocab)
 	}...)
 	if p.Pooling == "" {
 		// An embedding model has no chat.
-		kvs = append(kvs, KV{"tokenizer.chat_template", ChatMLTemplate})
+		kvs = append(kvs, KV{"tokenizer.chat_template", cmp.Or(opts.ChatTemplate, ChatMLTemplate)})
 	}
 	infos := p.tensors(opts.Type)
 	srcs := make([]TensorSource, len(infos))

@@ -194,7 +194,9 @@ func FuzzChatContent(f *testing.F) {
 				checkAPIError(t, apiErr)
 				continue
 			}
-			ref, apiErr := s.renderChat(b, []engine.Message{{Role: "system", Content: "x"}, {Role: role, Content: "x"}})
+			ref, apiErr := renderTokens(b, func(cs []string) (string, error) {
+				return b.model.ApplyChatTemplate("", []engine.Message{{Role: "system", Content: cs[0]}, {Role: role, Content: cs[1]}}, true)
+			}, []string{"x", "x"})
 			if apiErr != nil {
 				t.Fatal(apiErr)
 			}

@@ -44,11 +44,28 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	fam := (*toolFamily)(nil)
+	if v.tools != nil {
+		if fam = s.toolFamily(b); fam != nil {
+			// the model's own syntax: its grammar when a call is required,
+			// none when it may answer in text
+			v.tools.fam = fam
+			v.req.Sampling.Grammar = ""
+			if v.tools.required {
+				v.req.Sampling.Grammar = v.tools.nativeGrammar(fam)
+			}
+		}
+	}
 	if apiErr := v.checkGrammar(b.model); apiErr != nil {
 		release()
 		return apiErr
 	}
-	prompt, apiErr := s.chatPrompt(b, v.messages)
+	var prompt []engine.Token
+	if fam != nil {
+		prompt, apiErr = s.nativePrompt(b, fam, v)
+	} else {
+		prompt, apiErr = s.chatPrompt(b, v.messages)
+	}
 	if apiErr != nil {
 		release()
 		return apiErr
@@ -551,7 +568,7 @@ func (j *job) response() any {
 			FinishReason: finishReason(ch.final)}
 		if j.tools != nil {
 			var finish *string
-			choice.Message.Content, choice.Message.ToolCalls, finish = toolAnswer(text)
+			choice.Message.Content, choice.Message.ToolCalls, finish = j.toolAnswer(text)
 			choice.FinishReason = cmp.Or(finish, choice.FinishReason)
 		}
 		if j.p.req.Logprobs {
@@ -708,6 +725,11 @@ var finishToolCalls = "tool_calls"
 // id, name and whole arguments) and the finish reason. An answer cut
 // short of valid JSON (max_tokens, a stop string) goes out as it is.
 func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.Event) bool {
+	if j.tools.fam != nil {
+		// the model's own syntax: its text is known to be content only
+		// once the answer is whole
+		ev.Text = ""
+	}
 	if text := ch.reply.feed(ev.Text); text != "" {
 		if !send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: &text}})) {
 			return false
@@ -718,7 +740,7 @@ func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.E
 	}
 	finish := j.finishChunk(i, ev).(ChatResponse)
 	if !ch.reply.streaming() {
-		content, calls, reason := toolAnswer(ch.text.String())
+		content, calls, reason := j.toolAnswer(ch.text.String())
 		for k := range calls {
 			calls[k].Index = &k
 		}
@@ -733,8 +755,8 @@ func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.E
 // toolAnswer is what a client sees of a whole tool-using answer: its
 // content, or its calls and the finish reason tool_calls (nil: the
 // engine's reason stands).
-func toolAnswer(text string) (content *string, calls []ToolCall, finish *string) {
-	c, calls, _ := parseReply(text)
+func (j *job) toolAnswer(text string) (content *string, calls []ToolCall, finish *string) {
+	c, calls, _ := j.tools.answer(text)
 	if len(calls) > 0 {
 		return nil, calls, &finishToolCalls
 	}

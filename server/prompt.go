@@ -25,35 +25,55 @@ import (
 // tokens, and with SentencePiece vocabularies it adds a space to every
 // message.)
 func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, *APIError) {
+	contents := make([]string, len(msgs))
+	for i, m := range msgs {
+		contents[i] = m.Content
+	}
+	return s.promptOf(b, contents, nil, func(cs []string) (string, error) {
+		out := make([]engine.Message, len(msgs))
+		for i, m := range msgs {
+			out[i] = engine.Message{Role: m.Role, Content: cs[i]}
+		}
+		return b.model.ApplyChatTemplate(s.cfg.ChatTemplate, out, true)
+	})
+}
+
+// promptOf is chatPrompt's work for any renderer: render(contents) is the
+// conversation with those message contents; extra is other client text
+// the template writes in (tool call arguments), checked as contents are.
+func (s *Server) promptOf(b *backend, contents, extra []string, render func([]string) (string, error)) ([]engine.Token, *APIError) {
 	n := 0
-	for _, m := range msgs {
-		n += len(m.Content)
+	for _, c := range append(slices.Clone(contents), extra...) {
+		n += len(c)
 	}
 	if err := b.boundBytes(n, "messages"); err != nil {
 		return nil, err
 	}
-	for i, m := range msgs {
-		toks, err := b.model.Tokenize(m.Content, false, true)
+	for i, c := range append(slices.Clone(contents), extra...) {
+		param := "messages[" + strconv.Itoa(i) + "].content"
+		if i >= len(contents) {
+			param = "messages"
+		}
+		toks, err := b.model.Tokenize(c, false, true)
 		if err != nil {
-			return nil, badRequest("messages["+strconv.Itoa(i)+"].content", "%s", err.Error())
+			return nil, badRequest(param, "%s", err.Error())
 		}
 		for _, t := range toks {
 			if b.model.IsMarker(t) {
-				return nil, badRequest("messages["+strconv.Itoa(i)+"].content",
-					"messages[%d].content contains the model's special token %q; special tokens are not allowed in message content",
-					i, b.model.Piece(t))
+				return nil, badRequest(param, "%s contains the model's special token %q; special tokens are not allowed in message content",
+					param, b.model.Piece(t))
 			}
 		}
 	}
-	toks, apiErr := s.renderChat(b, msgs)
+	toks, apiErr := renderTokens(b, render, contents)
 	if apiErr != nil {
 		return nil, apiErr
 	}
-	empty := make([]engine.Message, len(msgs))
-	for i, m := range msgs {
-		empty[i] = engine.Message{Role: m.Role, Content: "x"}
+	empty := make([]string, len(contents))
+	for i := range empty {
+		empty[i] = "x"
 	}
-	skeleton, apiErr := s.renderChat(b, empty)
+	skeleton, apiErr := renderTokens(b, render, empty)
 	if apiErr != nil {
 		return nil, apiErr
 	}
@@ -63,8 +83,8 @@ func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, 
 	return toks, nil
 }
 
-func (s *Server) renderChat(b *backend, msgs []engine.Message) ([]engine.Token, *APIError) {
-	text, err := b.model.ApplyChatTemplate(s.cfg.ChatTemplate, msgs, true)
+func renderTokens(b *backend, render func([]string) (string, error), contents []string) ([]engine.Token, *APIError) {
+	text, err := render(contents)
 	if err != nil {
 		if errors.Is(err, engine.ErrNoChatTemplate) {
 			return nil, &APIError{Status: 400, Type: "invalid_request_error", Code: "no_chat_template",

@@ -157,6 +157,7 @@ type backend struct {
 	id      string
 	created int64
 	sha256  func() (string, error) // of the model file, computed once
+	native  nativeTools            // the model's own tool syntax, if known
 }
 
 // Server is the HTTP front. Create it with New, start it with Serve, and

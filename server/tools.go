@@ -9,9 +9,8 @@ package server
 // history in OpenAI's shape (assistant tool_calls, tool results) is
 // written back into that same JSON, so the model sees one format.
 //
-// Not yet: a family's own syntax rendered by its Jinja template (Hermes,
-// Llama 3.x, Mistral, gpt-oss), which native tool-trained models follow
-// more faithfully than a described format.
+// Models whose own template renders tools in a syntax finserve knows
+// (Hermes/Qwen, Llama 3.x) use that instead: native.go.
 
 import (
 	"bytes"
@@ -73,6 +72,23 @@ type toolPlan struct {
 	required bool   // the answer must call a tool (required, or one named)
 	system   string // the tools described, for the system message
 	grammar  string
+	// For the model's own syntax (native.go): each callable tool's name
+	// (a JSON string) and arguments grammar, built in b; and the family,
+	// once the model is known to have one.
+	calls    []callRule
+	parallel bool
+	b        *gbnf.Builder
+	fam      *toolFamily
+}
+
+type callRule struct{ name, args string }
+
+// answer reads a whole tool-using answer.
+func (p *toolPlan) answer(text string) (content string, calls []ToolCall, ok bool) {
+	if p.fam != nil {
+		return p.fam.parse(text)
+	}
+	return parseReply(text)
 }
 
 var toolNameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
@@ -115,6 +131,7 @@ func toolsOf(r *ChatRequest) (*toolPlan, *APIError) {
 	parallel := r.ParallelToolCalls == nil || *r.ParallelToolCalls
 	b := gbnf.NewBuilder()
 	var calls []string
+	var rules []callRule
 	var listed bytes.Buffer
 	for i, t := range r.Tools {
 		if named != "" && t.Function.Name != named {
@@ -140,6 +157,7 @@ func toolsOf(r *ChatRequest) (*toolPlan, *APIError) {
 		}
 		name, _ := json.Marshal(t.Function.Name)
 		calls = append(calls, gbnf.Literal(`{"name":`+string(name)+`,"arguments":`)+" "+args+" "+gbnf.Literal("}"))
+		rules = append(rules, callRule{string(name), args})
 		line := promptJSON(struct {
 			Name        string          `json:"name"`
 			Description string          `json:"description,omitempty"`
@@ -154,7 +172,7 @@ func toolsOf(r *ChatRequest) (*toolPlan, *APIError) {
 		more = fmt.Sprintf(" ( %s %s ){0,%d}", gbnf.Literal(","), call, maxParallelCalls-1)
 	}
 	callsExpr := gbnf.Literal(`{"tool_calls":[`) + " " + call + more + " " + gbnf.Literal("]}")
-	plan := &toolPlan{required: choice == "required" || named != ""}
+	plan := &toolPlan{required: choice == "required" || named != "", calls: rules, parallel: parallel, b: b}
 	var how string
 	switch {
 	case named != "":

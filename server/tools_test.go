@@ -162,7 +162,13 @@ var bankTools = map[string]string{
 // within the limit.
 func TestToolRoundTrip(t *testing.T) {
 	ts := startServer(t, Config{}, engine.Options{Parallel: 2, Context: 1024})
-	client := ts.client()
+	toolRoundTrip(t, ts.client(), "tiny")
+}
+
+// toolRoundTrip drives tool calls on model through the SDK: required and
+// named calls whose arguments validate, the result sent back and a text
+// answer, auto; streamed and not.
+func toolRoundTrip(t *testing.T, client *openai.Client, model string) {
 	validators := map[string]*jsonschema.Schema{}
 	var tools []openai.ChatCompletionToolUnionParam
 	for _, name := range []string{"get_balance", "list_transactions"} {
@@ -240,6 +246,7 @@ func TestToolRoundTrip(t *testing.T) {
 		t.Run(fmt.Sprintf("stream=%v", stream), func(t *testing.T) {
 			for seed := range 2 {
 				params := chatParams(200, question)
+				params.Model = model
 				params.Temperature, params.Seed = openai.Float(1), openai.Int(int64(seed))
 				params.Tools = tools
 				params.ToolChoice = openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("required")}
@@ -263,6 +270,7 @@ func TestToolRoundTrip(t *testing.T) {
 			}
 
 			named := chatParams(200, question)
+			named.Model = model
 			named.Tools = tools
 			named.ToolChoice = openai.ChatCompletionToolChoiceOptionUnionParam{OfFunctionToolChoice: &openai.ChatCompletionNamedToolChoiceParam{
 				Function: openai.ChatCompletionNamedToolChoiceFunctionParam{Name: "list_transactions"}}}
@@ -275,6 +283,7 @@ func TestToolRoundTrip(t *testing.T) {
 			}
 
 			auto := chatParams(40, question)
+			auto.Model = model
 			auto.Tools = tools
 			auto.Temperature, auto.Seed = openai.Float(1), openai.Int(3)
 			msg, finish = ask(t, stream, auto)

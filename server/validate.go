@@ -9,6 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/finserve/finserve/chattemplate"
 	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/gbnf"
 )
@@ -153,6 +154,10 @@ type chatRequest struct {
 	genParams
 	messages []engine.Message
 	tools    *toolPlan // nil: the answer is free text
+	// native and toolDefs are the conversation and tools as OpenAI sent
+	// them, for a model whose own template renders tools (native.go).
+	native   []chattemplate.Message
+	toolDefs []chattemplate.Tool
 }
 
 func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *APIError) {
@@ -266,6 +271,18 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 			return nil, badRequest(param+".tool_calls", "only assistant messages have tool_calls")
 		}
 		content := m.Content.Text
+		nm := chattemplate.Message{Role: role, Content: content, ToolCallID: m.ToolCallID}
+		for _, c := range m.ToolCalls {
+			args := json.RawMessage(c.Function.Arguments)
+			if !json.Valid(args) {
+				args = promptJSON(c.Function.Arguments) // kept as a JSON string
+			}
+			nm.ToolCalls = append(nm.ToolCalls, chattemplate.ToolCall{ID: c.ID, Name: c.Function.Name, Arguments: args})
+		}
+		if role == "tool" {
+			nm.Name = called[m.ToolCallID]
+		}
+		out.native = append(out.native, nm)
 		switch {
 		case role == "tool":
 			name, ok := called[m.ToolCallID]
@@ -300,6 +317,10 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 	flush()
 	if tools != nil {
 		out.messages = withToolsSystem(out.messages, tools.system)
+		for _, t := range r.Tools {
+			out.toolDefs = append(out.toolDefs, chattemplate.Tool{Name: t.Function.Name, Description: t.Function.Description,
+				Parameters: t.Function.Parameters})
+		}
 	}
 	return out, nil
 }

@@ -27,8 +27,8 @@ func newModelCmd() *cobra.Command {
 
 func newModelGenCmd() *cobra.Command {
 	var (
-		preset, typ, out, pooling string
-		seed                      uint64
+		preset, typ, out, pooling, template string
+		seed                                uint64
 	)
 	cmd := &cobra.Command{
 		Use:     "gen",
@@ -59,11 +59,19 @@ models to test and measure, not to chat or search.`,
 			if out == "" {
 				return fmt.Errorf("--out is required")
 			}
+			var chatTemplate string
+			if template != "" {
+				b, err := os.ReadFile(template)
+				if err != nil {
+					return fmt.Errorf("--chat-template: %w", err)
+				}
+				chatTemplate = string(b)
+			}
 			w := cmd.ErrOrStderr()
 			start := time.Now()
 			last := time.Time{}
 			err = models.Generate(cmd.Context(), out, models.GenOptions{
-				Preset: p, Type: t, Seed: seed, Pooling: pooling,
+				Preset: p, Type: t, Seed: seed, Pooling: pooling, ChatTemplate: chatTemplate,
 				Progress: func(done, total int64) {
 					if time.Since(last) > 500*time.Millisecond || done == total {
 						last = time.Now()
@@ -83,6 +91,7 @@ models to test and measure, not to chat or search.`,
 	cmd.Flags().StringVar(&typ, "type", "f32", "weight type: f32, f16 or q8_0 (norms stay f32)")
 	cmd.Flags().StringVar(&out, "out", "", "output path (written atomically)")
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "random seed; the same seed gives the same weights in every type")
+	cmd.Flags().StringVar(&template, "chat-template", "", "a file whose Jinja chat template the model carries instead of ChatML (a family's, to test its rendering and tool syntax)")
 	cmd.Flags().StringVar(&pooling, "pooling", "", "make an embedding model of the preset's shape pooling mean, cls or last (the qwen3 architecture)")
 	return cmd
 }

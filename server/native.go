@@ -1,0 +1,199 @@
+package server
+
+// Native tool calling: when the model's own chat template describes tools
+// in a syntax finserve knows, the tools and the conversation's calls and
+// results are rendered by that template (package chattemplate, a Jinja
+// engine) and the model answers in its family's syntax, which it was
+// trained on; a grammar holds it to that syntax when a call is required.
+// Other templates keep the generic format of tools.go.
+//
+// Families (the syntax of their templates, as of 2026-12-01):
+//   - hermes: Qwen 2.5/3 and Hermes models, <tool_call>{"name": ...,
+//     "arguments": ...}</tool_call>, several in one answer;
+//   - llama3: Llama 3.1-3.3, one {"name": ..., "parameters": ...} object
+//     as the whole answer.
+// Mistral's [TOOL_CALLS] and gpt-oss's channels are control tokens, which
+// generated text does not carry: those templates keep the generic format.
+
+import (
+	"bytes"
+	"encoding/json"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/finserve/finserve/chattemplate"
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/gbnf"
+)
+
+// toolFamily is a model family's tool-call syntax.
+type toolFamily struct {
+	name string
+	tmpl *chattemplate.Template
+	// call is the grammar of one call of the tool named name (a JSON
+	// string) with arguments args (a grammar expression).
+	call func(name, args string) string
+	// sep joins parallel calls ("" : one call an answer).
+	sep string
+	// parse reads an answer: its calls, and the text around them.
+	parse func(text string) (content string, calls []ToolCall, ok bool)
+}
+
+var hermesCall = regexp.MustCompile(`(?s)<tool_call>\s*(.*?)\s*</tool_call>`)
+
+var families = []struct {
+	name   string
+	detect func(src string) bool
+	fam    toolFamily
+}{
+	{"hermes", func(src string) bool { return strings.Contains(src, "<tool_call>") && strings.Contains(src, "tools") }, toolFamily{
+		call: func(name, args string) string {
+			return gbnf.Literal("<tool_call>\n{\"name\": "+name+", \"arguments\": ") + " " + args + " " + gbnf.Literal("}\n</tool_call>")
+		},
+		sep: "\n",
+		parse: func(text string) (string, []ToolCall, bool) {
+			var calls []ToolCall
+			for _, m := range hermesCall.FindAllStringSubmatch(text, -1) {
+				c, ok := callOf(m[1], "arguments")
+				if !ok {
+					return text, nil, false
+				}
+				calls = append(calls, c)
+			}
+			if len(calls) == 0 {
+				return text, nil, false
+			}
+			return strings.TrimSpace(hermesCall.ReplaceAllString(text, "")), calls, true
+		},
+	}},
+	{"llama3", func(src string) bool {
+		return strings.Contains(src, "<|start_header_id|>") && strings.Contains(src, `"parameters": dictionary of argument name and its value`)
+	}, toolFamily{
+		call: func(name, args string) string {
+			return gbnf.Literal("{\"name\": "+name+", \"parameters\": ") + " " + args + " " + gbnf.Literal("}")
+		},
+		parse: func(text string) (string, []ToolCall, bool) {
+			s := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(text), "<|python_tag|>"))
+			c, ok := callOf(s, "parameters")
+			if !ok {
+				return text, nil, false
+			}
+			return "", []ToolCall{c}, true
+		},
+	}},
+}
+
+// callOf reads one call object: {"name": N, argsKey: A}, A an object (or
+// a JSON string holding one).
+func callOf(s, argsKey string) (ToolCall, bool) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(s), &obj) != nil {
+		return ToolCall{}, false
+	}
+	var name string
+	if json.Unmarshal(obj["name"], &name) != nil || !toolNameRE.MatchString(name) {
+		return ToolCall{}, false
+	}
+	args := bytes.TrimSpace(obj[argsKey])
+	if len(args) > 0 && args[0] == '"' {
+		var inner string
+		_ = json.Unmarshal(args, &inner)
+		args = []byte(inner)
+	}
+	if len(args) == 0 {
+		args = []byte("{}")
+	}
+	if !json.Valid(args) {
+		return ToolCall{}, false
+	}
+	return ToolCall{ID: callID(), Type: "function", Function: ToolCallFunction{Name: name, Arguments: string(compactJSON(args))}}, true
+}
+
+// nativeTools is a backend's tool family, found once from its own
+// template (nil: the generic format).
+type nativeTools struct {
+	once sync.Once
+	fam  *toolFamily
+}
+
+// toolFamily is b's family when the server renders with the model's own
+// template (no --chat-template).
+func (s *Server) toolFamily(b *backend) *toolFamily {
+	if s.cfg.ChatTemplate != "" {
+		return nil
+	}
+	b.native.once.Do(func() {
+		src := b.model.Info().ChatTemplate
+		for _, f := range families {
+			if !f.detect(src) {
+				continue
+			}
+			t, err := chattemplate.Compile(src)
+			if err != nil {
+				s.log.Warn("the model's chat template does not compile; tools use the generic format", "model", b.id, "err", err)
+				return
+			}
+			fam := f.fam
+			fam.name, fam.tmpl = f.name, t
+			b.native.fam = &fam
+			s.log.Info("tool calls in the model's own syntax", "model", b.id, "family", f.name)
+			return
+		}
+	})
+	return b.native.fam
+}
+
+// nativeGrammar is the grammar of an answer of calls in fam's syntax:
+// one call, or with parallel calls up to maxParallelCalls.
+func (p *toolPlan) nativeGrammar(fam *toolFamily) string {
+	var alts []string
+	for _, c := range p.calls {
+		alts = append(alts, fam.call(c.name, c.args))
+	}
+	call := "(" + strings.Join(alts, " | ") + ")"
+	root := call
+	if p.parallel && fam.sep != "" {
+		root = call + " (" + gbnf.Literal(fam.sep) + " " + call + "){0," + strconv.Itoa(maxParallelCalls-1) + "}"
+	}
+	return p.b.Grammar(root)
+}
+
+// nativePrompt renders the conversation with the model's own template and
+// tokenizes it, with chatPrompt's checks against forged markers.
+func (s *Server) nativePrompt(b *backend, fam *toolFamily, v *chatRequest) ([]engine.Token, *APIError) {
+	info := b.model.Info()
+	bos, eos := "", ""
+	if info.BOS >= 0 {
+		bos = string(b.model.Piece(info.BOS))
+	}
+	if info.EOS >= 0 {
+		eos = string(b.model.Piece(info.EOS))
+	}
+	render := func(contents []string) (string, error) {
+		msgs := append([]chattemplate.Message(nil), v.native...)
+		for i := range msgs {
+			msgs[i].Content = contents[i]
+		}
+		text, err := fam.tmpl.Render(chattemplate.Input{Messages: msgs, Tools: v.toolDefs, AddGenerationPrompt: true, BOS: bos, EOS: eos})
+		if err != nil {
+			return "", err
+		}
+		// The tokenizer adds BOS itself, as llama.cpp's own rendering
+		// assumes: a template that writes it would double it.
+		if info.AddBOS && bos != "" {
+			text = strings.TrimPrefix(text, bos)
+		}
+		return text, nil
+	}
+	contents := make([]string, len(v.native))
+	var extra []string // tool call arguments: the model reads them too
+	for i, m := range v.native {
+		contents[i] = m.Content
+		for _, c := range m.ToolCalls {
+			extra = append(extra, string(c.Arguments))
+		}
+	}
+	return s.promptOf(b, contents, extra, render)
+}

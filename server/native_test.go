@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"testing"
+
+	"github.com/finserve/finserve/chattemplate"
+	"github.com/finserve/finserve/engine"
+	"github.com/finserve/finserve/models"
+)
+
+// jinjaTemplate reads a model family's chat template from the jinja
+// module's testdata in the module cache (chattemplate's tests read the
+// same files; see chattemplate/testdata/SOURCES.md).
+func jinjaTemplate(t *testing.T, name string) string {
+	t.Helper()
+	version := ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/ardanlabs/jinja" {
+				version = d.Version
+			}
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil || version == "" {
+		t.Fatalf("locating the jinja module (version %q): %v", version, err)
+	}
+	b, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "github.com/ardanlabs/jinja@"+version, "testdata/templates", name+".jinja"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestNativeToolCalls: a generated model carrying Qwen3's or Llama 3.2's
+// own chat template gets its tools and tool history rendered by that
+// template, and answers calls in its family's syntax (<tool_call> blocks;
+// one {"name", "parameters"} object): the SDK's round trip, streamed and
+// not, required, named and auto, with arguments that validate.
+func TestNativeToolCalls(t *testing.T) {
+	for _, c := range []struct{ template, family string }{
+		{"Qwen3-8B-Q8_0", "hermes"},
+		{"Llama-3.2-1B-Instruct-GGUF", "llama3"},
+	} {
+		t.Run(c.family, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), c.family+".gguf")
+			src := jinjaTemplate(t, c.template)
+			if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0,
+				Seed: 11, ChatTemplate: src}); err != nil {
+				t.Fatal(err)
+			}
+			m, err := engine.LoadModel(context.Background(), path, engine.ModelOptions{DisableRepack: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(m.Close)
+			e, err := engine.New(m, engine.Options{Parallel: 2, Context: 2048, Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts := startLoading(t, Config{})
+			t.Cleanup(func() { e.Close() })
+			ts.srv.SetEngine(e, c.family)
+			b := ts.srv.backend.Load()
+			if fam := ts.srv.toolFamily(b); fam == nil || fam.name != c.family {
+				t.Fatalf("family %v, want %s", fam, c.family)
+			}
+			toolRoundTrip(t, ts.client(), c.family)
+
+			// The prompt is the template's own rendering of the tools and
+			// the history, tokenized as is.
+			tmpl, err := chattemplate.Compile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			params := `{"type":"object","properties":{"account":{"type":"string"}},"required":["account"]}`
+			body := `{"model":"` + c.family + `","max_tokens":4,"tools":[{"type":"function","function":{"name":"get_balance","parameters":` + params + `}}],
+				"messages":[{"role":"user","content":"Balance of A-1?"},
+				{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_balance","arguments":"{\"account\":\"A-1\"}"}}]},
+				{"role":"tool","tool_call_id":"call_1","content":"{\"balance\":1200}"}]}`
+			resp, out := ts.post(t, "/chat/completions", body)
+			var r ChatResponse
+			if resp.StatusCode != 200 || json.Unmarshal([]byte(out), &r) != nil {
+				t.Fatalf("%d %s", resp.StatusCode, out)
+			}
+			text, err := tmpl.Render(chattemplate.Input{AddGenerationPrompt: true, BOS: string(m.Piece(m.Info().BOS)), EOS: string(m.Piece(m.Info().EOS)),
+				Tools: []chattemplate.Tool{{Name: "get_balance", Parameters: json.RawMessage(params)}},
+				Messages: []chattemplate.Message{{Role: "user", Content: "Balance of A-1?"},
+					{Role: "assistant", ToolCalls: []chattemplate.ToolCall{{ID: "call_1", Name: "get_balance", Arguments: json.RawMessage(`{"account":"A-1"}`)}}},
+					{Role: "tool", ToolCallID: "call_1", Name: "get_balance", Content: `{"balance":1200}`}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			toks, err := m.Tokenize(strings.TrimPrefix(text, string(m.Piece(m.Info().BOS))), true, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Usage.PromptTokens != len(toks) {
+				t.Errorf("prompt of %d tokens, the template's rendering has %d", r.Usage.PromptTokens, len(toks))
+			}
+		})
+	}
+}
+
+// TestNativeParse: each family's answers as models write them.
+func TestNativeParse(t *testing.T) {
+	fam := map[string]toolFamily{}
+	for _, f := range families {
+		fam[f.name] = f.fam
+	}
+	for _, c := range []struct {
+		family, text, content string
+		calls                 []string // name(arguments)
+	}{
+		{"hermes", "<tool_call>\n{\"name\": \"get_balance\", \"arguments\": {\"account\": \"A-1\"}}\n</tool_call>", "", []string{`get_balance({"account":"A-1"})`}},
+		{"hermes", "Let me check.\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": \"{\\\"x\\\":1}\"}\n</tool_call>",
+			"Let me check.", []string{"a({})", `b({"x":1})`}},
+		{"hermes", "no call here", "no call here", nil},
+		{"hermes", "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\":</tool_call>", "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\":</tool_call>", nil},
+		{"llama3", "{\"name\": \"get_balance\", \"parameters\": {\"account\": \"A-1\"}}", "", []string{`get_balance({"account":"A-1"})`}},
+		{"llama3", "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}", "", []string{"f({})"}},
+		{"llama3", "The balance is 1,200 EUR.", "The balance is 1,200 EUR.", nil},
+		{"llama3", "{\"name\": \"bad name!\", \"parameters\": {}}", "{\"name\": \"bad name!\", \"parameters\": {}}", nil},
+	} {
+		content, calls, _ := fam[c.family].parse(c.text)
+		var got []string
+		for _, call := range calls {
+			got = append(got, call.Function.Name+"("+call.Function.Arguments+")")
+			if !strings.HasPrefix(call.ID, "call_") {
+				t.Errorf("%s: id %q", c.family, call.ID)
+			}
+		}
+		if content != c.content || strings.Join(got, " ") != strings.Join(c.calls, " ") {
+			t.Errorf("%s %q: content %q calls %v, want %q %v", c.family, c.text, content, got, c.content, c.calls)
+		}
+	}
+}
