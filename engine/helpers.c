@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <ggml-backend.h>
 #include <ggml-cpu.h>
 
@@ -21,16 +22,65 @@ static int32_t argmax(const float * x, int32_t n) {
     return best;
 }
 
+// fill_candidates makes cur every token with its logit.
+static void fill_candidates(llama_token_data_array * cur, llama_token_data * data, const float * logits, int32_t n_vocab) {
+    for (int32_t t = 0; t < n_vocab; t++) {
+        data[t].id = t;
+        data[t].logit = logits[t];
+        data[t].p = 0.0f;
+    }
+    cur->data = data;
+    cur->size = (size_t) n_vocab;
+    cur->selected = -1;
+    cur->sorted = false;
+}
+
+// sample_constrained is one token of chain under grammar (fs_sample_batch).
+static int32_t sample_constrained(struct llama_sampler * chain, struct llama_sampler * grammar,
+                                  const float * logits, int32_t n_vocab, llama_token_data * data) {
+    llama_token_data_array cur;
+    fill_candidates(&cur, data, logits, n_vocab);
+    llama_sampler_apply(chain, &cur);
+    if (cur.selected < 0 || cur.selected >= (int64_t) cur.size) {
+        return -1;
+    }
+    llama_token id = cur.data[cur.selected].id;
+    llama_token_data one = { id, 1.0f, 0.0f };
+    llama_token_data_array single = { &one, 1, -1, false };
+    llama_sampler_apply(grammar, &single);
+    if (single.data[0].logit == -INFINITY) {
+        // refused: the grammar over every candidate, then the chain
+        fill_candidates(&cur, data, logits, n_vocab);
+        llama_sampler_apply(grammar, &cur);
+        llama_sampler_apply(chain, &cur);
+        if (cur.selected < 0 || cur.selected >= (int64_t) cur.size || cur.data[cur.selected].logit == -INFINITY) {
+            return -1;
+        }
+        id = cur.data[cur.selected].id;
+    }
+    llama_sampler_accept(grammar, id);
+    llama_sampler_accept(chain, id);
+    return id;
+}
+
 void fs_sample_batch(struct llama_context * ctx, int32_t n_vocab, int32_t n,
-                     struct llama_sampler ** samplers, const int32_t * idxs, int32_t * out) {
+                     struct llama_sampler ** samplers, struct llama_sampler ** grammars,
+                     const int32_t * idxs, int32_t * out) {
+    llama_token_data * data = NULL;
     for (int32_t i = 0; i < n; i++) {
+        const float * logits = llama_get_logits_ith(ctx, idxs[i]);
         if (samplers[i] == NULL) {
-            const float * logits = llama_get_logits_ith(ctx, idxs[i]);
             out[i] = logits ? argmax(logits, n_vocab) : -1;
-        } else {
+        } else if (grammars[i] == NULL) {
             out[i] = llama_sampler_sample(samplers[i], ctx, idxs[i]);
+        } else {
+            if (data == NULL) {
+                data = malloc(sizeof(llama_token_data) * (size_t) n_vocab);
+            }
+            out[i] = (logits && data) ? sample_constrained(samplers[i], grammars[i], logits, n_vocab, data) : -1;
         }
     }
+    free(data);
 }
 
 // log_sum_exp is log(sum(exp(logits))), computed stably.

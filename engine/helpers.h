@@ -7,9 +7,16 @@
 
 // fs_sample_batch picks the next token for n outputs of the last decode.
 // A NULL sampler means greedy: the arg-max of the raw logits (lowest id on
-// ties, as llama.cpp's greedy sampler). Others run their llama.cpp chain.
+// ties, as llama.cpp's greedy sampler). Others run their llama.cpp chain;
+// grammars[i], when not NULL, constrains output i: the chain picks a
+// token, the grammar checks that one token, and only when it refuses is
+// every candidate run through the grammar and the chain picks again
+// (llama.cpp's common_sampler does the same: checking the whole
+// vocabulary against a grammar at every token costs more than the model's
+// step on a small model). Both samplers accept the token picked.
 void fs_sample_batch(struct llama_context * ctx, int32_t n_vocab, int32_t n,
-                     struct llama_sampler ** samplers, const int32_t * idxs, int32_t * out);
+                     struct llama_sampler ** samplers, struct llama_sampler ** grammars,
+                     const int32_t * idxs, int32_t * out);
 
 // fs_logprobs computes log-softmax statistics of one row of logits:
 // the log-probabilities of n_targets given tokens, and the top k tokens by

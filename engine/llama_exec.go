@@ -32,6 +32,7 @@ type llamaExec struct {
 
 	// C scratch for fs_sample_batch.
 	cSamplers []*C.struct_llama_sampler
+	cGrammars []*C.struct_llama_sampler
 	cIdx      []C.int32_t
 	cOut      []C.int32_t
 	cScratch  unsafe.Pointer
@@ -109,12 +110,14 @@ func newLlamaExec(e *Engine) (*llamaExec, error) {
 	}
 	x.cutFlag = (*C.int32_t)(C.calloc(1, 4))
 	C.fs_set_cut(ctx, x.cutFlag)
-	// One allocation for the sampling scratch: pointers, then two int32 arrays.
+	// One allocation for the sampling scratch: two pointer arrays, then two
+	// int32 arrays.
 	ptr := C.size_t(unsafe.Sizeof(uintptr(0)))
-	x.cScratch = C.malloc(C.size_t(n)*ptr + 2*C.size_t(n)*4)
+	x.cScratch = C.malloc(2*C.size_t(n)*ptr + 2*C.size_t(n)*4)
 	x.cSamplers = unsafe.Slice((**C.struct_llama_sampler)(x.cScratch), n)
-	x.cIdx = unsafe.Slice((*C.int32_t)(unsafe.Add(x.cScratch, n*int(ptr))), n)
-	x.cOut = unsafe.Slice((*C.int32_t)(unsafe.Add(x.cScratch, n*int(ptr)+4*n)), n)
+	x.cGrammars = unsafe.Slice((**C.struct_llama_sampler)(unsafe.Add(x.cScratch, n*int(ptr))), n)
+	x.cIdx = unsafe.Slice((*C.int32_t)(unsafe.Add(x.cScratch, 2*n*int(ptr))), n)
+	x.cOut = unsafe.Slice((*C.int32_t)(unsafe.Add(x.cScratch, 2*n*int(ptr)+4*n)), n)
 	return x, nil
 }
 
@@ -208,13 +211,14 @@ func (x *llamaExec) decode(b *batch) int {
 
 func (x *llamaExec) sample(samplers []sampler, rows []int32, out []Token) {
 	for i, s := range samplers {
-		x.cSamplers[i] = nil
+		x.cSamplers[i], x.cGrammars[i] = nil, nil
 		if s != nil {
-			x.cSamplers[i] = s.(*C.struct_llama_sampler)
+			ls := s.(*llamaSampler)
+			x.cSamplers[i], x.cGrammars[i] = ls.chain, ls.grammar
 		}
 		x.cIdx[i] = C.int32_t(rows[i])
 	}
-	C.fs_sample_batch(x.ctx, C.int32_t(x.nVocab), C.int32_t(len(rows)), &x.cSamplers[0], &x.cIdx[0], &x.cOut[0])
+	C.fs_sample_batch(x.ctx, C.int32_t(x.nVocab), C.int32_t(len(rows)), &x.cSamplers[0], &x.cGrammars[0], &x.cIdx[0], &x.cOut[0])
 	for i := range rows {
 		out[i] = Token(x.cOut[i])
 	}
@@ -261,12 +265,21 @@ func (x *llamaExec) embedding(slot int32, out []float32) bool {
 	return true
 }
 
+// llamaSampler is a generation's sampling state: a llama.cpp sampler
+// chain and, for a constrained one, its grammar, kept apart so that the
+// grammar checks the chain's pick before it is run over every token
+// (fs_sample_batch).
+type llamaSampler struct {
+	chain, grammar *C.struct_llama_sampler
+}
+
 func (x *llamaExec) newSampler(s *Sampling) sampler {
 	if s.greedy() {
 		return nil
 	}
 	m := x.m
 	chain := C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+	ls := &llamaSampler{chain: chain}
 	if s.Grammar != "" {
 		if n := len(m.neverUTF8); n > 0 {
 			// Bytes that are never UTF-8 out first: llama.cpp's grammar
@@ -279,11 +292,9 @@ func (x *llamaExec) newSampler(s *Sampling) sampler {
 			C.llama_sampler_chain_add(chain, C.llama_sampler_init_logit_bias(C.int32_t(x.nVocab), C.int32_t(n), bias))
 			C.free(unsafe.Pointer(bias)) // llama.cpp keeps its own copy
 		}
-		// Then the grammar, so that every later sampler sees only allowed
-		// tokens. It was parsed when the request was submitted.
-		if g := m.grammarSampler(s.Grammar); g != nil {
-			C.llama_sampler_chain_add(chain, g)
-		}
+		// The grammar apart (it was parsed when the request was
+		// submitted).
+		ls.grammar = m.grammarSampler(s.Grammar)
 	}
 	if s.penalized() {
 		rep := s.RepeatPenalty
@@ -295,7 +306,7 @@ func (x *llamaExec) newSampler(s *Sampling) sampler {
 	}
 	if s.Temperature == 0 {
 		C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
-		return chain
+		return ls
 	}
 	if s.TopK > 0 {
 		C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(C.int32_t(s.TopK)))
@@ -312,11 +323,16 @@ func (x *llamaExec) newSampler(s *Sampling) sampler {
 		seed = *s.Seed
 	}
 	C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(C.uint32_t(seed)))
-	return chain
+	return ls
 }
 
 func (x *llamaExec) freeSampler(s sampler) {
-	if s != nil {
-		C.llama_sampler_free(s.(*C.struct_llama_sampler))
+	if s == nil {
+		return
+	}
+	ls := s.(*llamaSampler)
+	C.llama_sampler_free(ls.chain)
+	if ls.grammar != nil {
+		C.llama_sampler_free(ls.grammar)
 	}
 }
