@@ -32,9 +32,11 @@ type Spec struct {
 	KeepAlive time.Duration
 	// Preload loads the model at start rather than on first use.
 	Preload bool
-	// Bytes is the memory the model takes loaded (weights, KV cache,
-	// buffers), counted against the budget.
-	Bytes int64
+	// Bytes is the host memory the model takes loaded (weights, KV cache,
+	// buffers), counted against Options.Budget; Devices what it takes on
+	// each GPU, by device name, counted against Options.DeviceBudgets.
+	Bytes   int64
+	Devices map[string]int64
 }
 
 // State is where a model is in its life.
@@ -90,8 +92,10 @@ func Load(ctx context.Context, s Spec, progress func(float32)) (*Instance, error
 // Options configure a Registry.
 type Options struct {
 	// Budget bounds the Bytes of the models loaded (and loading) at once;
-	// 0 for none.
-	Budget int64
+	// 0 for none. DeviceBudgets bounds their Devices bytes on each GPU
+	// (a device without a budget is not bounded).
+	Budget        int64
+	DeviceBudgets map[string]int64
 	// RetryFailed is how long a failed load is answered with its error
 	// before a request tries again (default 30 s).
 	RetryFailed time.Duration
@@ -187,6 +191,11 @@ func New(specs []Spec, o Options) (*Registry, error) {
 		case o.Budget > 0 && s.Bytes > o.Budget:
 			return nil, fmt.Errorf("registry: the model %s needs %d bytes, more than the whole memory budget of %d", s.ID, s.Bytes, o.Budget)
 		}
+		for d, n := range s.Devices {
+			if b, ok := o.DeviceBudgets[d]; ok && n > b {
+				return nil, fmt.Errorf("registry: the model %s needs %d bytes on %s, more than its whole budget of %d", s.ID, n, d, b)
+			}
+		}
 		e := &entry{spec: s, state: Unloaded}
 		r.entries = append(r.entries, e)
 		r.byID[s.ID] = e
@@ -203,7 +212,7 @@ func (r *Registry) Preload() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, e := range r.entries {
-		if (i == 0 || e.spec.Preload) && e.state == Unloaded && r.room(e.spec.Bytes) {
+		if (i == 0 || e.spec.Preload) && e.state == Unloaded && r.room(e.spec) {
 			r.startLoad(e)
 		}
 	}
@@ -273,7 +282,7 @@ func (r *Registry) Acquire(ctx context.Context, id string) (*Lease, error) {
 		case <-ctx.Done():
 			r.mu.Lock()
 			e.waiting--
-			waitedForRoom := e.state == Unloaded && r.opts.Budget > 0
+			waitedForRoom := e.state == Unloaded
 			r.mu.Unlock()
 			if waitedForRoom {
 				return nil, fmt.Errorf("%w: %w", ctx.Err(), &OverBudgetError{ID: id, Need: e.spec.Bytes, Budget: r.opts.Budget})
@@ -283,32 +292,62 @@ func (r *Registry) Acquire(ctx context.Context, id string) (*Lease, error) {
 	}
 }
 
-// used is the budget taken: models loaded, loading or unloading.
-func (r *Registry) used() int64 {
-	var n int64
+// used is the budget taken, on the host ("") and each device: by models
+// loaded or loading, and unless afterUnloads by those unloading.
+func (r *Registry) used(afterUnloads bool) map[string]int64 {
+	n := map[string]int64{}
 	for _, e := range r.entries {
-		if e.state == Ready || e.state == Loading || e.state == Unloading {
-			n += e.spec.Bytes
+		if e.state == Ready || e.state == Loading || e.state == Unloading && !afterUnloads {
+			n[""] += e.spec.Bytes
+			for d, b := range e.spec.Devices {
+				n[d] += b
+			}
 		}
 	}
 	return n
 }
 
-func (r *Registry) room(bytes int64) bool {
-	return r.opts.Budget <= 0 || r.used()+bytes <= r.opts.Budget
+// over lists where s does not fit beside the usage used: "" for the
+// host, else device names.
+func (r *Registry) over(s Spec, used map[string]int64) []string {
+	var out []string
+	if r.opts.Budget > 0 && used[""]+s.Bytes > r.opts.Budget {
+		out = append(out, "")
+	}
+	for d, b := range s.Devices {
+		if budget, ok := r.opts.DeviceBudgets[d]; ok && used[d]+b > budget {
+			out = append(out, d)
+		}
+	}
+	return out
 }
+
+// fits says whether s fits beside the usage used.
+func (r *Registry) fits(s Spec, used map[string]int64) bool { return len(r.over(s, used)) == 0 }
+
+func (r *Registry) room(s Spec) bool { return r.fits(s, r.used(false)) }
 
 // makeRoom unloads idle models, least recently used first, until e will
 // fit the budget; it reports whether e fits now. Unloads free their share
 // when they end (a state change), and e is tried again then.
 func (r *Registry) makeRoom(e *entry) bool {
-	if r.room(e.spec.Bytes) {
+	if r.room(e.spec) {
 		return true
 	}
-	for r.opts.Budget > 0 && r.usedAfterUnloads()+e.spec.Bytes > r.opts.Budget {
+	for {
+		over := r.over(e.spec, r.used(true))
+		if len(over) == 0 {
+			break
+		}
+		// the least recently used idle model that frees memory where
+		// it is short
 		var victim *entry
 		for _, o := range r.entries {
-			if o != e && o.state == Ready && o.active == 0 && o.waiting == 0 && (victim == nil || o.lastUsed.Before(victim.lastUsed)) {
+			frees := false
+			for _, where := range over {
+				frees = frees || where == "" && o.spec.Bytes > 0 || o.spec.Devices[where] > 0
+			}
+			if frees && o != e && o.state == Ready && o.active == 0 && o.waiting == 0 && (victim == nil || o.lastUsed.Before(victim.lastUsed)) {
 				victim = o
 			}
 		}
@@ -316,21 +355,10 @@ func (r *Registry) makeRoom(e *entry) bool {
 			return false
 		}
 		r.log.Info("unloading model for another under the memory budget", "model", victim.spec.ID, "for", e.spec.ID,
-			"budget", r.opts.Budget, "used", r.used(), "need", e.spec.Bytes)
+			"budget", r.opts.Budget, "used", r.used(false)[""], "need", e.spec.Bytes)
 		r.startUnload(victim)
 	}
 	return false
-}
-
-// usedAfterUnloads is the budget taken once the unloads under way end.
-func (r *Registry) usedAfterUnloads() int64 {
-	var n int64
-	for _, e := range r.entries {
-		if e.state == Ready || e.state == Loading {
-			n += e.spec.Bytes
-		}
-	}
-	return n
 }
 
 // startLoad loads e in a goroutine.

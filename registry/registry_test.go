@@ -198,6 +198,30 @@ func TestBudgetWaitsForRelease(t *testing.T) {
 	}
 }
 
+// TestDeviceBudgets: each GPU's budget is kept apart from the host's:
+// two models on different GPUs load side by side, a third on a full GPU
+// unloads the idle model on that GPU, not the other.
+func TestDeviceBudgets(t *testing.T) {
+	a, b, c := spec("a"), spec("b"), spec("c")
+	a.Devices = map[string]int64{"CUDA0": 60}
+	b.Devices = map[string]int64{"CUDA1": 60}
+	c.Devices = map[string]int64{"CUDA0": 50, "CUDA1": 10}
+	r, _ := newRegistry(t, []Spec{a, b, c}, Options{Budget: 1000, DeviceBudgets: map[string]int64{"CUDA0": 100, "CUDA1": 80}})
+	use(t, r, "b")
+	use(t, r, "a")
+	use(t, r, "c") // CUDA0: a 60 + c 50 > 100: a goes, though b was used before it
+	settle(r)
+	want := map[string]State{"a": Unloaded, "b": Ready, "c": Ready}
+	if got := states(r); !mapsEqual(got, want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	big := spec("big")
+	big.Devices = map[string]int64{"CUDA1": 81}
+	if _, err := New([]Spec{big}, Options{DeviceBudgets: map[string]int64{"CUDA1": 80}}); err == nil {
+		t.Error("a model bigger than a GPU's whole budget was accepted")
+	}
+}
+
 // TestKeepAlive: an idle model unloads when its keep-alive fires, unless
 // it was used again since; a negative keep-alive unloads on release; 0
 // keeps it.

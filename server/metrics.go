@@ -106,7 +106,7 @@ func newMetrics(s *Server) *metrics {
 	m.amlSeconds = byTier("aml_decision_seconds", "Time from an AML request's arrival to its decision, audit record included, by tier.", requestBuckets)
 	m.amlEvaluated = counter("aml_evaluated_tokens_total", "Tokens the model computed for AML attribution (each shared token once).")
 	m.amlPromptTk = counter("aml_coalition_prompt_tokens_total", "Tokens of all AML coalition prompts: what scoring each on its own would compute.")
-	m.reg.MustRegister(engineCollector{s})
+	m.reg.MustRegister(engineCollector{s}, fleetCollector{s})
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	m.handler = adaptor.HTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
@@ -190,6 +190,36 @@ const cacheBlockSize = 16
 
 // engineCollector reports the engine's state at scrape time.
 type engineCollector struct{ s *Server }
+
+// fleetCollector reports each model of a server of several (SetModels):
+// its state, memory counted against the budget, and requests using it.
+// The engine metrics above are the default model's, under the names
+// vLLM's exporters use, which routers read one series each of.
+type fleetCollector struct{ s *Server }
+
+var (
+	descModelState  = prometheus.NewDesc("finserve_model_state", "1 for each served model's current state: unloaded, loading, ready, unloading or failed.", []string{"model", "state"}, nil)
+	descModelMemory = prometheus.NewDesc("finserve_model_memory_bytes", "Memory a model is counted for against --memory-budget (its estimate or memory=).", []string{"model"}, nil)
+	descModelActive = prometheus.NewDesc("finserve_model_active_requests", "Requests using a model now (it is not unloaded while any does).", []string{"model"}, nil)
+)
+
+func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descModelState
+	ch <- descModelMemory
+	ch <- descModelActive
+}
+
+func (f fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	reg := f.s.fleet.Load()
+	if reg == nil {
+		return
+	}
+	for _, st := range reg.Status() {
+		ch <- prometheus.MustNewConstMetric(descModelState, prometheus.GaugeValue, 1, st.ID, string(st.State))
+		ch <- prometheus.MustNewConstMetric(descModelMemory, prometheus.GaugeValue, float64(st.Bytes), st.ID)
+		ch <- prometheus.MustNewConstMetric(descModelActive, prometheus.GaugeValue, float64(st.Active), st.ID)
+	}
+}
 
 var (
 	descRunning = prometheus.NewDesc("finserve_num_requests_running", "Requests holding a sequence slot.", nil, nil)

@@ -137,6 +137,13 @@ func TestSeveralModels(t *testing.T) {
 	if got := modelStates(t, ts); got["chat"] != "unloaded" || got["embed"] != "ready" || got["other"] != "ready" {
 		t.Fatalf("after other: %v", got)
 	}
+	_, metrics := ts.get(t, "/metrics")
+	for _, want := range []string{`finserve_model_state{model="chat",state="unloaded"} 1`, `finserve_model_state{model="other",state="ready"} 1`,
+		`finserve_model_memory_bytes{model="embed"} 50`, `finserve_model_active_requests{model="other"} 0`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	p.Model = "" // the default: chat
 	if resp, err := c.Chat.Completions.New(ctx, p); err != nil || resp.Model != "chat" {
 		t.Fatalf("chat again: %v %v", resp, err)

@@ -48,7 +48,10 @@ var families = []struct {
 	detect func(src string) bool
 	fam    toolFamily
 }{
-	{"hermes", func(src string) bool { return strings.Contains(src, "<tool_call>") && strings.Contains(src, "tools") }, toolFamily{
+	{"hermes", func(src string) bool {
+		// Qwen3-Coder writes XML inside <tool_call> (<function=NAME>): not this syntax
+		return strings.Contains(src, "<tool_call>") && strings.Contains(src, "tools") && !strings.Contains(src, "<function=")
+	}, toolFamily{
 		call: func(name, args string) string {
 			return gbnf.Literal("<tool_call>\n{\"name\": "+name+", \"arguments\": ") + " " + args + " " + gbnf.Literal("}\n</tool_call>")
 		},

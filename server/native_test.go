@@ -109,6 +109,32 @@ func TestNativeToolCalls(t *testing.T) {
 	}
 }
 
+// TestFamilyDetection: which templates get which syntax; the others
+// keep the generic format.
+func TestFamilyDetection(t *testing.T) {
+	detect := func(src string) string {
+		for _, f := range families {
+			if f.detect(src) {
+				return f.name
+			}
+		}
+		return ""
+	}
+	for _, c := range []struct{ src, want string }{
+		{jinjaTemplate(t, "Qwen3-8B-Q8_0"), "hermes"},
+		{jinjaTemplate(t, "Llama-3.2-1B-Instruct-GGUF"), "llama3"},
+		{jinjaTemplate(t, "Ministral-3-14B-Instruct-2512-Q4_0"), ""},
+		{jinjaTemplate(t, "gpt-oss-20b-Q8_0"), ""},
+		{models.ChatMLTemplate, ""},
+		// Qwen3-Coder's form: XML inside the tags
+		{"{% if tools %}<tool_call>\n<function=name>\n<parameter=p>{% endif %}", ""},
+	} {
+		if got := detect(c.src); got != c.want {
+			t.Errorf("%.60q: %q, want %q", c.src, got, c.want)
+		}
+	}
+}
+
 // TestNativeParse: each family's answers as models write them.
 func TestNativeParse(t *testing.T) {
 	fam := map[string]toolFamily{}

@@ -103,6 +103,9 @@ func checkServeConfig(path string) []error {
 	if _, err := parseBytes(get("memory-budget")); err != nil {
 		bad(fmt.Errorf("memory-budget: %w", err))
 	}
+	if _, err := gpuBudgets(get("gpu-memory-budget"), nil); err != nil {
+		bad(err)
+	}
 	if o.keyFile != "" {
 		if _, err := apikeys.Load(o.keyFile); err != nil {
 			bad(err)

@@ -97,7 +97,7 @@ func parseModelSpec(s string) (modelSpec, error) {
 // the server-wide engine options with each model's own over them, the
 // GPU placement for its shape, and its memory estimate (weights, KV cache
 // for parallel x ctx cells, buffers; see `finserve model inspect`).
-func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, log *slog.Logger) ([]registry.Spec, error) {
+func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, gpus []engine.Device, log *slog.Logger) ([]registry.Spec, error) {
 	var specs []registry.Spec
 	for _, m := range ms {
 		eo := base
@@ -131,8 +131,21 @@ func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, log *slo
 					ctx = min(sum.ContextLength, 4096)
 				}
 				ub := int64(cmpPositive(o.ubatch, cmpPositive(eo.Batch, 512)))
+				total := sum.MemoryFor(ctx, int64(eo.Parallel), ub).Total()
+				if len(gpus) > 0 {
+					// what the placement puts on each GPU; the rest on the host
+					if plan, err := mo.Plan(f, gpus); err == nil {
+						s.Devices = map[string]int64{}
+						for _, d := range plan.Devices {
+							if n := d.Weights + d.KV + d.Compute; n > 0 {
+								s.Devices[d.Name] = n
+								total -= n
+							}
+						}
+					}
+				}
 				// and the host tier of its prefix cache, which may fill
-				s.Bytes = sum.MemoryFor(ctx, int64(eo.Parallel), ub).Total() + eo.PrefixCache.HostBytes
+				s.Bytes = max(total, 0) + eo.PrefixCache.HostBytes
 			}
 		}
 		specs = append(specs, s)
@@ -175,19 +188,25 @@ func runFleet(ctx context.Context, o serveOptions, ms []modelSpec, budget int64,
 		return err
 	}
 	base.PrefixCache = pc
-	specs, err := registrySpecs(o, ms, base, log)
+	gpus := engine.GPUs()
+	deviceBudgets, err := gpuBudgets(o.gpuMemoryBudget, gpus)
 	if err != nil {
 		shutdown(srv, time.Second)
 		return err
 	}
-	reg, err := registry.New(specs, registry.Options{Budget: budget, Logger: log})
+	specs, err := registrySpecs(o, ms, base, gpus, log)
+	if err != nil {
+		shutdown(srv, time.Second)
+		return err
+	}
+	reg, err := registry.New(specs, registry.Options{Budget: budget, DeviceBudgets: deviceBudgets, Logger: log})
 	if err != nil {
 		shutdown(srv, time.Second)
 		return err
 	}
 	defer reg.Close()
 	for _, s := range specs {
-		log.Info("model", "id", s.ID, "path", s.Path, "memory_mib", s.Bytes>>20, "keep_alive", s.KeepAlive.String(), "preload", s.Preload)
+		log.Info("model", "id", s.ID, "path", s.Path, "memory_mib", s.Bytes>>20, "gpu_mib", s.Devices, "keep_alive", s.KeepAlive.String(), "preload", s.Preload)
 	}
 	srv.SetModels(reg)
 	go serveFleet(ctx, reg, log)
@@ -199,4 +218,29 @@ func runFleet(ctx context.Context, o serveOptions, ms []modelSpec, budget int64,
 	log.Info("shutting down", "grace", o.shutdownGrace, "drain_delay", min(o.drainDelay, o.shutdownGrace))
 	sdNotify(log, "STOPPING=1", "STATUS=draining")
 	return shutdown(srv, o.shutdownGrace)
+}
+
+// gpuBudgets reads --gpu-memory-budget, NAME=SIZE,... (CUDA0=70GiB): each
+// GPU's bound for the models loaded on it at once. A GPU it does not name
+// is bounded by its free memory when the server starts.
+func gpuBudgets(spec string, gpus []engine.Device) (map[string]int64, error) {
+	out := map[string]int64{}
+	for _, d := range gpus {
+		out[d.Name] = int64(d.FreeBytes)
+	}
+	if strings.TrimSpace(spec) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(spec, ",") {
+		name, size, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("--gpu-memory-budget %q: want NAME=SIZE,... (CUDA0=70GiB)", spec)
+		}
+		n, err := parseBytes(size)
+		if err != nil {
+			return nil, fmt.Errorf("--gpu-memory-budget %s: %w", name, err)
+		}
+		out[name] = n
+	}
+	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/models"
 )
 
@@ -119,5 +120,19 @@ func TestServeSeveralModels(t *testing.T) {
 		}
 	case <-time.After(2 * time.Minute):
 		t.Fatal("serve did not stop")
+	}
+}
+
+// TestGPUBudgets: each GPU's budget is its free memory unless named.
+func TestGPUBudgets(t *testing.T) {
+	gpus := []engine.Device{{Name: "CUDA0", FreeBytes: 80 << 30}, {Name: "CUDA1", FreeBytes: 40 << 30}}
+	got, err := gpuBudgets("CUDA1=30GiB", gpus)
+	if err != nil || got["CUDA0"] != 80<<30 || got["CUDA1"] != 30<<30 {
+		t.Fatalf("%v %v", got, err)
+	}
+	for _, bad := range []string{"CUDA0", "=1GiB", "CUDA0=lots"} {
+		if _, err := gpuBudgets(bad, gpus); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

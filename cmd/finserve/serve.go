@@ -31,7 +31,7 @@ import (
 // (FINSERVE_ and the name in upper case with underscores).
 type serveOptions struct {
 	models                                 []string // --model, repeatable
-	memoryBudget                           string   // a byte size
+	memoryBudget, gpuMemoryBudget          string   // byte sizes
 	modelID, addr, chatTemplate, flashAttn string
 	parallel, ctx, threads, threadsBatch   int
 	batch, ubatch, maxQueue                int
@@ -111,6 +111,7 @@ load leaves the one in force.`,
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "YAML config file (keys are these flags' names)")
 	f.StringArrayVar(&o.models, "model", nil, "GGUF model file to serve (required); repeat to serve several, each as [ID=]PATH[,key=value...] with keys "+modelKeys+" (keep-alive as Ollama's: how long it stays loaded idle, -1 for ever, 0 unloads it when idle); the first is the default and loads at start, the others on first use (a YAML list of strings or mappings in the config file)")
+	f.StringVar(&o.gpuMemoryBudget, "gpu-memory-budget", "", "with several models, each GPU's bound for the models placed on it at once, NAME=SIZE,... (CUDA0=70GiB; a GPU not named: its free memory at start)")
 	f.StringVar(&o.memoryBudget, "memory-budget", "0", "with several models, the memory their loaded models may take together (e.g. 24GiB; estimated per model as model inspect does, or its memory=); the least recently used idle model is unloaded to load another (0: no bound)")
 	f.StringVar(&o.modelID, "model-id", "", "model name in the API (default: the file name without .gguf)")
 	f.StringVar(&o.addr, "addr", "127.0.0.1:8080", "listen address HOST:PORT")
