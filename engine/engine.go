@@ -66,6 +66,10 @@ var (
 	ErrStopped     = errors.New("engine stopped")
 	ErrQueueFull   = errors.New("engine queue is full")
 	ErrKVExhausted = errors.New("KV cache exhausted")
+	// ErrGrammarStuck: the request's grammar allows no token at some
+	// point (it asks for an end of generation before it is complete, or
+	// only for tokens the sampler bans).
+	ErrGrammarStuck = errors.New("the grammar allows no token here")
 )
 
 // PromptTooLongError says a prompt cannot fit the context.
@@ -447,6 +451,9 @@ type Request struct {
 	NoCache bool
 	// ID names the request in Stats.Work (the server's request id).
 	ID string
+	// KeepSpecial puts control tokens' text in the output (a tool call's
+	// markers, for the server to parse), which is otherwise left out.
+	KeepSpecial bool
 }
 
 // Check validates what does not depend on the model: max_tokens' sign,

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <ggml-backend.h>
 #include <ggml-cpu.h>
@@ -52,6 +53,15 @@ static int32_t sample_constrained(struct llama_sampler * chain, struct llama_sam
         // refused: the grammar over every candidate, then the chain
         fill_candidates(&cur, data, logits, n_vocab);
         llama_sampler_apply(grammar, &cur);
+        bool any = false;
+        for (size_t t = 0; t < cur.size && !any; t++) {
+            any = cur.data[t].logit != -INFINITY;
+        }
+        if (!any) {
+            // the grammar allows no token (one the chain bans): llama.cpp's
+            // samplers would assert on an empty distribution
+            return -1;
+        }
         llama_sampler_apply(chain, &cur);
         if (cur.selected < 0 || cur.selected >= (int64_t) cur.size || cur.data[cur.selected].logit == -INFINITY) {
             return -1;

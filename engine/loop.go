@@ -964,7 +964,11 @@ func (l *loop) accept(o output, tok Token) {
 		t.firstTok = now
 	}
 	if tok < 0 || int(tok) >= l.nVocab {
-		l.finishGen(t, "", errors.New("sampler returned no valid token"))
+		err := errors.New("sampler returned no valid token")
+		if t.req.Sampling.Grammar != "" {
+			err = ErrGrammarStuck
+		}
+		l.finishGen(t, "", err)
 		return
 	}
 	t.generated++
@@ -979,7 +983,7 @@ func (l *loop) accept(o output, tok Token) {
 		ev.TopLogprobs = top
 	}
 	var piece []byte
-	if !l.m.IsSpecial(tok) {
+	if !l.m.IsSpecial(tok) || t.req.KeepSpecial {
 		piece = l.m.pieces[tok]
 	}
 	text, stopped := t.asm.push(piece)

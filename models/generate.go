@@ -138,6 +138,10 @@ type GenOptions struct {
 	// Pooling, if set, makes an embedding model of the preset's shape
 	// (mean, cls or last pooling), in the qwen3 architecture.
 	Pooling string
+	// ControlTokens are added to the vocabulary as control tokens after
+	// the turn markers (a family's own, such as [TOOL_CALLS] or
+	// <|channel|>, for its chat template).
+	ControlTokens []string
 	// UserDefinedMarkers types the turn markers <|im_start|> and
 	// <|im_end|> user-defined rather than control tokens (gpt-oss marks
 	// its turns so), for tests of what content may spell.
@@ -165,7 +169,7 @@ func Generate(ctx context.Context, path string, opts GenOptions) (err error) {
 	if _, ok := fileTypes[opts.Type]; !ok {
 		return fmt.Errorf("generating model: weight type %s is not one of f32, f16, q8_0", opts.Type)
 	}
-	vocab, err := buildVocab(int(p.Vocab), opts.UserDefinedMarkers)
+	vocab, err := buildVocab(int(p.Vocab), opts.UserDefinedMarkers, opts.ControlTokens)
 	if err != nil {
 		return fmt.Errorf("generating model: %w", err)
 	}

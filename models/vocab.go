@@ -62,12 +62,12 @@ type Vocab struct {
 // text tokenizes, the ChatML control tokens, then pieces in priority order:
 // ASCII, common words, common Chinese characters and word pairs, and
 // letter n-grams to fill the rest.
-func BuildVocab(size int) (*Vocab, error) { return buildVocab(size, false) }
+func BuildVocab(size int) (*Vocab, error) { return buildVocab(size, false, nil) }
 
 // buildVocab is BuildVocab; userMarkers types the ChatML markers
 // user-defined instead of control, as gpt-oss and others type their turn
 // markers.
-func buildVocab(size int, userMarkers bool) (*Vocab, error) {
+func buildVocab(size int, userMarkers bool, control []string) (*Vocab, error) {
 	if size < 300 {
 		return nil, fmt.Errorf("vocabulary of %d tokens is too small (minimum 300)", size)
 	}
@@ -96,6 +96,9 @@ func buildVocab(size int, userMarkers bool) (*Vocab, error) {
 	}
 	add("<|im_start|>", marker)
 	add("<|im_end|>", marker)
+	for _, c := range control {
+		add(c, tokControl)
+	}
 	for i := range v.Scores { // specials and bytes never win a merge
 		v.Scores[i] = 0
 	}

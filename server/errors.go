@@ -86,6 +86,8 @@ func fromEngine(err error) *APIError {
 				tooLong.Tokens, tooLong.Limit)}
 	case errors.As(err, &invalid):
 		return badRequest(invalid.Field, "%s", invalid.Error())
+	case errors.Is(err, engine.ErrGrammarStuck):
+		return badRequest("grammar", "the grammar allows no token at some point of the answer: it asks for a token that ends generation before the grammar is complete, or only for tokens that are never valid text")
 	case errors.Is(err, engine.ErrEmbeddingOnly), errors.Is(err, engine.ErrNotEmbedding):
 		return &APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "model", Code: "model_not_supported",
 			Message: err.Error()}

@@ -134,6 +134,11 @@ func TestRequestErrors(t *testing.T) {
 		// json_object with a schema, n_predict; one constraint at a time.
 		{"grammar llama.cpp cannot parse", "/chat/completions", `{` + msg + `,"grammar":"root ::= ("}`, 400, "grammar", ""},
 		{"completion grammar llama.cpp cannot parse", "/completions", `{"prompt":"x","grammar":"root ::= undefined-rule"}`, 400, "grammar", ""},
+		// token 260 is the tiny model's end of sequence: asked for before
+		// the grammar is complete, no token is allowed; llama.cpp's
+		// sampler would assert (abort the process) on the empty choice
+		{"grammar that allows no token", "/completions", `{"prompt":"x","grammar":"root ::= <[260]> \"x\"","temperature":1,"max_tokens":4}`, 400, "grammar", ""},
+		{"grammar that allows no token, greedy", "/completions", `{"prompt":"x","grammar":"root ::= <[260]> \"x\"","temperature":0,"max_tokens":4}`, 400, "grammar", ""},
 		{"grammar and json_schema", "/chat/completions", `{` + msg + `,"grammar":"root ::= \"a\"","json_schema":{"type":"string"}}`, 400, "grammar", ""},
 		{"grammar and response_format", "/chat/completions", `{` + msg + `,"grammar":"root ::= \"a\"","response_format":{"type":"json_object"}}`, 400, "response_format", ""},
 		{"json_schema and tools", "/chat/completions", `{` + msg + `,"json_schema":{"type":"string"},"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, "tools", ""},

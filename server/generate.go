@@ -44,12 +44,18 @@ func (s *Server) chatCompletions(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	// A model with its own tool syntax gets tools and tool history in it,
+	// whatever tool_choice says.
 	fam := (*toolFamily)(nil)
+	if v.tools != nil || len(v.toolDefs) > 0 || v.toolHistory() {
+		fam = s.toolFamily(b)
+	}
 	if v.tools != nil {
-		if fam = s.toolFamily(b); fam != nil {
+		if fam != nil {
 			// the model's own syntax: its grammar when a call is required,
 			// none when it may answer in text
 			v.tools.fam = fam
+			v.req.KeepSpecial = fam.keepSpecial
 			v.req.Sampling.Grammar = ""
 			if v.tools.required {
 				v.req.Sampling.Grammar = v.tools.nativeGrammar(fam)

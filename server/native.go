@@ -12,12 +12,16 @@ package server
 //     "arguments": ...}</tool_call>, several in one answer;
 //   - llama3: Llama 3.1-3.3, one {"name": ..., "parameters": ...} object
 //     as the whole answer.
-// Mistral's [TOOL_CALLS] and gpt-oss's channels are control tokens, which
-// generated text does not carry: those templates keep the generic format.
+//   - mistral: Ministral 3 and Mistral Medium 3.5, [TOOL_CALLS]NAME[ARGS]{...};
+//   - harmony: gpt-oss, a commentary-channel message to=functions.NAME.
+// The last two are made of control tokens: their answers carry the
+// tokens' text (engine.Request.KeepSpecial), and their grammars refer to
+// the tokens by id.
 
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -35,57 +39,179 @@ type toolFamily struct {
 	// call is the grammar of one call of the tool named name (a JSON
 	// string) with arguments args (a grammar expression).
 	call func(name, args string) string
-	// sep joins parallel calls ("" : one call an answer).
-	sep string
+	// many: an answer may hold several calls, joined by sep.
+	many bool
+	sep  string
 	// parse reads an answer: its calls, and the text around them.
 	parse func(text string) (content string, calls []ToolCall, ok bool)
+	// keepSpecial: the syntax is made of control tokens, which the
+	// answer's text must then carry (engine.Request.KeepSpecial).
+	keepSpecial bool
 }
 
-var hermesCall = regexp.MustCompile(`(?s)<tool_call>\s*(.*?)\s*</tool_call>`)
+var (
+	hermesCall  = regexp.MustCompile(`(?s)<tool_call>\s*(.*?)\s*</tool_call>`)
+	mistralCall = regexp.MustCompile(`(?s)\[TOOL_CALLS\]([A-Za-z0-9_-]+)\[ARGS\]`)
+	harmonyCall = regexp.MustCompile(`(?s)to=functions\.([A-Za-z0-9_-]+)(?:[^<]|<\|channel\|>|<\|constrain\|>)*<\|message\|>(.*?)(?:<\|call\|>|<\|end\|>|$)`)
+	harmonyText = regexp.MustCompile(`(?s)<\|channel\|>final<\|message\|>(.*?)(?:<\|return\|>|<\|end\|>|$)`)
+	harmonyMark = regexp.MustCompile(`<\|[a-z_]+\|>`)
+)
 
+// families are the syntaxes known, in the order they are tried; make
+// binds one to a model (its control tokens' ids), or fails when the
+// model's vocabulary lacks one.
 var families = []struct {
 	name   string
 	detect func(src string) bool
-	fam    toolFamily
+	make   func(m *engine.Model) (toolFamily, error)
 }{
 	{"hermes", func(src string) bool {
 		// Qwen3-Coder writes XML inside <tool_call> (<function=NAME>): not this syntax
 		return strings.Contains(src, "<tool_call>") && strings.Contains(src, "tools") && !strings.Contains(src, "<function=")
-	}, toolFamily{
-		call: func(name, args string) string {
-			return gbnf.Literal("<tool_call>\n{\"name\": "+name+", \"arguments\": ") + " " + args + " " + gbnf.Literal("}\n</tool_call>")
-		},
-		sep: "\n",
-		parse: func(text string) (string, []ToolCall, bool) {
-			var calls []ToolCall
-			for _, m := range hermesCall.FindAllStringSubmatch(text, -1) {
-				c, ok := callOf(m[1], "arguments")
-				if !ok {
+	}, func(*engine.Model) (toolFamily, error) {
+		return toolFamily{
+			call: func(name, args string) string {
+				return gbnf.Literal("<tool_call>\n{\"name\": "+name+", \"arguments\": ") + " " + args + " " + gbnf.Literal("}\n</tool_call>")
+			},
+			many: true,
+			sep:  "\n",
+			parse: func(text string) (string, []ToolCall, bool) {
+				var calls []ToolCall
+				for _, m := range hermesCall.FindAllStringSubmatch(text, -1) {
+					c, ok := callOf(m[1], "arguments")
+					if !ok {
+						return text, nil, false
+					}
+					calls = append(calls, c)
+				}
+				if len(calls) == 0 {
 					return text, nil, false
 				}
-				calls = append(calls, c)
-			}
-			if len(calls) == 0 {
-				return text, nil, false
-			}
-			return strings.TrimSpace(hermesCall.ReplaceAllString(text, "")), calls, true
-		},
+				return strings.TrimSpace(hermesCall.ReplaceAllString(text, "")), calls, true
+			},
+		}, nil
 	}},
 	{"llama3", func(src string) bool {
 		return strings.Contains(src, "<|start_header_id|>") && strings.Contains(src, `"parameters": dictionary of argument name and its value`)
-	}, toolFamily{
-		call: func(name, args string) string {
-			return gbnf.Literal("{\"name\": "+name+", \"parameters\": ") + " " + args + " " + gbnf.Literal("}")
-		},
-		parse: func(text string) (string, []ToolCall, bool) {
-			s := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(text), "<|python_tag|>"))
-			c, ok := callOf(s, "parameters")
-			if !ok {
-				return text, nil, false
-			}
-			return "", []ToolCall{c}, true
-		},
+	}, func(*engine.Model) (toolFamily, error) {
+		return toolFamily{
+			call: func(name, args string) string {
+				return gbnf.Literal("{\"name\": "+name+", \"parameters\": ") + " " + args + " " + gbnf.Literal("}")
+			},
+			parse: func(text string) (string, []ToolCall, bool) {
+				s := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(text), "<|python_tag|>"))
+				c, ok := callOf(s, "parameters")
+				if !ok {
+					return text, nil, false
+				}
+				return "", []ToolCall{c}, true
+			},
+		}, nil
 	}},
+	// Mistral's v13 syntax (Ministral 3, Mistral Medium 3.5):
+	// [TOOL_CALLS]NAME[ARGS]{...}, repeated for several calls.
+	{"mistral", func(src string) bool {
+		return strings.Contains(src, "[TOOL_CALLS]") && strings.Contains(src, "[ARGS]")
+	}, func(m *engine.Model) (toolFamily, error) {
+		calls, err := controlToken(m, "[TOOL_CALLS]")
+		if err != nil {
+			return toolFamily{}, err
+		}
+		argsTok, err := controlToken(m, "[ARGS]")
+		if err != nil {
+			return toolFamily{}, err
+		}
+		return toolFamily{
+			keepSpecial: true,
+			call: func(name, args string) string {
+				var bare string
+				_ = json.Unmarshal([]byte(name), &bare)
+				return calls + " " + gbnf.Literal(bare) + " " + argsTok + " " + args
+			},
+			many: true, // each call follows the last
+			parse: func(text string) (string, []ToolCall, bool) {
+				idx := mistralCall.FindAllStringSubmatchIndex(text, -1)
+				if len(idx) == 0 {
+					return text, nil, false
+				}
+				var calls []ToolCall
+				for k, m := range idx {
+					end := len(text)
+					if k+1 < len(idx) {
+						end = idx[k+1][0]
+					}
+					args := strings.TrimSpace(text[m[1]:end])
+					if !json.Valid([]byte(args)) {
+						return text, nil, false
+					}
+					calls = append(calls, ToolCall{ID: callID(), Type: "function",
+						Function: ToolCallFunction{Name: text[m[2]:m[3]], Arguments: string(compactJSON(json.RawMessage(args)))}})
+				}
+				return strings.TrimSpace(text[:idx[0][0]]), calls, true
+			},
+		}, nil
+	}},
+	// OpenAI's harmony (gpt-oss): a call is a message on the commentary
+	// channel to=functions.NAME; the answer is the final channel's.
+	{"harmony", func(src string) bool {
+		return strings.Contains(src, "<|channel|>") && strings.Contains(src, "to=") && strings.Contains(src, "functions.")
+	}, func(m *engine.Model) (toolFamily, error) {
+		toks := map[string]string{}
+		for _, name := range []string{"<|channel|>", "<|message|>"} {
+			ref, err := controlToken(m, name)
+			if err != nil {
+				return toolFamily{}, err
+			}
+			toks[name] = ref
+		}
+		return toolFamily{
+			keepSpecial: true,
+			call: func(name, args string) string {
+				var bare string
+				_ = json.Unmarshal([]byte(name), &bare)
+				// as the template writes calls, after the prompt's
+				// <|start|>assistant; <|call|> ends it, an end of
+				// generation, which a grammar cannot ask for
+				return gbnf.Literal(" to=functions."+bare) + " " + toks["<|channel|>"] + " " + gbnf.Literal("commentary json") + " " +
+					toks["<|message|>"] + " " + args
+			},
+			parse: func(text string) (string, []ToolCall, bool) {
+				var calls []ToolCall
+				for _, m := range harmonyCall.FindAllStringSubmatch(text, -1) {
+					args := strings.TrimSpace(m[2])
+					if !json.Valid([]byte(args)) {
+						return harmonyContent(text), nil, false
+					}
+					calls = append(calls, ToolCall{ID: callID(), Type: "function",
+						Function: ToolCallFunction{Name: m[1], Arguments: string(compactJSON(json.RawMessage(args)))}})
+				}
+				if len(calls) == 0 {
+					return harmonyContent(text), nil, false
+				}
+				return "", calls, true
+			},
+		}, nil
+	}},
+}
+
+// harmonyContent is the final channel's message of a harmony answer, or
+// the text without its markers when it has none.
+func harmonyContent(text string) string {
+	if m := harmonyText.FindStringSubmatch(text); m != nil {
+		return strings.TrimSpace(m[1])
+	}
+	return strings.TrimSpace(harmonyMark.ReplaceAllString(text, ""))
+}
+
+// controlToken is the grammar reference of the model's control (or
+// user-defined: llama.cpp types gpt-oss's <|channel|> so) token named
+// text: llama.cpp's <[id]>.
+func controlToken(m *engine.Model, text string) (string, error) {
+	toks, err := m.Tokenize(text, false, true)
+	if err != nil || len(toks) != 1 || !m.IsMarker(toks[0]) {
+		return "", fmt.Errorf("the vocabulary has no control token %s", text)
+	}
+	return "<[" + strconv.Itoa(int(toks[0])) + "]>", nil
 }
 
 // callOf reads one call object: {"name": N, argsKey: A}, A an object (or
@@ -138,7 +264,11 @@ func (s *Server) toolFamily(b *backend) *toolFamily {
 				s.log.Warn("the model's chat template does not compile; tools use the generic format", "model", b.id, "err", err)
 				return
 			}
-			fam := f.fam
+			fam, err := f.make(b.model)
+			if err != nil {
+				s.log.Warn("the model's tool syntax is not usable; tools use the generic format", "model", b.id, "family", f.name, "err", err)
+				return
+			}
 			fam.name, fam.tmpl = f.name, t
 			b.native.fam = &fam
 			s.log.Info("tool calls in the model's own syntax", "model", b.id, "family", f.name)
@@ -157,8 +287,12 @@ func (p *toolPlan) nativeGrammar(fam *toolFamily) string {
 	}
 	call := "(" + strings.Join(alts, " | ") + ")"
 	root := call
-	if p.parallel && fam.sep != "" {
-		root = call + " (" + gbnf.Literal(fam.sep) + " " + call + "){0," + strconv.Itoa(maxParallelCalls-1) + "}"
+	if p.parallel && fam.many {
+		sep := ""
+		if fam.sep != "" {
+			sep = gbnf.Literal(fam.sep) + " "
+		}
+		root = call + " (" + sep + call + "){0," + strconv.Itoa(maxParallelCalls-1) + "}"
 	}
 	return p.b.Grammar(root)
 }
@@ -199,4 +333,14 @@ func (s *Server) nativePrompt(b *backend, fam *toolFamily, v *chatRequest) ([]en
 		}
 	}
 	return s.promptOf(b, contents, extra, render)
+}
+
+// toolHistory says whether the conversation holds tool calls or results.
+func (v *chatRequest) toolHistory() bool {
+	for _, m := range v.native {
+		if len(m.ToolCalls) > 0 || m.Role == "tool" {
+			return true
+		}
+	}
+	return false
 }

@@ -69,9 +69,13 @@ func (s *Server) promptOf(b *backend, contents, extra []string, render func([]st
 	if apiErr != nil {
 		return nil, apiErr
 	}
+	// Neutral contents; an empty one stays empty, as templates render
+	// messages without content differently (an assistant's tool call).
 	empty := make([]string, len(contents))
-	for i := range empty {
-		empty[i] = "x"
+	for i, c := range contents {
+		if c != "" {
+			empty[i] = "x"
+		}
 	}
 	skeleton, apiErr := renderTokens(b, render, empty)
 	if apiErr != nil {

@@ -317,10 +317,10 @@ func (s *Server) validateChat(r *ChatRequest, tier engine.Tier) (*chatRequest, *
 	flush()
 	if tools != nil {
 		out.messages = withToolsSystem(out.messages, tools.system)
-		for _, t := range r.Tools {
-			out.toolDefs = append(out.toolDefs, chattemplate.Tool{Name: t.Function.Name, Description: t.Function.Description,
-				Parameters: t.Function.Parameters})
-		}
+	}
+	for _, t := range r.Tools { // with tool_choice none too: the model sees them, calls none
+		out.toolDefs = append(out.toolDefs, chattemplate.Tool{Name: t.Function.Name, Description: t.Function.Description,
+			Parameters: t.Function.Parameters})
 	}
 	return out, nil
 }
