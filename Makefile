@@ -132,6 +132,7 @@ fuzz: headers ## run each fuzz target for FUZZTIME
 	$(GO) test ./engine -run '^$$' -fuzz FuzzTextAssembler -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz FuzzParseTensorSplit -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz FuzzCheckGrammar -fuzztime $(FUZZTIME)
+	$(GO) test ./engine -run '^$$' -fuzz FuzzGrammarSampling -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzChatRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzCompletionRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./server -run '^$$' -fuzz FuzzEmbeddingRequest -fuzztime $(FUZZTIME)

@@ -1,6 +1,8 @@
 package engine_test
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -124,4 +126,53 @@ func TestGrammarBansNonUTF8Bytes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzGrammarSampling: any grammar CheckGrammar accepts samples a few
+// tokens, greedy and at temperature 1, ending by length, by the grammar
+// (stop) or with ErrGrammarStuck when it allows no token, never in a
+// llama.cpp abort (the dist sampler asserts on an empty choice).
+func FuzzGrammarSampling(f *testing.F) {
+	for _, g := range []string{
+		`root ::= "yes" | "no"`, `root ::= [0-9]+`, `root ::= <[260]> "x"`, `root ::= "a" <[260]>`,
+		`root ::= !<[300]>{1,3}`, `root ::= [\xf8-\xff]`, `root ::= <[1]> <[2]>`, `root ::= ""`,
+	} {
+		f.Add(g, uint8(0))
+		f.Add(g, uint8(1))
+	}
+	var e *engine.Engine
+	f.Cleanup(func() {
+		if e != nil {
+			e.Close()
+		}
+	})
+	f.Fuzz(func(t *testing.T, g string, temp uint8) {
+		if tinyQ8.CheckGrammar(g) != nil || g == "" {
+			return
+		}
+		if e == nil {
+			var err error
+			if e, err = engine.New(tinyQ8, engine.Options{Parallel: 1, Context: 64, Threads: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seed := uint32(1)
+		st, err := e.Generate(context.Background(), engine.Request{Prompt: []engine.Token{1, 300}, MaxTokens: 4,
+			Sampling: engine.Sampling{Temperature: float32(temp % 2), Seed: &seed, Grammar: g}})
+		if err != nil {
+			t.Fatalf("Generate: %v", err)
+		}
+		for {
+			ev, err := st.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Done {
+				if ev.Err != nil && !errors.Is(ev.Err, engine.ErrGrammarStuck) {
+					t.Fatalf("grammar %q: %v", g, ev.Err)
+				}
+				return
+			}
+		}
+	})
 }
