@@ -57,10 +57,12 @@ func embedAll(t *testing.T, e *engine.Engine, m *engine.Model, texts []string) [
 }
 
 // embedTolerance is how far (largest absolute difference of a component)
-// an input's unit vector may move between a batch and alone. The cache is
-// a stream per sequence and the weights q8_0, whose kernels are batch
-// invariant (Options.UnifiedKV), so the vectors agree to float rounding.
-const embedTolerance = 1e-5
+// an input's unit vector may move between a batch and alone: with the
+// bundled llama.cpp not at all (1e-5 allows float printing); with a newer
+// system llama.cpp (11669, measured on 2026-12-01) 1.3e-3, as its CPU
+// flash attention sums an input's cells in an order that depends on what
+// shares its micro-batch (cosine above 0.99999).
+var embedTolerance = map[string]float64{"bundled": 1e-5, "system": 2e-3}[engine.Provider]
 
 // TestEmbed: on a real llama.cpp embedding model, a batch of inputs gives
 // the embeddings each input gets alone, every one a unit vector of the

@@ -268,9 +268,11 @@ func (o *Options) fillEmbedding(m *Model) error {
 	o.UBatch = o.Batch
 	o.PrefixCache.Disabled = true
 	// One cache shared by the step's inputs, as big as a step: every
-	// input's cells are freed in the step that computes it. Each step
-	// starts from an empty cache, so an input's cells are laid out in
-	// order whatever shares its step.
+	// input's cells are freed in the step that computes it, so each step
+	// starts from an empty cache and an input's cells are laid out in
+	// order whatever shares its step. (With a stream per sequence
+	// llama.cpp splits a batch into micro-batches of equal parts of every
+	// sequence, and pools each part apart.)
 	o.UnifiedKV = true
 	o.Context = min(o.Context, o.Batch)
 	o.KVCells = o.Batch
