@@ -59,6 +59,7 @@ type Status struct {
 	Err      string  // why the last load failed
 	Bytes    int64
 	Active   int       // requests using it now
+	Waiting  int       // requests waiting for it to load, or for room
 	LastUsed time.Time // zero if never
 	Info     engine.ModelInfo
 	Options  engine.Options // with defaults filled in, once loaded
@@ -481,7 +482,7 @@ func (r *Registry) Status() []Status {
 	out := make([]Status, len(r.entries))
 	for i, e := range r.entries {
 		s := Status{ID: e.spec.ID, Path: e.spec.Path, State: e.state, Progress: e.progress, Bytes: e.spec.Bytes,
-			Active: e.active, LastUsed: e.lastUsed}
+			Active: e.active, Waiting: e.waiting, LastUsed: e.lastUsed}
 		if e.err != nil {
 			s.Err = e.err.Error()
 		}

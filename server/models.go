@@ -65,7 +65,10 @@ func (s *Server) acquire(c *fiber.Ctx, id string, text bool) (b *backend, releas
 		}
 		ctx, cancel := context.WithTimeout(s.base, loadWait)
 		defer cancel()
+		// a client that leaves while its model loads stops waiting
+		stopWatch := s.watchClient(c.Context().Conn(), cancel)
 		lease, err := reg.Acquire(ctx, id)
+		stopWatch()
 		if err != nil {
 			return nil, nil, fleetError(id, err)
 		}
@@ -145,6 +148,7 @@ type ModelStatus struct {
 	Error    string  `json:"error,omitempty"`
 	Bytes    int64   `json:"memory_bytes"`
 	Active   int     `json:"active_requests"`
+	Waiting  int     `json:"waiting_requests"`
 }
 
 // fleetModels lists the registry's models the request's key may use,
@@ -156,7 +160,8 @@ func (s *Server) fleetModels(c *fiber.Ctx, reg *registry.Registry) []Model {
 			continue
 		}
 		m := Model{ID: st.ID, Object: "model", OwnedBy: "finserve",
-			Status: &ModelStatus{State: string(st.State), Progress: st.Progress, Error: st.Err, Bytes: st.Bytes, Active: st.Active}}
+			Status: &ModelStatus{State: string(st.State), Progress: st.Progress, Error: st.Err, Bytes: st.Bytes, Active: st.Active,
+				Waiting: st.Waiting}}
 		if st.State == registry.Ready {
 			i, o := st.Info, st.Options
 			m.Meta = &ModelMeta{Architecture: i.Architecture, Params: i.Params, SizeBytes: i.SizeBytes, VocabSize: i.VocabSize,

@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 
 	"github.com/finserve/finserve/apikeys"
+	"github.com/finserve/finserve/engine"
 	"github.com/finserve/finserve/models"
 	"github.com/finserve/finserve/registry"
 )
@@ -252,5 +255,60 @@ func TestKeyLimitedToModels(t *testing.T) {
 	resp, body := do(t, req)
 	if resp.StatusCode != 200 || !strings.Contains(body, `"id":"embed"`) || strings.Contains(body, `"id":"chat"`) {
 		t.Errorf("/v1/models for the embedding key: %s", body)
+	}
+}
+
+// TestLeaveWhileLoading: a client that disconnects while its model loads
+// stops waiting for it (the registry counts no waiter), and the load ends
+// as loads do.
+func TestLeaveWhileLoading(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.gguf")
+	if err := models.Generate(context.Background(), path, fleetGen["chat"]); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	slow := func(ctx context.Context, s registry.Spec, p func(float32)) (*registry.Instance, error) {
+		<-release // a load that takes as long as the test wants
+		return registry.Load(ctx, s, p)
+	}
+	spec := registry.Spec{ID: "chat", Path: path, Model: engine.ModelOptions{DisableRepack: true},
+		Engine: engine.Options{Threads: 1, Parallel: 1, Context: 256}}
+	reg, err := registry.New([]registry.Spec{spec}, registry.Options{Loader: slow, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startLoading(t, Config{})
+	t.Cleanup(reg.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ts.srv.SetModels(reg)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(strings.TrimSuffix(ts.url, "/v1"), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"chat","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	waiting := func(n int) {
+		t.Helper()
+		for range 2000 {
+			if reg.Status()[0].Waiting == n {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("waiting requests never %d: %+v", n, reg.Status())
+	}
+	waiting(1)
+	conn.Close()
+	waiting(0)
+	close(release)
+	waitState(t, reg, "chat", registry.Ready)
+	if st := reg.Status()[0]; st.Active != 0 {
+		t.Errorf("%d leases held after the client left", st.Active)
 	}
 }
