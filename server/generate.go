@@ -177,6 +177,7 @@ type choiceState struct {
 	final     engine.Event
 	done      bool
 	reply     replyStream // a streamed tool-using answer (job.tools)
+	sent      int         // bytes of a native answer's text streamed as content
 }
 
 // generate starts the engine streams and answers, streamed or not. It
@@ -731,10 +732,8 @@ var finishToolCalls = "tool_calls"
 // id, name and whole arguments) and the finish reason. An answer cut
 // short of valid JSON (max_tokens, a stop string) goes out as it is.
 func (j *job) sendReply(send func(any) bool, i int, ch *choiceState, ev engine.Event) bool {
-	if j.tools.fam != nil {
-		// the model's own syntax: its text is known to be content only
-		// once the answer is whole
-		ev.Text = ""
+	if fam := j.tools.fam; fam != nil {
+		return j.sendNative(send, i, ch, ev, fam)
 	}
 	if text := ch.reply.feed(ev.Text); text != "" {
 		if !send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: &text}})) {

@@ -20,6 +20,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -343,4 +344,83 @@ func (v *chatRequest) toolHistory() bool {
 		}
 	}
 	return false
+}
+
+// streamable is how many bytes of an answer's text so far may go out as
+// content while it is written: none that may still turn out to be part of
+// a call. Harmony's text is a channel's message, known at the end.
+func (f *toolFamily) streamable(text string) int {
+	marker := ""
+	switch f.name {
+	case "hermes":
+		marker = "<tool_call>"
+	case "mistral":
+		marker = "[TOOL_CALLS]"
+	case "llama3":
+		// a call is the whole answer: one that starts otherwise is text
+		t := strings.TrimLeft(text, " \t\r\n")
+		if t == "" || t[0] == '{' || strings.HasPrefix(t, "<|python_tag|>") || strings.HasPrefix("<|python_tag|>", t) {
+			return 0
+		}
+		return len(text)
+	default:
+		return 0
+	}
+	if i := strings.Index(text, marker); i >= 0 {
+		return i
+	}
+	// hold back what may be the marker's beginning
+	for k := min(len(marker)-1, len(text)); k > 0; k-- {
+		if strings.HasSuffix(text, marker[:k]) {
+			return len(text) - k
+		}
+	}
+	return len(text)
+}
+
+// sendNative streams one event of an answer in the model's own syntax:
+// text as it is known to be content (streamable), and at the end the rest
+// of the content, or the calls, and the finish reason.
+func (j *job) sendNative(send func(any) bool, i int, ch *choiceState, ev engine.Event, fam *toolFamily) bool {
+	text := ch.text.String()
+	emit := func(s string) bool {
+		if s == "" {
+			return true
+		}
+		return send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: &s}}))
+	}
+	if !ev.Done {
+		if n := fam.streamable(text); n > ch.sent {
+			if !emit(text[ch.sent:n]) {
+				return false
+			}
+			ch.sent = n
+		}
+		return true
+	}
+	finish := j.finishChunk(i, ev).(ChatResponse)
+	content, calls, reason := j.toolAnswer(text)
+	switch {
+	case len(calls) > 0:
+		for k := range calls {
+			calls[k].Index = &k
+		}
+		finish.Choices[0].FinishReason = cmp.Or(reason, finish.Choices[0].FinishReason)
+		var c *string // what streamed before the calls was their content
+		if ch.sent == 0 {
+			c = content
+		}
+		if !send(j.chatChunk(ChatChoice{Index: i, Delta: &AssistantOutput{Content: c, ToolCalls: calls}})) {
+			return false
+		}
+	case ch.sent > 0:
+		if !emit(text[ch.sent:]) {
+			return false
+		}
+	case content != nil:
+		if !emit(*content) {
+			return false
+		}
+	}
+	return send(finish)
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -175,5 +176,86 @@ func TestNativeParse(t *testing.T) {
 		if content != c.content || strings.Join(got, " ") != strings.Join(c.calls, " ") {
 			t.Errorf("%s %q: content %q calls %v, want %q %v", c.family, c.text, content, got, c.content, c.calls)
 		}
+	}
+}
+
+// TestNativeStreamable: how much of an answer so far goes out as content
+// before it is whole: up to a call's marker, holding back what may begin
+// one; for Llama 3.x nothing that may be a call's JSON; for harmony none.
+func TestNativeStreamable(t *testing.T) {
+	fam := func(name string) *toolFamily { return &toolFamily{name: name} }
+	for _, c := range []struct {
+		family, text string
+		want         int
+	}{
+		{"hermes", "Let me check", 12},
+		{"hermes", "Let me check <tool", 13},
+		{"hermes", "Let me check <tool_call>\n{", 13},
+		{"hermes", "a < b", 5},
+		{"hermes", "", 0},
+		{"mistral", "Sure[TOOL", 4},
+		{"mistral", "[TOOL_CALLS]f[ARGS]{}", 0},
+		{"llama3", "The balance is", 14},
+		{"llama3", "  {\"name\"", 0},
+		{"llama3", "<|python", 0},
+		{"llama3", " ", 0},
+		{"harmony", "<|channel|>final<|message|>Hi", 0},
+	} {
+		if got := fam(c.family).streamable(c.text); got != c.want {
+			t.Errorf("%s %q: %d, want %d", c.family, c.text, got, c.want)
+		}
+	}
+}
+
+// TestNativeAutoStreams: with tool_choice auto, a native model's text
+// answer streams in pieces as it decodes, and equals the answer not
+// streamed (greedy).
+func TestNativeAutoStreams(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qwen.gguf")
+	if err := models.Generate(context.Background(), path, models.GenOptions{Preset: models.Presets["tiny"], Type: models.TypeQ8_0,
+		Seed: 11, ChatTemplate: jinjaTemplate(t, "Qwen3-8B-Q8_0")}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := engine.LoadModel(context.Background(), path, engine.ModelOptions{DisableRepack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	e, err := engine.New(m, engine.Options{Parallel: 1, Context: 2048, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startLoading(t, Config{})
+	t.Cleanup(func() { e.Close() })
+	ts.srv.SetEngine(e, "qwen")
+	body := func(stream bool) string {
+		return `{"model":"qwen","max_tokens":24,"temperature":0,"stream":` + strconv.FormatBool(stream) + `,
+			"tools":[{"type":"function","function":{"name":"get_balance","parameters":{"type":"object","properties":{"account":{"type":"string"}}}}}],
+			"messages":[{"role":"user","content":"Hello there"}]}`
+	}
+	resp, out := ts.post(t, "/chat/completions", body(false))
+	var whole ChatResponse
+	if resp.StatusCode != 200 || json.Unmarshal([]byte(out), &whole) != nil || whole.Choices[0].Message.Content == nil {
+		t.Fatalf("%d %s", resp.StatusCode, out)
+	}
+	resp, out = ts.post(t, "/chat/completions", body(true))
+	var streamed strings.Builder
+	pieces := 0
+	for _, line := range strings.Split(out, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var chunk ChatResponse
+		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
+			t.Fatal(err)
+		}
+		if len(chunk.Choices) > 0 && chunk.Choices[0].Delta != nil && chunk.Choices[0].Delta.Content != nil && *chunk.Choices[0].Delta.Content != "" {
+			streamed.WriteString(*chunk.Choices[0].Delta.Content)
+			pieces++
+		}
+	}
+	if got, want := streamed.String(), *whole.Choices[0].Message.Content; got != want || pieces < 2 {
+		t.Errorf("streamed %q in %d pieces; not streamed %q", got, pieces, want)
 	}
 }
