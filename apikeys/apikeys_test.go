@@ -73,6 +73,9 @@ func TestParseErrors(t *testing.T) {
 		"negative":     `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"rate":-1}]}`,
 		"duplicate":    `{"version":1,"keys":[` + good + `,` + good + `]}`,
 		"unknown tier": `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["gold"]}]}`,
+		"empty model":  `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"models":["chat",""]}]}`,
+		"model twice":  `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"models":["chat","embed","chat"]}]}`,
+		"long model":   `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"models":["` + strings.Repeat("m", 257) + `"]}]}`,
 	} {
 		if _, err := Parse([]byte(body)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -80,6 +83,30 @@ func TestParseErrors(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{"version":1,"keys":[` + good + `]}`)); err != nil {
 		t.Error(err)
+	}
+	// the longest model id, and several
+	models := `{"version":1,"keys":[{"name":"a","sha256":"` + strings.Repeat("ab", 32) + `","tiers":["batch"],"models":["chat","` + strings.Repeat("m", 256) + `"]}]}`
+	if s, err := Parse([]byte(models)); err != nil || len(s.Keys[0].Models) != 2 {
+		t.Errorf("models: %v", err)
+	}
+}
+
+// TestAddKeyModels: a key limited to models keeps the list through the
+// file; an invalid list is refused before the file changes.
+func TestAddKeyModels(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys.json")
+	if _, err := AddKey(p, "indexer", Limits{Tiers: []string{"standard"}, Models: []string{"embed", "chat"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AddKey(p, "bad", Limits{Tiers: []string{"standard"}, Models: []string{"embed", "embed"}}); err == nil {
+		t.Error("a model named twice was accepted")
+	}
+	s, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Keys) != 1 || strings.Join(s.Keys[0].Models, ",") != "embed,chat" {
+		t.Errorf("keys %+v", s.Keys)
 	}
 }
 
