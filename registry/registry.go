@@ -157,6 +157,9 @@ type Registry struct {
 	entries []*entry // in the order given: the first is the default
 	byID    map[string]*entry
 	changed chan struct{} // closed at every state change
+	// observed is closed at every change Status shows, waiters counted
+	// too (Changed); changed leaves those out, as waiters wait on it.
+	observed chan struct{}
 	closed  bool
 	wg      sync.WaitGroup // loads and unloads under way
 }
@@ -182,7 +185,7 @@ func New(specs []Spec, o Options) (*Registry, error) {
 	if o.AfterFunc == nil {
 		o.AfterFunc = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
 	}
-	r := &Registry{opts: o, log: o.Logger, byID: map[string]*entry{}, changed: make(chan struct{})}
+	r := &Registry{opts: o, log: o.Logger, byID: map[string]*entry{}, changed: make(chan struct{}), observed: make(chan struct{})}
 	for _, s := range specs {
 		switch {
 		case s.ID == "":
@@ -274,15 +277,18 @@ func (r *Registry) Acquire(ctx context.Context, id string) (*Lease, error) {
 		}
 		wait := r.changed
 		e.waiting++
+		r.notify()
 		r.mu.Unlock()
 		select {
 		case <-wait:
 			r.mu.Lock()
 			e.waiting--
+			r.notify()
 			r.mu.Unlock()
 		case <-ctx.Done():
 			r.mu.Lock()
 			e.waiting--
+			r.notify()
 			waitedForRoom := e.state == Unloaded
 			r.mu.Unlock()
 			if waitedForRoom {
@@ -473,6 +479,21 @@ func (r *Registry) stopIdle(e *entry) {
 func (r *Registry) broadcast() {
 	close(r.changed)
 	r.changed = make(chan struct{})
+	r.notify()
+}
+
+// notify wakes whoever watches Status (Changed).
+func (r *Registry) notify() {
+	close(r.observed)
+	r.observed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next change of what Status
+// shows, for watching the registry without polling it.
+func (r *Registry) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.observed
 }
 
 // Status describes every model, in the order given.

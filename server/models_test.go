@@ -167,17 +167,27 @@ func TestSeveralModels(t *testing.T) {
 
 func waitState(t *testing.T, reg *registry.Registry, id string, want registry.State) {
 	t.Helper()
-	for range 2000 {
+	waitStatus(t, reg, func(st registry.Status) bool { return st.ID == id && st.State == want })
+}
+
+// waitStatus waits, without polling, until one of reg's models' status
+// holds ok: it looks again at each change (Registry.Changed).
+func waitStatus(t *testing.T, reg *registry.Registry, ok func(registry.Status) bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second) // a hang guard, not a timing
+	for {
+		changed := reg.Changed()
 		for _, st := range reg.Status() {
-			if st.ID == id && st.State == want {
+			if ok(st) {
 				return
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5e6)
-		<-ctx.Done()
-		cancel()
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("status never as expected: %+v", reg.Status())
+		}
 	}
-	t.Fatalf("%s never %s: %+v", id, want, reg.Status())
 }
 
 // TestModelFailsToLoad: a model whose file is corrupt answers 503
@@ -295,13 +305,7 @@ func TestLeaveWhileLoading(t *testing.T) {
 	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	waiting := func(n int) {
 		t.Helper()
-		for range 2000 {
-			if reg.Status()[0].Waiting == n {
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		t.Fatalf("waiting requests never %d: %+v", n, reg.Status())
+		waitStatus(t, reg, func(st registry.Status) bool { return st.Waiting == n })
 	}
 	waiting(1)
 	conn.Close()
