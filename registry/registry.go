@@ -160,8 +160,8 @@ type Registry struct {
 	// observed is closed at every change Status shows, waiters counted
 	// too (Changed); changed leaves those out, as waiters wait on it.
 	observed chan struct{}
-	closed  bool
-	wg      sync.WaitGroup // loads and unloads under way
+	closed   bool
+	wg       sync.WaitGroup // loads and unloads under way
 }
 
 // New makes a registry of specs (the first is the default model); nothing
