@@ -515,19 +515,16 @@ func (r *Registry) Status() []Status {
 	return out
 }
 
-// Loaded returns the instances loaded now, for stats and metrics (their
-// engines may close right after: use them for reads that tolerate
-// engine.ErrStopped).
-func (r *Registry) Loaded() map[string]*Instance {
+// Loaded returns model id's instance while it is loaded (nil
+// otherwise), for stats and metrics: its engine may close right after,
+// so use it for reads that tolerate engine.ErrStopped.
+func (r *Registry) Loaded(id string) *Instance {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := map[string]*Instance{}
-	for _, e := range r.entries {
-		if e.inst != nil {
-			out[e.spec.ID] = e.inst
-		}
+	if e := r.byID[id]; e != nil {
+		return e.inst
 	}
-	return out
+	return nil
 }
 
 // IDs are the model ids, the default first.

@@ -13,7 +13,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -119,15 +118,11 @@ func (s *Server) amlScore(c *fiber.Ctx) error {
 		return err
 	}
 
-	if !s.begin() {
+	ctx, cancel, gone, end := s.hold(c)
+	if ctx == nil {
 		return errDraining
 	}
-	defer s.done()
-	ctx, cancel := context.WithCancel(s.base)
-	defer cancel()
-	var gone atomic.Bool
-	stopWatch := s.watchClient(c.Context().Conn(), func() { gone.Store(true); cancel() })
-	defer stopWatch()
+	defer end()
 
 	assessor := aml.NewAssessor(cfg, scorer)
 	out := make([]AMLCase, len(cases))

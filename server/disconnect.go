@@ -1,9 +1,13 @@
 package server
 
 import (
+	"context"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gofiber/fiber/v2"
 )
 
 // watchClient calls gone once if the client behind conn disconnects, and
@@ -83,4 +87,22 @@ func rawConn(conn net.Conn) syscall.RawConn {
 		return nil
 	}
 	return raw
+}
+
+// hold begins a request answered in one piece: it counts for the
+// shutdown drain (a nil ctx: the server is draining), and its context is
+// cancelled when the client leaves (gone then reports it), when cancel is
+// called, or at the end of the shutdown grace. end releases it all.
+func (s *Server) hold(c *fiber.Ctx) (ctx context.Context, cancel context.CancelFunc, gone *atomic.Bool, end func()) {
+	if !s.begin() {
+		return nil, nil, nil, nil
+	}
+	ctx, cancel = context.WithCancel(s.base)
+	gone = new(atomic.Bool)
+	stopWatch := s.watchClient(c.Context().Conn(), func() { gone.Store(true); cancel() })
+	return ctx, cancel, gone, func() {
+		stopWatch()
+		cancel()
+		s.done()
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -96,15 +95,11 @@ func (s *Server) embeddings(c *fiber.Ctx) error {
 		return apiErr
 	}
 
-	if !s.begin() {
+	ctx, _, gone, end := s.hold(c)
+	if ctx == nil {
 		return errDraining
 	}
-	defer s.done()
-	ctx, cancel := context.WithCancel(s.base)
-	defer cancel()
-	var gone atomic.Bool
-	stopWatch := s.watchClient(c.Context().Conn(), func() { gone.Store(true); cancel() })
-	defer stopWatch()
+	defer end()
 	res, err := b.eng.Embed(ctx, engine.EmbedRequest{Inputs: inputs, Tier: s.tier(c), Tenant: s.tenant(c),
 		ID: cmp.Or(requestID(c), "embedding")})
 	if err != nil {
@@ -207,4 +202,5 @@ func base64Floats(v []float32) string {
 	return base64.StdEncoding.EncodeToString(buf.Bytes())
 }
 
+// ms is d in milliseconds, to the microsecond (the timings' unit).
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

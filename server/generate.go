@@ -532,7 +532,6 @@ func (j *job) usage() *Usage {
 // prefill and decode, and the first token of any choice.
 func (j *job) timings() *Timings {
 	var t Timings
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	for i := range j.choices {
 		f := j.choices[i].final
 		t.QueueMS = max(t.QueueMS, ms(f.Timings.Queue))

@@ -133,7 +133,7 @@ func (s *Server) defaultBackend() *backend {
 	if reg == nil {
 		return s.backend.Load()
 	}
-	inst := reg.Loaded()[reg.Default()]
+	inst := reg.Loaded(reg.Default())
 	if inst == nil {
 		return nil
 	}

@@ -42,14 +42,15 @@ func (s *Server) chatPrompt(b *backend, msgs []engine.Message) ([]engine.Token, 
 // conversation with those message contents; extra is other client text
 // the template writes in (tool call arguments), checked as contents are.
 func (s *Server) promptOf(b *backend, contents, extra []string, render func([]string) (string, error)) ([]engine.Token, *APIError) {
+	all := append(slices.Clone(contents), extra...)
 	n := 0
-	for _, c := range append(slices.Clone(contents), extra...) {
+	for _, c := range all {
 		n += len(c)
 	}
 	if err := b.boundBytes(n, "messages"); err != nil {
 		return nil, err
 	}
-	for i, c := range append(slices.Clone(contents), extra...) {
+	for i, c := range all {
 		param := "messages[" + strconv.Itoa(i) + "].content"
 		if i >= len(contents) {
 			param = "messages"

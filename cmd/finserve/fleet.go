@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -101,9 +102,9 @@ func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, gpus []e
 	var specs []registry.Spec
 	for _, m := range ms {
 		eo := base
-		eo.Parallel = cmpPositive(m.parallel, o.parallel)
-		eo.Context = cmpPositive(m.ctx, o.ctx)
-		eo.Batch = cmpPositive(m.batch, o.batch)
+		eo.Parallel = cmp.Or(m.parallel, o.parallel)
+		eo.Context = cmp.Or(m.ctx, o.ctx)
+		eo.Batch = cmp.Or(m.batch, o.batch)
 		eo.PrefixCache.Pinned = nil // rendered with a model's template: not across models
 		mo, err := o.gpu.options(engine.ServingShape{Context: eo.Context, Sequences: eo.Parallel, UBatch: o.ubatch})
 		if err != nil {
@@ -130,7 +131,7 @@ func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, gpus []e
 				if ctx == 0 {
 					ctx = min(sum.ContextLength, 4096)
 				}
-				ub := int64(cmpPositive(o.ubatch, cmpPositive(eo.Batch, 512)))
+				ub := int64(cmp.Or(o.ubatch, cmp.Or(eo.Batch, 512)))
 				total := sum.MemoryFor(ctx, int64(eo.Parallel), ub).Total()
 				if len(gpus) > 0 {
 					// what the placement puts on each GPU; the rest on the host
@@ -151,13 +152,6 @@ func registrySpecs(o serveOptions, ms []modelSpec, base engine.Options, gpus []e
 		specs = append(specs, s)
 	}
 	return specs, nil
-}
-
-func cmpPositive(a, b int) int {
-	if a > 0 {
-		return a
-	}
-	return b
 }
 
 // serveFleet serves several models from a registry until ctx ends; it
