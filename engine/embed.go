@@ -146,22 +146,32 @@ func (l *loop) admitEmbed(t *embedTask) admission {
 	return admitted
 }
 
+// planEmbeds asks for the pooled vector of every input the step feeds
+// whole.
+func (l *loop) planEmbeds() {
+	for _, sq := range l.running {
+		if sq.embed != nil && sq.inBatch > 0 && sq.remaining() == sq.inBatch {
+			l.p.embeds = append(l.p.embeds, embedRead{slot: sq.slot, out: make([]float32, l.m.info.Embedding)})
+			l.embeds = append(l.embeds, sq)
+		}
+	}
+}
+
 // embedOutputs takes the pooled vector of every input fed whole in the
 // step, frees its sequence and ends the tasks whose inputs are all done.
 func (l *loop) embedOutputs() {
-	for i := 0; i < len(l.running); {
-		sq := l.running[i]
-		if sq.embed == nil || sq.inBatch == 0 || sq.remaining() > 0 {
-			i++
-			continue
-		}
+	for i, sq := range l.embeds {
 		t := sq.embed
-		v := make([]float32, l.m.info.Embedding)
-		if !l.x.embedding(sq.slot, v) {
+		select {
+		case <-t.done:
+			continue // ended by an input before
+		default:
+		}
+		if !l.res.embedOK[i] {
 			l.finishEmbed(t, errors.New("llama.cpp returned no pooled embedding for a sequence"))
-			i = 0 // it removed sequences, perhaps before i
 			continue
 		}
+		v := l.p.embeds[i].out
 		normalize(v)
 		t.result.Embeddings[sq.variant] = v
 		t.tokens += len(sq.tokens)

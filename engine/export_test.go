@@ -13,7 +13,7 @@ type HandLoop struct {
 
 // hookExec runs during at the start of each decode of the executor it wraps.
 type hookExec struct {
-	executor
+	device
 	during func()
 }
 
@@ -21,7 +21,7 @@ func (h *hookExec) decode(b *batch) int {
 	if h.during != nil {
 		h.during()
 	}
-	return h.executor.decode(b)
+	return h.device.decode(b)
 }
 
 // NewHandLoop makes a hand-driven engine on m.
@@ -34,7 +34,7 @@ func NewHandLoop(m *Model, o Options) (*HandLoop, error) {
 	if err != nil {
 		return nil, err
 	}
-	hx := &hookExec{executor: x}
+	hx := &hookExec{device: x}
 	return &HandLoop{e: e, l: newLoop(e, hx, x.kvCells), x: hx}, nil
 }
 

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// fakeExec is an executor over an imaginary model, for scheduling tests.
+// fakeExec is a device over an imaginary model, for scheduling tests.
 // A slot's KV cells are the tokens it was fed, by position, and a decode
 // checks that each row continues its slot exactly (the scheduler's
 // copies, trims and restores must leave every sequence whole). The next
@@ -41,6 +41,12 @@ type fakeExec struct {
 	// arming, if set, runs when the loop clears the cut flag before a
 	// decode: what arrives after intake and before the decode starts.
 	arming func()
+
+	// restoreFails makes every restore from the host tier fail.
+	restoreFails bool
+	// calls logs what the executor asked of the device, in order (KV
+	// operations, decodes, samplers made and freed).
+	calls []string
 
 	rows     []fakeRow     // the last decode's rows
 	steps    []fakeStep    // every decode, in order
@@ -71,6 +77,7 @@ func (c *fakeClock) now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func (x *fakeExec) seqRemove(slot int32, p0, p1 int) {
+	x.calls = append(x.calls, fmt.Sprintf("remove %d [%d,%d)", slot, p0, p1))
 	if p1 >= 0 {
 		x.t.Fatalf("seqRemove(%d, %d, %d): the scheduler only trims tails", slot, p0, p1)
 	}
@@ -84,6 +91,7 @@ func (x *fakeExec) seqRemove(slot int32, p0, p1 int) {
 }
 
 func (x *fakeExec) seqCopy(src, dst int32, p0, p1 int) {
+	x.calls = append(x.calls, fmt.Sprintf("copy %d to %d", src, dst))
 	if len(x.cells[dst]) > 0 {
 		x.t.Fatalf("seqCopy(%d, %d): the destination holds %d cells", src, dst, len(x.cells[dst]))
 	}
@@ -100,6 +108,7 @@ func (x *fakeExec) seqCopy(src, dst int32, p0, p1 int) {
 func (x *fakeExec) seqPosMax(slot int32) int { return len(x.cells[slot]) - 1 }
 
 func (x *fakeExec) saveSeq(slot int32) ([]byte, error) {
+	x.calls = append(x.calls, fmt.Sprintf("save %d", slot))
 	c := x.cells[slot]
 	if len(c) == 0 {
 		return nil, nil
@@ -112,6 +121,10 @@ func (x *fakeExec) saveSeq(slot int32) ([]byte, error) {
 }
 
 func (x *fakeExec) restoreSeq(slot int32, st []byte) error {
+	x.calls = append(x.calls, fmt.Sprintf("restore %d", slot))
+	if x.restoreFails {
+		return fmt.Errorf("restore into slot %d: failing as the test asked", slot)
+	}
 	if len(x.cells[slot]) > 0 || len(st)%4 != 0 {
 		return fmt.Errorf("restore into slot %d: %d cells, %d bytes", slot, len(x.cells[slot]), len(st))
 	}
@@ -141,6 +154,7 @@ func (x *fakeExec) decode(b *batch) int {
 		return rc
 	}
 	n := b.len()
+	x.calls = append(x.calls, fmt.Sprintf("decode %d", n))
 	if x.during != nil {
 		x.during()
 	}
@@ -257,6 +271,7 @@ func (x *fakeExec) newSampler(s *Sampling) sampler {
 	}
 	p := new(int)
 	x.samplers[p] = true
+	x.calls = append(x.calls, "new sampler")
 	return p
 }
 
@@ -266,6 +281,7 @@ func (x *fakeExec) freeSampler(s sampler) {
 		x.t.Fatal("a sampler freed twice")
 	}
 	delete(x.samplers, p)
+	x.calls = append(x.calls, "free sampler")
 }
 
 func (x *fakeExec) armCut() {

@@ -13,7 +13,7 @@ import (
 	"unsafe"
 )
 
-// llamaExec is the executor on a llama.cpp context: the loop's only cgo.
+// llamaExec is the device on a llama.cpp context: the loop's only cgo.
 type llamaExec struct {
 	m      *Model
 	ctx    *C.struct_llama_context

@@ -54,7 +54,7 @@ type genTask struct {
 	stream    *Stream
 	asm       textAssembler
 	seq       *sequence
-	sampler   sampler // nil: greedy fast path
+	sampled   bool // the executor holds its sampler
 	generated int
 	cached    int // prompt tokens reused from the prefix cache
 	firstTok  time.Time
@@ -201,7 +201,7 @@ type output struct {
 type loop struct {
 	e       *Engine
 	m       *Model
-	x       executor
+	x       *executor
 	now     func() time.Time // the clock: time.Now, or a test's
 	nBatch  int
 	nVocab  int
@@ -217,12 +217,14 @@ type loop struct {
 	nextNo    uint64
 	steps     uint64
 
-	// per-step scratch
-	b        batch
-	outs     []output
-	samplers []sampler
-	rows     []int32
-	sampled  []Token
+	// the step being planned, what its run gave back, and what to do with
+	// the results that are not a step's outputs
+	p      plan
+	res    result
+	outs   []output
+	onSave []func(savedState) // one per kvSave of the plan
+	onRead []func(lp []float32, top []TokenLogprob)
+	embeds []*sequence // one per embed read of the plan
 
 	prefillCap int // shrinks after a KV-full decode, recovers after success
 
@@ -280,10 +282,11 @@ func (e *Engine) newLoop() (*loop, error) {
 	return l, nil
 }
 
-// newLoop makes the scheduler for e's options on executor x, whose
+// newLoop makes the scheduler for e's options on device d, whose
 // context holds kvCells cells.
-func newLoop(e *Engine, x executor, kvCells int) *loop {
+func newLoop(e *Engine, d device, kvCells int) *loop {
 	o := e.opts
+	x := newExecutor(d, e.model.info.VocabSize, e.now)
 	e.cutAbove.Store(math.MaxInt64)
 	e.mu.Lock()
 	e.cut = x.cut
@@ -302,8 +305,7 @@ func newLoop(e *Engine, x executor, kvCells int) *loop {
 		prefillCap: o.Batch,
 	}
 	n := o.Batch
-	l.b = batch{tok: make([]Token, 0, n), pos: make([]int32, 0, n), seq: make([]int32, 0, n), logits: make([]bool, 0, n)}
-	l.samplers, l.rows, l.sampled = make([]sampler, n), make([]int32, n), make([]Token, n)
+	l.p.batch = batch{tok: make([]Token, 0, n), pos: make([]int32, 0, n), seq: make([]int32, 0, n), logits: make([]bool, 0, n)}
 	for i := o.Parallel - 1; i >= 0; i-- {
 		l.freeSlots = append(l.freeSlots, int32(i))
 	}
@@ -320,14 +322,8 @@ func newLoop(e *Engine, x executor, kvCells int) *loop {
 	return l
 }
 
-// free releases the samplers of running generations, then the executor.
+// free releases the executor and its samplers.
 func (l *loop) free() {
-	for _, sq := range l.running {
-		if t := sq.gen; t != nil && t.sampler != nil {
-			l.x.freeSampler(t.sampler)
-			t.sampler = nil
-		}
-	}
 	l.x.close()
 }
 
@@ -376,7 +372,38 @@ func (l *loop) iterate() bool {
 	l.admit()
 	stepped := l.step()
 	l.age(l.now())
+	if len(l.running) == 0 && l.p.pending() {
+		l.flush() // idle: free what ended now, not at the next request
+	}
 	return stepped
+}
+
+// flush runs the plan's KV operations and frees without a batch.
+func (l *loop) flush() {
+	l.p.reset()
+	l.run()
+}
+
+// run carries the plan out and takes back what is not a step's output:
+// spilled states (to the host tier) and failed restores (their sequences
+// start over). It leaves the step's outputs in l.res.
+func (l *loop) run() {
+	l.x.run(&l.p, &l.res)
+	l.p.applied()
+	for i, f := range l.onSave {
+		f(l.res.saved[i])
+	}
+	clear(l.onSave)
+	l.onSave = l.onSave[:0]
+	for _, f := range l.res.restored {
+		l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "err", f.err)
+		if sq := l.bySlot[f.slot]; sq != nil {
+			sq.fed = 0
+			if sq.gen != nil && sq.gen.resume == nil {
+				sq.gen.cached = 0
+			}
+		}
+	}
 }
 
 func (l *loop) intake(items []any) {
@@ -432,8 +459,11 @@ func (l *loop) stats() Stats {
 		tasks[sq.owner()] = true
 	}
 	s.Running = len(tasks)
+	if l.p.pending() {
+		l.flush()
+	}
 	for slot := range l.bySlot {
-		if l.x.seqPosMax(int32(slot)) >= 0 {
+		if l.x.posMax(int32(slot)) >= 0 {
 			s.SlotsWithMemory++
 		}
 	}
@@ -647,7 +677,7 @@ func (l *loop) removeSeq(sq *sequence, keepCells bool) {
 	if keepCells && l.pc.on && sq.fed > 0 {
 		l.keep(sq)
 	} else {
-		l.x.seqRemove(sq.slot, -1, -1)
+		l.p.remove(sq.slot, -1, -1)
 	}
 	l.bySlot[sq.slot] = nil
 	l.releaseSlot(sq.slot)
@@ -692,7 +722,6 @@ func (l *loop) admitGen(t *genTask) admission {
 	t.hit = nil
 	if t.resume == nil {
 		t.admitted, t.waitSteps = l.now(), l.steps-t.arrival
-		t.sampler = l.x.newSampler(&t.req.Sampling)
 		t.cached = fed
 		t.stream.admit()
 	}
@@ -714,7 +743,7 @@ func (l *loop) step() bool {
 	}
 	n := 0
 	l.outs = l.outs[:0]
-	l.b.reset()
+	l.p.reset()
 	add := func(sq *sequence, k int) {
 		for j := 0; j < k; j++ {
 			i := sq.fed + j
@@ -722,7 +751,7 @@ func (l *loop) step() bool {
 			if logits {
 				l.outs = append(l.outs, output{seq: sq, index: i, batch: int32(n)})
 			}
-			l.b.add(sq.tokens[i], i, sq.slot, logits)
+			l.p.batch.add(sq.tokens[i], i, sq.slot, logits)
 			n++
 		}
 		sq.inBatch = k
@@ -796,19 +825,26 @@ func (l *loop) step() bool {
 	if cutAbove < math.MaxInt && l.e.outranked(cutAbove) {
 		l.x.cut() // arrived since intake: no need to start
 	}
-	start := l.now()
-	rc := l.x.decode(&l.b)
+	l.planOutputs()
+	l.run()
+	rc := l.res.rc
 	l.e.cutAbove.Store(math.MaxInt64)
+	if rc == rcRestoreFailed {
+		l.dropReads()
+		return true // planned again from the sequences' new state
+	}
 	l.steps++
 	if rc == 2 {
+		l.dropReads()
 		l.stepCut()
 		return true
 	}
 	if rc != 0 {
+		l.dropReads()
 		l.decodeFailed(rc, prefill)
 		return true
 	}
-	l.stepTime.add(n, l.now().Sub(start))
+	l.stepTime.add(n, l.res.took)
 	l.prefillCap = min(l.nBatch, l.prefillCap*2)
 	for _, sq := range l.running {
 		sq.fed += sq.inBatch
@@ -836,7 +872,7 @@ func (l *loop) cutAbove() int {
 func (l *loop) stepCut() {
 	for _, sq := range l.running {
 		if sq.inBatch > 0 {
-			l.x.seqRemove(sq.slot, sq.fed, -1)
+			l.p.remove(sq.slot, sq.fed, -1)
 			sq.inBatch = 0
 		}
 	}
@@ -914,24 +950,16 @@ func (l *loop) decodeFailed(rc, prefill int) {
 	}
 }
 
-func (l *loop) handleOutputs() {
-	// Generation: sample every sequence that fed its last token, in one call.
-	var gens []output
+// planOutputs asks the plan for what the step's outputs need: a token
+// for every generation that feeds its last token (sampled together in one
+// device call), the reads of score rows, the pooled vectors of inputs fed
+// whole.
+func (l *loop) planOutputs() {
 	for _, o := range l.outs {
-		if o.seq.gen != nil && o.seq.fed == len(o.seq.tokens) {
-			gens = append(gens, o)
-		}
-	}
-	if len(gens) > 0 {
-		n := len(gens)
-		for i, o := range gens {
-			l.samplers[i] = o.seq.gen.sampler
-			l.rows[i] = o.batch
-		}
-		l.x.sample(l.samplers[:n], l.rows[:n], l.sampled[:n])
-		clear(l.samplers[:n]) // hold no freed sampler
-		for i, o := range gens {
-			l.accept(o, l.sampled[i])
+		if t := o.seq.gen; t != nil {
+			t.sampled = true
+			l.p.samples = append(l.p.samples, sampleRow{row: o.batch, key: t.order, sampling: &t.req.Sampling,
+				logprobs: t.req.Logprobs, top: t.req.TopLogprobs})
 		}
 	}
 	for _, o := range l.outs {
@@ -939,7 +967,40 @@ func (l *loop) handleOutputs() {
 			l.scoreOutput(o)
 		}
 	}
+	l.planEmbeds()
+}
+
+// dropReads forgets what the step's outputs were to be read for: the
+// step computed none.
+func (l *loop) dropReads() {
+	clear(l.onRead)
+	clear(l.embeds)
+	l.onRead, l.embeds = l.onRead[:0], l.embeds[:0]
+}
+
+// read plans a row's log-probabilities of targets (and top k), or its
+// whole log-distribution into dist, and what to do with them.
+func (l *loop) read(r readRow, then func(lp []float32, top []TokenLogprob)) {
+	l.p.reads = append(l.p.reads, r)
+	l.onRead = append(l.onRead, then)
+}
+
+// handleOutputs takes the step's results in: sampled tokens into their
+// generations, score reads into their results, pooled vectors into
+// embedding tasks, then ends the score tasks whose variants are done.
+func (l *loop) handleOutputs() {
+	i := 0
+	for _, o := range l.outs {
+		if o.seq.gen != nil {
+			l.accept(o, l.res.tokens[i], l.res.lp[i], l.res.top[i])
+			i++
+		}
+	}
+	for i, f := range l.onRead {
+		f(l.res.readLP[i], l.res.readTop[i])
+	}
 	l.embedOutputs()
+	l.dropReads()
 	// Count the variants whose leaf was computed in this step; sequences
 	// that finished a node move on in the next admission (startNodes).
 	for i := 0; i < len(l.running); {
@@ -956,8 +1017,9 @@ func (l *loop) handleOutputs() {
 	}
 }
 
-// accept takes a sampled token into a generation.
-func (l *loop) accept(o output, tok Token) {
+// accept takes a sampled token, with its log-probability and the top
+// tokens when the request asked for them, into a generation.
+func (l *loop) accept(o output, tok Token, lp float32, top []TokenLogprob) {
 	t := o.seq.gen
 	now := l.now()
 	if t.generated == 0 {
@@ -978,8 +1040,7 @@ func (l *loop) accept(o output, tok Token) {
 	}
 	ev := Event{Token: tok}
 	if t.req.Logprobs || t.req.TopLogprobs > 0 {
-		lp, top := l.x.logprobs(o.batch, []Token{tok}, t.req.TopLogprobs)
-		ev.Logprob = &TokenLogprob{Token: tok, Logprob: lp[0]}
+		ev.Logprob = &TokenLogprob{Token: tok, Logprob: lp}
 		ev.TopLogprobs = top
 	}
 	var piece []byte
@@ -1000,7 +1061,8 @@ func (l *loop) accept(o output, tok Token) {
 	}
 }
 
-// scoreOutput records what one output row of a score task contributes.
+// scoreOutput plans the reads of one output row of a score task and
+// where their results go.
 func (l *loop) scoreOutput(o output) {
 	t := o.seq.score
 	req := &t.req
@@ -1010,38 +1072,42 @@ func (l *loop) scoreOutput(o output) {
 		// them; its last row predicts each child's first token.
 		n := sq.node
 		if o.index < n.end-1 {
-			lp, _ := l.x.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
-			for _, v := range t.sorted[n.lo:n.hi] {
-				t.result.Variants[v].Positions[o.index] = lp[0]
-			}
+			l.read(readRow{row: o.batch, targets: []Token{sq.tokens[o.index+1]}}, func(lp []float32, _ []TokenLogprob) {
+				for _, v := range t.sorted[n.lo:n.hi] {
+					t.result.Variants[v].Positions[o.index] = lp[0]
+				}
+			})
 			return
 		}
 		next := make([]Token, len(n.children))
 		for i, c := range n.children {
 			next[i] = req.Variants[c.rep][n.end]
 		}
-		lp, _ := l.x.logprobs(o.batch, next, 0)
-		for i, c := range n.children {
-			for _, v := range t.sorted[c.lo:c.hi] {
-				t.result.Variants[v].Positions[o.index] = lp[i]
+		l.read(readRow{row: o.batch, targets: next}, func(lp []float32, _ []TokenLogprob) {
+			for i, c := range n.children {
+				for _, v := range t.sorted[c.lo:c.hi] {
+					t.result.Variants[v].Positions[o.index] = lp[i]
+				}
 			}
-		}
+		})
 		return
 	}
 	vs := &t.result.Variants[sq.variant]
 	if o.index < len(sq.tokens)-1 {
 		if req.Positions {
-			lp, _ := l.x.logprobs(o.batch, []Token{sq.tokens[o.index+1]}, 0)
-			vs.Positions[o.index] = lp[0]
+			l.read(readRow{row: o.batch, targets: []Token{sq.tokens[o.index+1]}}, func(lp []float32, _ []TokenLogprob) {
+				vs.Positions[o.index] = lp[0]
+			})
 		}
 		if k := o.index - req.DistributionsFrom; req.Distributions && k >= 0 {
 			row := make([]float32, l.nVocab)
-			l.x.logSoftmax(o.batch, row)
-			vs.Dists[k] = row
+			l.read(readRow{row: o.batch, dist: row}, func([]float32, []TokenLogprob) { vs.Dists[k] = row })
 		}
 		return
 	}
-	vs.Targets, vs.Top = l.x.logprobs(o.batch, req.Targets, req.TopK)
+	l.read(readRow{row: o.batch, targets: req.Targets, top: req.TopK}, func(lp []float32, top []TokenLogprob) {
+		vs.Targets, vs.Top = lp, top
+	})
 }
 
 // finishGen ends a generation: its final event, then its resources.
@@ -1050,9 +1116,9 @@ func (l *loop) finishGen(t *genTask, reason FinishReason, err error) {
 		l.removeSeq(t.seq, reusable(err))
 		t.seq = nil
 	}
-	if t.sampler != nil {
-		l.x.freeSampler(t.sampler)
-		t.sampler = nil
+	if t.sampled {
+		l.p.free = append(l.p.free, t.order)
+		t.sampled = false
 	}
 	t.ended()
 	now := l.now()

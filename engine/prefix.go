@@ -240,15 +240,13 @@ func (l *loop) fill(src source) (int32, int) {
 	case srcCopy:
 		// Between split streams only whole streams can be copied; the copy
 		// happens at the next decode, before anything writes to the source.
-		l.x.seqCopy(src.slot, slot, -1, -1)
-		l.x.seqRemove(slot, src.n, -1)
+		l.p.copySeq(src.slot, slot, -1, -1)
+		l.p.remove(slot, src.n, -1)
 	case srcHost:
-		if err := l.x.restoreSeq(slot, src.hit.State); err != nil {
-			l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "err", err)
-			l.x.seqRemove(slot, -1, -1)
-			return slot, 0
-		}
-		l.x.seqRemove(slot, src.n, -1)
+		// Should the restore fail, the run drops the slot's cells and the
+		// sequence starts over (loop.run).
+		l.p.restore(slot, src.hit.State)
+		l.p.remove(slot, src.n, -1)
 	}
 	return slot, src.n
 }
@@ -264,7 +262,7 @@ func (l *loop) dropKept(slot int32, n int) {
 	if len(k.tokens)-n >= l.pc.block {
 		l.spill(slot, k)
 	}
-	l.x.seqRemove(slot, n, -1)
+	l.p.remove(slot, n, -1)
 	l.kvUsed -= len(k.tokens)
 	l.kept[slot] = nil
 }
@@ -295,17 +293,20 @@ func (l *loop) spill(slot int32, k *kept) {
 			return
 		}
 	}
-	l.x.seqRemove(slot, n, -1)
-	buf, err := l.x.saveSeq(slot)
-	if err != nil {
-		l.e.log.Warn("saving a prefix to the host tier failed", "err", err)
-		return
-	}
-	if buf == nil {
-		return
-	}
-	l.pc.host.Put(k.tenant, k.tokens[:n], &k.chain, buf)
-	l.pstats.spills++
+	l.p.remove(slot, n, -1)
+	l.p.save(slot)
+	tenant, tokens, chain := k.tenant, k.tokens[:n], k.chain.Clone()
+	l.onSave = append(l.onSave, func(s savedState) {
+		if s.err != nil {
+			l.e.log.Warn("saving a prefix to the host tier failed", "err", s.err)
+			return
+		}
+		if s.state == nil {
+			return
+		}
+		l.pc.host.Put(tenant, tokens, &chain, s.state)
+		l.pstats.spills++
+	})
 }
 
 // keep turns an ending sequence's cells into kept cells of its slot.
@@ -328,11 +329,12 @@ func (l *loop) prefillPinned(pinned []PinnedPrefix) error {
 		slot := int32(l.e.opts.Parallel + i)
 		for at := 0; at < len(p.Tokens); {
 			n := min(len(p.Tokens)-at, l.nBatch)
-			l.b.reset()
+			l.p.reset()
 			for j := 0; j < n; j++ {
-				l.b.add(p.Tokens[at+j], at+j, slot, j == n-1)
+				l.p.batch.add(p.Tokens[at+j], at+j, slot, j == n-1)
 			}
-			if rc := l.x.decode(&l.b); rc != 0 {
+			l.run()
+			if rc := l.res.rc; rc != 0 {
 				return fmt.Errorf("prefilling pinned prefix %d: llama_decode failed with code %d", i, rc)
 			}
 			at += n

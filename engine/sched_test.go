@@ -253,13 +253,15 @@ func TestSchedPreemptionResumesExactly(t *testing.T) {
 		arrivals    []arrival
 		preemptions int
 		restored    bool // its cells came back (kept or host): at most a block recomputed
+		failRestore bool // restores from the host tier fail
 	}{
 		{"preempted for cells: kept in its slot", forCells,
-			[]arrival{{name: "batch", tier: TierBatch, prompt: prompt(1, 100), max: 380}, rt("rt", 10, 30)}, 1, true},
-		{"preempted for its slot: spilled to the host tier and restored", withHost, []arrival{batch, rt("rt", 10, 3)}, 1, true},
-		{"preempted twice: restored from the host tier both times", withHost, []arrival{batch, rt("rt1", 10, 3), rt("rt2", 30, 3)}, 2, true},
-		{"evicted without a host tier: recomputed", forSlot, []arrival{batch, rt("rt", 10, 3)}, 1, false},
-		{"no prefix cache: recomputed", noCache, []arrival{batch, rt("rt", 10, 3)}, 1, false},
+			[]arrival{{name: "batch", tier: TierBatch, prompt: prompt(1, 100), max: 380}, rt("rt", 10, 30)}, 1, true, false},
+		{"preempted for its slot: spilled to the host tier and restored", withHost, []arrival{batch, rt("rt", 10, 3)}, 1, true, false},
+		{"preempted twice: restored from the host tier both times", withHost, []arrival{batch, rt("rt1", 10, 3), rt("rt2", 30, 3)}, 2, true, false},
+		{"the host tier's restore fails: recomputed", withHost, []arrival{batch, rt("rt", 10, 3)}, 1, false, true},
+		{"evicted without a host tier: recomputed", forSlot, []arrival{batch, rt("rt", 10, 3)}, 1, false, false},
+		{"no prefix cache: recomputed", noCache, []arrival{batch, rt("rt", 10, 3)}, 1, false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,7 +274,11 @@ func TestSchedPreemptionResumesExactly(t *testing.T) {
 				t.Cleanup(h.Close)
 				s.e.host, s.l.pc.host = h, h
 			}
+			s.x.restoreFails = tc.failRestore
 			out := s.play(tc.arrivals, 2000)
+			if tc.failRestore && !slices.Contains(s.x.calls, "restore 0") {
+				t.Fatalf("no restore was tried: %v", s.x.calls)
+			}
 			b, a := out["batch"], tc.arrivals[0]
 			if got, want := tokensOf(b.events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
 				t.Fatalf("resumed output differs:\n got %v\nwant %v", got, want)
@@ -294,6 +300,85 @@ func TestSchedPreemptionResumesExactly(t *testing.T) {
 			s.checkIdle()
 		})
 	}
+}
+
+// TestSchedPlan: what one run of a plan asks of the device, in order.
+// KV operations decided at admission reach the device before the decode
+// that reads them; a generation's sampler is made at its first token,
+// lives through preemption and is freed at its end; what ended is freed
+// before the loop sleeps.
+func TestSchedPlan(t *testing.T) {
+	// after returns the calls after the first one equal to from.
+	after := func(calls []string, from string) []string {
+		i := slices.Index(calls, from)
+		if i < 0 {
+			t.Fatalf("no %q in %v", from, calls)
+		}
+		return calls[i+1:]
+	}
+	t.Run("a follower's copy and trim come before the decode of its rows", func(t *testing.T) {
+		s := newSim(t, Options{Parallel: 2, Context: 256}, nil)
+		shared := prompt(3, 80)
+		out := s.play([]arrival{
+			{name: "leader", prompt: append(slices.Clone(shared), prompt(4, 10)...), max: 20},
+			{name: "follower", turn: 5, prompt: append(slices.Clone(shared), prompt(5, 12)...), max: 4},
+		}, 200)
+		if c := out["follower"].final.Usage.CachedTokens; c != 80 {
+			t.Fatalf("follower reused %d tokens, want 80", c)
+		}
+		rest := after(s.x.calls, "copy 0 to 1")
+		if len(rest) < 2 || rest[0] != "remove 1 [80,-1)" || !strings.HasPrefix(rest[1], "decode ") {
+			t.Errorf("after the copy: %v; want the trim, then the decode", rest[:min(3, len(rest))])
+		}
+		s.checkIdle()
+	})
+	t.Run("a sampled generation's sampler: made at its first token, kept through preemption, freed at its end", func(t *testing.T) {
+		s := newSim(t, Options{Parallel: 1, Context: 512}, nil)
+		seed := uint32(1)
+		batchReq := Request{Prompt: prompt(1, 40), MaxTokens: 30, IgnoreEOS: true, Tier: TierBatch,
+			Sampling: Sampling{Temperature: 1, Seed: &seed}}
+		b := s.gen(batchReq)
+		s.runUntil(100, func() bool { return slices.Contains(s.x.calls, "new sampler") })
+		if got := s.x.calls[len(s.x.calls)-1]; !strings.HasPrefix(s.x.calls[len(s.x.calls)-2], "decode ") || got != "new sampler" {
+			t.Fatalf("the sampler was made after %v, want right after its prompt's decode", s.x.calls)
+		}
+		rt := s.gen(Request{Prompt: prompt(2, 20), MaxTokens: 3, IgnoreEOS: true, Tier: TierRealtime})
+		evs := s.finish(500, b, rt)
+		if f := evs[0][len(evs[0])-1]; f.Err != nil || f.Preemptions != 1 || f.Usage.CompletionTokens != 30 {
+			t.Fatalf("batch: %v, %d preemptions, %d tokens", f.Err, f.Preemptions, f.Usage.CompletionTokens)
+		}
+		var made, freed int
+		for _, c := range s.x.calls {
+			made += b2i(c == "new sampler")
+			freed += b2i(c == "free sampler")
+		}
+		if made != 1 || freed != 1 {
+			t.Errorf("%d samplers made and %d freed, want 1 and 1", made, freed)
+		}
+		s.checkIdle()
+	})
+	t.Run("what ended is freed before the loop sleeps", func(t *testing.T) {
+		o := Options{Parallel: 2, Context: 256}
+		o.PrefixCache.Disabled = true
+		s := newSim(t, o, nil)
+		seed := uint32(2)
+		st := s.gen(Request{Prompt: prompt(6, 30), MaxTokens: 5, IgnoreEOS: true, Sampling: Sampling{Temperature: 1, Seed: &seed}})
+		s.finish(100, st)
+		if len(s.x.samplers) != 0 || s.x.used() != 0 {
+			t.Errorf("after the last turn: %d samplers, %d cells held", len(s.x.samplers), s.x.used())
+		}
+		if last := s.x.calls[len(s.x.calls)-2:]; !slices.Equal(last, []string{"free sampler", "remove 0 [-1,-1)"}) &&
+			!slices.Equal(last, []string{"remove 0 [-1,-1)", "free sampler"}) {
+			t.Errorf("the last calls are %v, want the sampler freed and the cells removed", last)
+		}
+	})
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // TestSchedPrefixWaits: requests sharing a prompt prefix that arrive

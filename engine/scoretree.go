@@ -193,7 +193,7 @@ func (l *loop) startNodes(t *scoreTask) {
 			continue
 		}
 		if sq.fed > p.end {
-			l.x.seqRemove(sq.slot, p.end, -1)
+			l.p.remove(sq.slot, p.end, -1)
 		}
 		l.unrefPath(t, sq.node, p)
 		l.enter(t, sq, c)
@@ -210,10 +210,10 @@ func (l *loop) startNodes(t *scoreTask) {
 		slot := l.claimSlot()
 		if l.split {
 			// Streams copy whole; drop what lies past the parent.
-			l.x.seqCopy(src.slot, slot, -1, -1)
-			l.x.seqRemove(slot, p.end, -1)
+			l.p.copySeq(src.slot, slot, -1, -1)
+			l.p.remove(slot, p.end, -1)
 		} else {
-			l.x.seqCopy(src.slot, slot, 0, p.end)
+			l.p.copySeq(src.slot, slot, 0, p.end)
 		}
 		for a := p; a != nil && a.end > 0; a = a.parent {
 			a.refs++ // already reserved: src holds them
