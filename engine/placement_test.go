@@ -18,8 +18,8 @@ import (
 // GPU: the CPU is handed to llama.cpp as the offload device, so that the
 // weights of offloaded layers land in that device's plain buffer while
 // those of layers kept on the CPU are repacked for its interleaved
-// kernels (q4_0 weights). The size of the CPU_REPACK buffer llama.cpp logs
-// then counts the layers it kept. A setting passed through as llama.cpp
+// kernels (q4_0 weights). The size of the CPU_REPACK (or AMX) buffer
+// llama.cpp logs then counts the layers it kept. A setting passed through as llama.cpp
 // reads it (-1 as a count: issue 17's bug, every layer on the CPU) fails.
 func TestPlacementMatchesLlamaCPP(t *testing.T) {
 	dir := t.TempDir()
@@ -39,7 +39,10 @@ func TestPlacementMatchesLlamaCPP(t *testing.T) {
 	old := logger.Load()
 	SetLogger(slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &buf}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	defer logger.Store(old)
-	repack := regexp.MustCompile(`CPU_REPACK model buffer size = +([0-9.]+) MiB`)
+	// The CPU's extra buffer: CPU_REPACK, or AMX where the CPU has it and
+	// llama.cpp was built for it (Debian's 11669 on a Sapphire Rapids
+	// host: AMX takes the q4_0 weights first).
+	repack := regexp.MustCompile(`(?:CPU_REPACK|AMX) model buffer size = +([0-9.]+) MiB`)
 	// repackMiB loads the model with the setting and returns the size of
 	// llama.cpp's repacked CPU buffer (0 without one) and the plan.
 	repackMiB := func(setting int) (float64, models.Plan) {
