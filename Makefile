@@ -161,7 +161,7 @@ bench: headers ## engine micro-benchmarks (go test -bench)
 peer-bench: build ## finserve vs llama-bench / llama-batched-bench on the bench model (needs the sid root)
 	scripts/peer-bench.sh
 
-serve-bench: build ## finserve (both providers) vs llama-server, q8_0 and Q4_K_M, concurrency 1-16 and chat: writes bench/RESULTS.md (needs the sid root)
+serve-bench: build ## finserve (both providers) vs llama-server, q8_0 and Q4_K_M: short at concurrency 1-16, chat, 4 arriving together on a long prompt, batch documents: writes bench/RESULTS.md (needs the sid root)
 	scripts/serve-bench.sh
 
 prefix-bench: build ## prefix cache on/off vs llama-server: shared system prompt and multi-turn TTFT (needs the sid root)

@@ -10,7 +10,9 @@
 #
 # Workloads: short (one question, MAX_TOKENS out) at concurrency 1, 4, 8
 # and 16; chat (a shared ~300-word system prompt, 3-turn conversations) at
-# concurrency 4. Each round runs every server once per model, in turn, so
+# concurrency 4; together (4 clients arriving at once on a cold ~780-token
+# shared prompt, 16 tokens out); batch (~1,200-word documents, 256 tokens
+# out) at concurrency 4. Each round runs every server once per model, in turn, so
 # that the machine's drift hits them alike; RESULTS.md gives medians over
 # rounds and the median of each round's ratio to llama-server. Loopback only.
 set -euo pipefail
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 THREADS=${1:-2}
 ROUNDS=${2:-2}
 PARALLEL=${PARALLEL:-16}
-CTX=${CTX:-1024}          # per sequence
+CTX=${CTX:-2304}          # per sequence: a batch document and its answer
 MAX_TOKENS=${MAX_TOKENS:-64}
 PER_CLIENT=${PER_CLIENT:-4}   # requests per client: the first of each is cold, later ones show the steady state
 LEVELS=${LEVELS:-1,4,8,16}
@@ -58,6 +60,8 @@ for q in $MODELS; do
         --max-tokens "$MAX_TOKENS" --seed "$r" --json "$@"; }
       b --workload short --concurrency "$LEVELS" >"$OUT/$q-$s-short-$r.json"
       b --workload chat --concurrency 4 --requests-per-client 1 >"$OUT/$q-$s-chat-$r.json"
+      b --system-words 480 --question-words 12 --max-tokens 16 --concurrency 4 --requests-per-client 1 >"$OUT/$q-$s-together-$r.json"
+      b --workload batch --concurrency 4 --requests-per-client 1 --max-tokens 256 >"$OUT/$q-$s-batch-$r.json"
       stop
     done
   done
@@ -79,11 +83,13 @@ print(f"- machine: {cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.r
 print(f"- finserve: {version}")
 print(f"- servers: llama-server from the Debian sid root; finserve bundled (ollama's llama.cpp) and system provider (Debian's libllama, the same as llama-server's)")
 print(f"- settings: bench preset (768 x 12 layers, 32k vocabulary), {threads} threads, {parallel} slots of {ctx} tokens, "
-      f"{max_tokens} tokens per answer (ignore_eos, greedy), {rounds} interleaved rounds; medians over rounds, ratios are the median of per-round ratios to llama-server\n")
+      f"{max_tokens} tokens per answer in short and chat (ignore_eos, greedy), {rounds} interleaved rounds; medians over rounds, ratios are the median of per-round ratios to llama-server\n")
 fields = (("output tok/s", lambda x: x["output_throughput"], "{:.1f}"), ("TTFT p50 ms", lambda x: 1000 * x["ttft"]["p50"], "{:.0f}"),
           ("TTFT p99 ms", lambda x: 1000 * x["ttft"]["p99"], "{:.0f}"), ("TPOT p50 ms", lambda x: 1000 * x["tpot"]["p50"], "{:.1f}"))
 for q in models:
-    for w, title in (("short", "short questions, by concurrency"), ("chat", "customer-service chat with a shared system prompt, 4 conversations of 3 turns")):
+    for w, title in (("short", "short questions, by concurrency"), ("chat", "customer-service chat with a shared system prompt, 4 conversations of 3 turns"),
+                     ("together", "4 clients arriving at once on a cold ~780-token shared prompt, 16 tokens out"),
+                     ("batch", "long documents (~1,200 words, 256 tokens out), 4 clients arriving at once")):
         R = {s: load(q, s, w) for s in servers}
         print(f"## {q.upper()}: {title}\n")
         print("| concurrency | metric | llama-server | finserve system | ratio | finserve bundled | ratio |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -95,7 +101,7 @@ for q in models:
                 print(f"| {lv['concurrency']} | {name} | {fmt.format(med(v['llama-server']))} | {fmt.format(med(v['system']))} | "
                       f"{ratio('system'):.2f} | {fmt.format(med(v['bundled']))} | {ratio('bundled'):.2f} |")
             fails += sum(R[s][r][i]["result"]["failed"] for s in servers for r in range(rounds))
-        if w == "chat":
+        if w in ("chat", "together"):
             v = {s: [R[s][r][0]["result"]["cached_tokens"] / max(1, R[s][r][0]["result"]["prompt_tokens"]) for r in range(rounds)] for s in servers}
             print(f"\nprompt tokens served from cache: " + ", ".join(f"{s} {100 * med(v[s]):.0f}%" for s in servers))
         cpu_use = max(R[s][r][i]["result"]["client_cpu"] for s in servers for r in range(rounds) for i in range(len(R[s][r])))
