@@ -398,6 +398,10 @@ func (l *loop) run() {
 	for _, f := range l.res.restored {
 		l.e.log.Warn("restoring a prefix from the host tier failed; computing it", "err", f.err)
 		if sq := l.bySlot[f.slot]; sq != nil {
+			// Counted as a hit from the host tier when it was admitted.
+			l.pstats.hits--
+			l.pstats.hostHits--
+			l.pstats.reused -= uint64(sq.fed)
 			sq.fed = 0
 			if sq.gen != nil && sq.gen.resume == nil {
 				sq.gen.cached = 0

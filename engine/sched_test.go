@@ -279,6 +279,9 @@ func TestSchedPreemptionResumesExactly(t *testing.T) {
 			if tc.failRestore && !slices.Contains(s.x.calls, "restore 0") {
 				t.Fatalf("no restore was tried: %v", s.x.calls)
 			}
+			if hh := s.l.pstats.hostHits; tc.failRestore && hh != 0 || !tc.failRestore && tc.opts.PrefixCache.HostBytes > 0 && hh != uint64(tc.preemptions) {
+				t.Errorf("%d hits from the host tier counted", hh)
+			}
 			b, a := out["batch"], tc.arrivals[0]
 			if got, want := tokensOf(b.events), s.greedy(a.prompt, a.max); !slices.Equal(got, want) {
 				t.Fatalf("resumed output differs:\n got %v\nwant %v", got, want)
