@@ -257,6 +257,19 @@ func TestRewriteKeepsOwnerAndMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("revoke")
+	if os.Geteuid() == 0 {
+		// Only one of owner and group another's: each alone is kept.
+		for _, o := range [][2]int{{4242, os.Getegid()}, {os.Geteuid(), 4343}} {
+			uid, gid = o[0], o[1]
+			if err := os.Chown(path, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Add(path, fmt.Sprintf("owner-%d-%d", uid, gid), []string{"batch"}, 0); err != nil {
+				t.Fatal(err)
+			}
+			check(fmt.Sprintf("add to a file of %d:%d", uid, gid))
+		}
+	}
 	// A mode open to others is not kept: the rewrite tightens it.
 	os.Chmod(path, 0o644)
 	if _, err := Add(path, "third", []string{"batch"}, 0); err != nil {
