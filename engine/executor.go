@@ -208,12 +208,7 @@ func (x *executor) run(p *plan, r *result) {
 	r.rc = 0
 	r.restored, r.saved = r.restored[:0], r.saved[:0]
 	for _, k := range p.free {
-		if s, ok := x.samplers[k]; ok {
-			if s != nil {
-				x.d.freeSampler(s)
-			}
-			delete(x.samplers, k)
-		}
+		x.freeSampler(k)
 	}
 	for _, op := range p.ops {
 		switch op.kind {
@@ -249,6 +244,7 @@ func (x *executor) run(p *plan, r *result) {
 	for i, rd := range p.reads {
 		if rd.dist != nil {
 			x.d.logSoftmax(rd.row, rd.dist)
+			r.readLP[i], r.readTop[i] = nil, nil // no step's results left behind
 			continue
 		}
 		r.readLP[i], r.readTop[i] = x.d.logprobs(rd.row, rd.targets, rd.top)
@@ -296,13 +292,18 @@ func (x *executor) posMax(slot int32) int { return x.d.seqPosMax(slot) }
 func (x *executor) armCut() { x.d.armCut() }
 func (x *executor) cut()    { x.d.cut() }
 
+// freeSampler frees the sampler of generation k, if it has one.
+func (x *executor) freeSampler(k uint64) {
+	if s := x.samplers[k]; s != nil {
+		x.d.freeSampler(s)
+	}
+	delete(x.samplers, k)
+}
+
 // close frees the samplers left, then the device.
 func (x *executor) close() {
-	for k, s := range x.samplers {
-		if s != nil {
-			x.d.freeSampler(s)
-		}
-		delete(x.samplers, k)
+	for k := range x.samplers {
+		x.freeSampler(k)
 	}
 	x.d.close()
 }

@@ -960,14 +960,13 @@ func (l *loop) decodeFailed(rc, prefill int) {
 // whole.
 func (l *loop) planOutputs() {
 	for _, o := range l.outs {
-		if t := o.seq.gen; t != nil {
+		switch {
+		case o.seq.gen != nil:
+			t := o.seq.gen
 			t.sampled = true
 			l.p.samples = append(l.p.samples, sampleRow{row: o.batch, key: t.order, sampling: &t.req.Sampling,
 				logprobs: t.req.Logprobs, top: t.req.TopLogprobs})
-		}
-	}
-	for _, o := range l.outs {
-		if o.seq.score != nil {
+		case o.seq.score != nil:
 			l.scoreOutput(o)
 		}
 	}
